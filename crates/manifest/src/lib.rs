@@ -1,0 +1,660 @@
+//! The wms app manifest: a compatible subset of Spin's manifest v2.
+//!
+//! [`load`] reads `wms.toml` or `spin.toml`, validates everything that can be checked without
+//! running anything, and returns an [`App`] with absolute paths, parsed routes, outbound rules and
+//! limits. Every error names the file, the line and column (or the component) and what to do.
+//!
+//! wms's own settings live under the `tool.wms` tables Spin reserves for tools, so a manifest
+//! that uses them still runs under `spin up`:
+//!
+//! ```toml
+//! [application.tool.wms]
+//! max_concurrent_requests = 512   # whole process
+//!
+//! [component.hello.tool.wms]
+//! timeout = "10s"                 # per request, always in force (default 30s)
+//! max_memory = "64MiB"            # linear memory and tables of one instance (default 128MiB)
+//! max_concurrent_requests = 32    # per component (default: only the process limit)
+//! ```
+
+mod error;
+pub mod outbound;
+pub mod routes;
+mod schema;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use indexmap::IndexMap;
+use toml::Spanned;
+
+use error::Locator;
+pub use error::ManifestError;
+pub use outbound::AllowedHost;
+pub use routes::{RouteMatch, RoutePattern};
+
+/// Manifest file names looked up, in order, when `wms up` is given a directory.
+pub const MANIFEST_NAMES: [&str; 2] = ["wms.toml", "spin.toml"];
+
+/// Request timeout when a component sets none.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Memory limit of one instance when a component sets none.
+pub const DEFAULT_MAX_MEMORY: u64 = 128 << 20;
+/// Process-wide concurrent request limit when the application sets none.
+pub const DEFAULT_MAX_CONCURRENT_REQUESTS: usize = 1000;
+
+/// A validated application.
+#[derive(Debug, Clone)]
+pub struct App {
+    pub name: String,
+    pub version: Option<String>,
+    pub description: Option<String>,
+    /// The manifest file this app was read from.
+    pub manifest_path: PathBuf,
+    /// The directory relative paths in the manifest are resolved against.
+    pub dir: PathBuf,
+    /// Application base path for routes (`[application.trigger.http] base`), default `/`.
+    pub base: String,
+    pub components: IndexMap<String, Component>,
+    /// Routes, most specific first.
+    pub routes: Vec<Route>,
+    /// Process-wide concurrent request limit.
+    pub max_concurrent_requests: usize,
+}
+
+/// A validated component.
+#[derive(Debug, Clone)]
+pub struct Component {
+    pub id: String,
+    /// Absolute path of the `.wasm` file.
+    pub source: PathBuf,
+    pub description: Option<String>,
+    pub environment: IndexMap<String, String>,
+    pub files: Vec<FileMount>,
+    pub exclude_files: Vec<String>,
+    pub allowed_outbound_hosts: Vec<AllowedHost>,
+    pub build: Option<BuildSpec>,
+    pub limits: Limits,
+}
+
+/// Per-component limits; always set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    pub timeout: Duration,
+    pub max_memory: u64,
+    pub max_concurrent_requests: Option<usize>,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            timeout: DEFAULT_TIMEOUT,
+            max_memory: DEFAULT_MAX_MEMORY,
+            max_concurrent_requests: None,
+        }
+    }
+}
+
+/// Files made visible to a component, read-only.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FileMount {
+    /// A host directory (absolute) mounted at a guest path.
+    Directory {
+        source: PathBuf,
+        destination: String,
+    },
+    /// A glob pattern relative to the app directory; matching files appear at the same relative
+    /// path under the guest root.
+    Pattern { pattern: String },
+}
+
+/// `[component.NAME.build]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BuildSpec {
+    pub command: Vec<String>,
+    /// Absolute working directory.
+    pub workdir: PathBuf,
+    pub environment: IndexMap<String, String>,
+}
+
+/// How a route's component is run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Executor {
+    /// A `wasi:http` component (Spin's default executor).
+    Http,
+}
+
+/// A route and the component serving it.
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub pattern: RoutePattern,
+    pub component: String,
+    pub executor: Executor,
+}
+
+impl App {
+    /// Finds the route serving `path` (no query), with its match.
+    pub fn route(&self, path: &str) -> Option<(&Route, RouteMatch)> {
+        self.routes
+            .iter()
+            .find_map(|r| r.pattern.matches(path).map(|m| (r, m)))
+    }
+}
+
+/// Finds the manifest for `path`: the file itself, or `wms.toml`/`spin.toml` in a directory.
+pub fn find(path: &Path) -> Result<PathBuf, ManifestError> {
+    if path.is_dir() {
+        for name in MANIFEST_NAMES {
+            let candidate = path.join(name);
+            if candidate.is_file() {
+                return Ok(candidate);
+            }
+        }
+        return Err(
+            ManifestError::new(path, "no manifest in this directory").help(format!(
+                "create `{}` (or `spin.toml`), or pass the manifest file itself",
+                path.join("wms.toml").display()
+            )),
+        );
+    }
+    if !path.exists() {
+        return Err(ManifestError::new(path, "no such file or directory")
+            .help("pass an app directory or its wms.toml / spin.toml"));
+    }
+    Ok(path.to_path_buf())
+}
+
+/// Reads and validates a manifest (a file, or a directory holding one).
+pub fn load(path: &Path) -> Result<App, ManifestError> {
+    let file = find(path)?;
+    let text = std::fs::read_to_string(&file).map_err(|e| {
+        ManifestError::new(&file, format!("cannot read manifest: {e}"))
+            .help("check that the file exists and is readable UTF-8 text")
+    })?;
+    parse(&file, &text)
+}
+
+/// Validates manifest text; `file` is used for error messages and to resolve relative paths.
+pub fn parse(file: &Path, text: &str) -> Result<App, ManifestError> {
+    Parser {
+        file,
+        locator: Locator::new(text),
+    }
+    .parse(text)
+}
+
+struct Parser<'a> {
+    file: &'a Path,
+    locator: Locator<'a>,
+}
+
+impl Parser<'_> {
+    fn err_at(&self, span: std::ops::Range<usize>, message: impl Into<String>) -> ManifestError {
+        let mut e = ManifestError::new(self.file, message);
+        e.position = Some(self.locator.position(span.start));
+        e
+    }
+
+    fn unsupported(&self, raw: &schema::Raw, what: &str, help: &str) -> Result<(), ManifestError> {
+        match raw {
+            Some(v) if !is_empty(v.get_ref()) => Err(self
+                .err_at(v.span(), format!("{what} is not supported by wms"))
+                .help(help)),
+            _ => Ok(()),
+        }
+    }
+
+    fn parse(&self, text: &str) -> Result<App, ManifestError> {
+        // Probe the version first so an old or future manifest gets a precise message instead
+        // of a list of unknown fields.
+        let probe: toml::Table = toml::from_str(text).map_err(|e| self.toml_error(&e))?;
+        match probe.get("spin_manifest_version") {
+            Some(toml::Value::Integer(2)) => {}
+            Some(v) => {
+                let (line, col) = self.find_key(text, "spin_manifest_version");
+                let mut e = ManifestError::new(
+                    self.file,
+                    format!("unsupported manifest version {v}"),
+                )
+                .help("wms reads Spin manifest version 2: set `spin_manifest_version = 2` and use the v2 layout ([application], [[trigger.http]], [component.NAME])");
+                e.position = Some((line, col));
+                return Err(e);
+            }
+            None => {
+                return Err(
+                    ManifestError::new(self.file, "missing `spin_manifest_version`")
+                        .help("add `spin_manifest_version = 2` at the top of the manifest"),
+                );
+            }
+        }
+        let m: schema::Manifest = toml::from_str(text).map_err(|e| self.toml_error(&e))?;
+        let dir = self
+            .file
+            .parent()
+            .map(|p| {
+                if p.as_os_str().is_empty() {
+                    Path::new(".")
+                } else {
+                    p
+                }
+            })
+            .unwrap_or(Path::new("."));
+        let dir = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
+
+        self.unsupported(&m.variables, "`variables` (application variables)",
+            "remove the [variables] table and pass settings through `environment`; variables are planned")?;
+        self.unsupported(
+            &m.application.targets,
+            "`application.targets`",
+            "remove it; wms checks component compatibility at start-up",
+        )?;
+
+        let mut base = "/".to_string();
+        if let Some(t) = &m.application.trigger {
+            self.unsupported(
+                &t.redis,
+                "the redis trigger",
+                "remove [application.trigger.redis]; wms serves HTTP triggers only",
+            )?;
+            if let Some(b) = t.http.as_ref().and_then(|h| h.base.as_ref()) {
+                if !b.get_ref().starts_with('/') {
+                    return Err(self
+                        .err_at(
+                            b.span(),
+                            format!("base path `{}` must start with `/`", b.get_ref()),
+                        )
+                        .help("write the base as an absolute path such as `/` or `/api`"));
+                }
+                base = b.get_ref().clone();
+            }
+        }
+
+        let mut max_concurrent = DEFAULT_MAX_CONCURRENT_REQUESTS;
+        if let Some(n) = m
+            .application
+            .tool
+            .wms
+            .as_ref()
+            .and_then(|t| t.get_ref().max_concurrent_requests.as_ref())
+        {
+            max_concurrent = self.positive(n, "max_concurrent_requests")?;
+        }
+
+        let mut components = IndexMap::new();
+        for (name, c) in &m.component {
+            let comp = self.component(&dir, name, c)?;
+            components.insert(name.get_ref().clone(), comp);
+        }
+
+        let mut routes: Vec<(Route, std::ops::Range<usize>)> = Vec::new();
+        let triggers = match &m.trigger {
+            Some(t) => t,
+            None => {
+                return Err(ManifestError::new(self.file, "no `[[trigger.http]]` routes")
+                    .help("add a route: [[trigger.http]] with `route = \"/...\"` and `component = \"NAME\"`"));
+            }
+        };
+        let t = triggers.get_ref();
+        for (raw, kind) in [
+            (&t.redis, "redis"),
+            (&t.command, "command"),
+            (&t.cron, "cron"),
+            (&t.sqs, "sqs"),
+            (&t.mqtt, "mqtt"),
+        ] {
+            self.unsupported(
+                raw,
+                &format!("the `{kind}` trigger"),
+                "wms serves `[[trigger.http]]` only; remove this trigger or run it under Spin",
+            )?;
+        }
+        if t.http.is_empty() {
+            return Err(self.err_at(triggers.span(), "no `[[trigger.http]]` routes")
+                .help("add a route: [[trigger.http]] with `route = \"/...\"` and `component = \"NAME\"`"));
+        }
+        for trig in &t.http {
+            let span = trig.span();
+            let trig = trig.get_ref();
+            self.unsupported(
+                &trig.static_response,
+                "`static_response`",
+                "serve the response from a component instead",
+            )?;
+            let executor = match &trig.executor {
+                None => Executor::Http,
+                Some(e) => match e.get_ref().kind.as_str() {
+                    "spin" | "http" | "wasi-http" => Executor::Http,
+                    "wagi" => {
+                        return Err(self.err_at(e.span(), "the `wagi` executor is not supported yet")
+                            .help("serve a wasi:http component for now; WAGI support for preview 1 modules is planned (issue 4)"));
+                    }
+                    other => {
+                        return Err(self
+                            .err_at(e.span(), format!("unknown executor type `{other}`"))
+                            .help("use `executor = { type = \"spin\" }` or leave `executor` out"));
+                    }
+                },
+            };
+            let component = match &trig.component {
+                None => {
+                    return Err(self
+                        .err_at(span, "this route has no `component`")
+                        .help("add `component = \"NAME\"` naming a [component.NAME] table"));
+                }
+                Some(c) => match c.get_ref() {
+                    toml::Value::String(s) => {
+                        if !components.contains_key(s) {
+                            let known: Vec<_> =
+                                components.keys().map(|k| format!("`{k}`")).collect();
+                            return Err(self
+                                .err_at(
+                                    c.span(),
+                                    format!(
+                                        "route refers to component `{s}`, which is not defined"
+                                    ),
+                                )
+                                .help(if known.is_empty() {
+                                    format!("add a [component.{s}] table with a `source`")
+                                } else {
+                                    format!(
+                                        "define [component.{s}] or use one of {}",
+                                        known.join(", ")
+                                    )
+                                }));
+                        }
+                        s.clone()
+                    }
+                    toml::Value::Table(_) => {
+                        return Err(self.err_at(c.span(), "inline component tables are not supported")
+                            .help("declare the component as [component.NAME] and write `component = \"NAME\"`"));
+                    }
+                    _ => {
+                        return Err(self
+                            .err_at(
+                                c.span(),
+                                "`component` must be a string naming a [component.NAME] table",
+                            )
+                            .help("write `component = \"NAME\"`"));
+                    }
+                },
+            };
+            let route = match trig.route.get_ref() {
+                toml::Value::String(r) => r.clone(),
+                toml::Value::Table(t) if t.get("private") == Some(&toml::Value::Boolean(true)) => {
+                    // A private component is reachable only through service chaining, which wms
+                    // does not offer; it simply has no public route.
+                    continue;
+                }
+                _ => return Err(self.err_at(trig.route.span(), "`route` must be a string such as \"/hello\" or \"/api/...\"")
+                    .help("write the route as a string, or `{ private = true }` for an unrouted component")),
+            };
+            let pattern = RoutePattern::parse(&base, &route).map_err(|e| {
+                self.err_at(trig.route.span(), e.0)
+                    .help("routes are `/exact/path`, `/users/:id` or `/prefix/...`")
+            })?;
+            if let Some((other, _)) = routes.iter().find(|(r, _)| r.pattern.same_shape(&pattern)) {
+                return Err(self
+                    .err_at(
+                        trig.route.span(),
+                        format!(
+                            "route `{route}` duplicates the route `{}` of component `{}`",
+                            other.pattern.raw(),
+                            other.component
+                        ),
+                    )
+                    .help("give each route a distinct path"));
+            }
+            routes.push((
+                Route {
+                    pattern,
+                    component,
+                    executor,
+                },
+                span,
+            ));
+        }
+        let mut routes: Vec<Route> = routes.into_iter().map(|(r, _)| r).collect();
+        routes.sort_by(|a, b| a.pattern.specificity_cmp(&b.pattern));
+
+        Ok(App {
+            name: m.application.name.get_ref().clone(),
+            version: m.application.version,
+            description: m.application.description,
+            manifest_path: std::path::absolute(self.file)
+                .unwrap_or_else(|_| self.file.to_path_buf()),
+            dir,
+            base,
+            components,
+            routes,
+            max_concurrent_requests: max_concurrent,
+        })
+    }
+
+    fn component(
+        &self,
+        dir: &Path,
+        name: &Spanned<String>,
+        c: &Spanned<schema::Component>,
+    ) -> Result<Component, ManifestError> {
+        let id = name.get_ref();
+        if id.is_empty()
+            || !id
+                .chars()
+                .all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || ch == '-' || ch == '_')
+        {
+            return Err(self
+                .err_at(name.span(), format!("component name `{id}` is not valid"))
+                .help("use lowercase letters, digits, `-` and `_`, as in [component.my-service]"));
+        }
+        let c = c.get_ref();
+        let feature = |what: &str| format!("component `{id}`: {what}");
+        self.unsupported(
+            &c.variables,
+            &feature("`variables`"),
+            "remove it and pass values through `environment`",
+        )?;
+        self.unsupported(
+            &c.key_value_stores,
+            &feature("`key_value_stores`"),
+            "remove it; key-value storage is planned but not available yet",
+        )?;
+        self.unsupported(
+            &c.sqlite_databases,
+            &feature("`sqlite_databases`"),
+            "remove it; wms has no SQLite host interface",
+        )?;
+        self.unsupported(
+            &c.ai_models,
+            &feature("`ai_models`"),
+            "remove it; wms has no LLM host interface",
+        )?;
+        self.unsupported(&c.dependencies, &feature("`dependencies` (component composition)"), "compose the component ahead of time (e.g. with `wac plug`) and point `source` at the result")?;
+        self.unsupported(
+            &c.dependencies_inherit_configuration,
+            &feature("`dependencies_inherit_configuration`"),
+            "remove it; wms does not compose dependencies",
+        )?;
+        self.unsupported(&c.targets, &feature("`targets`"), "remove it")?;
+        if let Some(v) = &c.allowed_http_hosts {
+            return Err(self.err_at(v.span(), feature("`allowed_http_hosts` is the Spin manifest v1 name"))
+                .help("rename it to `allowed_outbound_hosts` and write each entry as `https://host[:port]`"));
+        }
+
+        let source = match c.source.get_ref() {
+            toml::Value::String(s) => dir.join(s),
+            toml::Value::Table(_) => {
+                return Err(self.err_at(c.source.span(), feature("remote `source` (url and digest) is not supported"))
+                    .help("download the .wasm and point `source` at the local file, or publish the app to a registry"));
+            }
+            _ => {
+                return Err(self
+                    .err_at(
+                        c.source.span(),
+                        feature("`source` must be a path to a .wasm file"),
+                    )
+                    .help("write `source = \"path/to/component.wasm\"`, relative to the manifest"));
+            }
+        };
+
+        let mut allowed = Vec::new();
+        for h in &c.allowed_outbound_hosts {
+            let a = AllowedHost::parse(h.get_ref()).map_err(|e| {
+                self.err_at(h.span(), feature(&format!("allowed_outbound_hosts: {e}")))
+                    .help("entries look like `https://api.example.com`, `http://127.0.0.1:8080` or `*://*.example.com:*`")
+            })?;
+            allowed.push(a);
+        }
+
+        let mut files = Vec::new();
+        for f in &c.files {
+            match f.get_ref() {
+                schema::FileEntry::Pattern(p) => {
+                    if Path::new(p).is_absolute() || p.split('/').any(|s| s == "..") {
+                        return Err(self.err_at(f.span(), feature(&format!("file pattern `{p}` leaves the app directory")))
+                            .help("use a pattern relative to the manifest, or `{ source = \"DIR\", destination = \"/PATH\" }`"));
+                    }
+                    files.push(FileMount::Pattern { pattern: p.clone() });
+                }
+                schema::FileEntry::Mapping {
+                    source,
+                    destination,
+                } => {
+                    if !destination.starts_with('/') {
+                        return Err(self.err_at(f.span(), feature(&format!("file destination `{destination}` must be absolute")))
+                            .help("write the guest path from the root, e.g. `destination = \"/static\"`"));
+                    }
+                    let src = dir.join(source);
+                    if !src.is_dir() {
+                        return Err(self.err_at(f.span(), feature(&format!("file source `{source}` is not a directory")))
+                            .help("a `{ source, destination }` entry mounts a directory; create it or use a pattern string for single files"));
+                    }
+                    files.push(FileMount::Directory {
+                        source: src,
+                        destination: destination.clone(),
+                    });
+                }
+            }
+        }
+
+        let build = match &c.build {
+            None => None,
+            Some(b) => {
+                let command = match b.command.get_ref() {
+                    toml::Value::String(s) if !s.trim().is_empty() => vec![s.clone()],
+                    toml::Value::Array(a) if !a.is_empty() && a.iter().all(|v| v.is_str()) => {
+                        a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect()
+                    }
+                    _ => return Err(self.err_at(b.command.span(), feature("`build.command` must be a non-empty string or list of strings"))
+                        .help("write e.g. `command = \"cargo build --target wasm32-wasip2 --release\"`")),
+                };
+                Some(BuildSpec {
+                    command,
+                    workdir: b
+                        .workdir
+                        .as_ref()
+                        .map_or_else(|| dir.to_path_buf(), |w| dir.join(w)),
+                    environment: b.environment.clone(),
+                })
+            }
+        };
+
+        let mut limits = Limits::default();
+        if let Some(t) = &c.tool.wms {
+            let t = t.get_ref();
+            if let Some(t) = &t.timeout {
+                let d = humantime::parse_duration(t.get_ref()).map_err(|e| {
+                    self.err_at(
+                        t.span(),
+                        feature(&format!("timeout `{}` is not a duration: {e}", t.get_ref())),
+                    )
+                    .help("write a duration such as \"500ms\", \"30s\" or \"2m\"")
+                })?;
+                if d.is_zero() {
+                    return Err(self
+                        .err_at(t.span(), feature("timeout must be greater than zero"))
+                        .help("a timeout is always in force; write e.g. \"30s\""));
+                }
+                limits.timeout = d;
+            }
+            if let Some(m) = &t.max_memory {
+                let size: bytesize::ByteSize = m.get_ref().parse().map_err(|e| {
+                    self.err_at(
+                        m.span(),
+                        feature(&format!("max_memory `{}` is not a size: {e}", m.get_ref())),
+                    )
+                    .help("write a size such as \"64MiB\" or \"1GiB\"")
+                })?;
+                if size.as_u64() < 64 * 1024 {
+                    return Err(self
+                        .err_at(
+                            m.span(),
+                            feature(&format!(
+                                "max_memory `{}` is smaller than one 64KiB wasm page",
+                                m.get_ref()
+                            )),
+                        )
+                        .help("write a size of at least \"1MiB\""));
+                }
+                limits.max_memory = size.as_u64();
+            }
+            if let Some(n) = &t.max_concurrent_requests {
+                limits.max_concurrent_requests = Some(self.positive(n, "max_concurrent_requests")?);
+            }
+        }
+
+        Ok(Component {
+            id: id.clone(),
+            source,
+            description: c.description.clone(),
+            environment: c.environment.clone(),
+            files,
+            exclude_files: c.exclude_files.clone(),
+            allowed_outbound_hosts: allowed,
+            build,
+            limits,
+        })
+    }
+
+    fn positive(&self, n: &Spanned<i64>, what: &str) -> Result<usize, ManifestError> {
+        match usize::try_from(*n.get_ref()) {
+            Ok(v) if v > 0 => Ok(v),
+            _ => Err(self
+                .err_at(
+                    n.span(),
+                    format!("`{what}` must be a positive integer, not {}", n.get_ref()),
+                )
+                .help("write a number of requests such as 100")),
+        }
+    }
+
+    fn toml_error(&self, e: &toml::de::Error) -> ManifestError {
+        let mut err = ManifestError::new(self.file, e.message().trim().to_string());
+        if let Some(span) = e.span() {
+            err.position = Some(self.locator.position(span.start));
+        }
+        let msg = e.message();
+        let help = if msg.contains("unknown field") {
+            "remove or rename the key; see docs/manifest.md for the keys wms reads"
+        } else if msg.contains("missing field") {
+            "add the missing key; see docs/manifest.md"
+        } else if msg.contains("invalid type") {
+            "fix the value's type; see docs/manifest.md"
+        } else {
+            "fix the TOML syntax at this position"
+        };
+        err.help(help)
+    }
+
+    fn find_key(&self, text: &str, key: &str) -> (usize, usize) {
+        text.find(key).map_or((1, 1), |o| self.locator.position(o))
+    }
+}
+
+fn is_empty(v: &toml::Value) -> bool {
+    match v {
+        toml::Value::Array(a) => a.is_empty(),
+        toml::Value::Table(t) => t.is_empty(),
+        toml::Value::String(s) => s.is_empty(),
+        _ => false,
+    }
+}
