@@ -492,7 +492,9 @@ impl Parser<'_> {
                         c.source.span(),
                         feature("`source` must be a path to a .wasm file"),
                     )
-                    .help("write `source = \"path/to/component.wasm\"`, relative to the manifest"));
+                    .help(
+                        "write `source = \"path/to/component.wasm\"`, relative to the manifest",
+                    ));
             }
         };
 

@@ -1,1 +1,758 @@
+//! The wms runtime: the only crate that names Wasmtime types.
+//!
+//! [`Runtime::new`] builds one [`Engine`] per process (pooling allocator sized to the host, epoch
+//! interruption with one ticker), compiles every component of an [`App`] and pre-instantiates it
+//! as a `ProxyPre`. [`Runtime::handle`] then serves one request in a fresh `Store` and instance,
+//! with the component's timeout, memory limit and concurrency limits in force, and classifies
+//! every way the guest can fail so the front end can answer 503, 504 or 500 and keep serving.
 
+mod guest_log;
+mod outbound;
+pub mod pool;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, anyhow, bail};
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use http_body_util::combinators::UnsyncBoxBody;
+use indexmap_lite::IndexMap;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use wasmtime::component::{Component, Linker, ResourceTable};
+use wasmtime::{
+    Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap,
+    UpdateDeadline,
+};
+use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
+use wms_manifest::{AllowedHost, App, FileMount};
+
+pub use pool::PoolPlan;
+
+/// Errors from bodies crossing the runtime boundary.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// A response body streamed from a guest.
+pub type ResponseBody = UnsyncBoxBody<Bytes, BoxError>;
+
+/// How often the epoch ticker advances; the granularity of timeouts and of guest yields.
+pub const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+mod indexmap_lite {
+    /// Components in manifest order, looked up by name; apps have few components.
+    pub type IndexMap<V> = Vec<(String, V)>;
+}
+
+/// Which code generator runs guests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum EngineKind {
+    /// Cranelift compiles to native code (x86_64, aarch64, riscv64, s390x).
+    #[default]
+    Cranelift,
+    /// Pulley, Wasmtime's portable interpreter.
+    Pulley,
+}
+
+/// How instances are allocated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Allocation {
+    /// The pooling allocator, sized to the host; on demand only if no pool fits.
+    #[default]
+    Auto,
+    /// Always allocate on demand.
+    OnDemand,
+}
+
+/// Settings for [`Runtime::new`].
+#[derive(Debug, Clone, Default)]
+pub struct RuntimeOptions {
+    pub engine: EngineKind,
+    pub allocation: Allocation,
+}
+
+/// What the engine was configured with, for the start-up log and for tests.
+#[derive(Debug, Clone)]
+pub struct EngineReport {
+    pub engine: EngineKind,
+    pub target: String,
+    pub pool: PoolPlan,
+    pub max_concurrent_requests: usize,
+}
+
+impl std::fmt::Display for EngineReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let engine = match self.engine {
+            EngineKind::Cranelift => "cranelift",
+            EngineKind::Pulley => "pulley",
+        };
+        write!(
+            f,
+            "engine {engine} for {}; {}; at most {} concurrent requests",
+            self.target, self.pool, self.max_concurrent_requests
+        )
+    }
+}
+
+/// Why a request did not get a normal response from its guest.
+#[derive(Debug)]
+pub enum Failure {
+    /// A concurrency limit was reached (`scope` names it); answer 503 and ask to retry.
+    Overloaded { scope: String },
+    /// The request ran past the component's timeout.
+    Timeout { timeout: Duration },
+    /// The guest trapped or panicked.
+    Trap { message: String },
+    /// The guest tried to grow its memory past the component's limit.
+    MemoryLimit { limit: u64 },
+    /// The guest returned without setting a response.
+    NoResponse,
+    /// The guest answered with a `wasi:http` error code instead of a response.
+    GuestError { message: String },
+    /// Something in the host failed.
+    Internal { message: String },
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Overloaded { scope } => {
+                write!(f, "too many concurrent requests ({scope} limit)")
+            }
+            Failure::Timeout { timeout } => {
+                write!(f, "request exceeded its timeout of {timeout:?}")
+            }
+            Failure::Trap { message } => write!(f, "guest trapped: {message}"),
+            Failure::MemoryLimit { limit } => {
+                write!(
+                    f,
+                    "guest exceeded its memory limit of {}",
+                    pool::human(*limit)
+                )
+            }
+            Failure::NoResponse => write!(f, "guest returned without setting a response"),
+            Failure::GuestError { message } => write!(f, "guest answered with an error: {message}"),
+            Failure::Internal { message } => write!(f, "host error: {message}"),
+        }
+    }
+}
+
+/// Store data of one request.
+pub struct HostState {
+    wasi: WasiCtx,
+    http: WasiHttpCtx,
+    table: ResourceTable,
+    hooks: outbound::OutboundPolicy,
+    limiter: MemoryLimiter,
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl WasiHttpView for HostState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.hooks,
+        }
+    }
+}
+
+/// Caps linear memory and tables, and remembers whether the cap was hit so the failure can be
+/// reported as a memory limit rather than a bare trap.
+struct MemoryLimiter {
+    max_memory: usize,
+    exceeded: bool,
+}
+
+/// Table elements an instance may hold (function tables of ordinary guests are far smaller).
+const MAX_TABLE_ELEMENTS: usize = 100_000;
+/// Resources (streams, fields, requests) a guest may hold at once.
+const MAX_RESOURCES: usize = 100_000;
+
+impl wasmtime::ResourceLimiter for MemoryLimiter {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.max_memory {
+            self.exceeded = true;
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= MAX_TABLE_ELEMENTS)
+    }
+}
+
+struct HttpComponent {
+    id: Arc<str>,
+    pre: ProxyPre<HostState>,
+    limits: wms_manifest::Limits,
+    semaphore: Option<Arc<Semaphore>>,
+    environment: Vec<(String, String)>,
+    mounts: Vec<(PathBuf, String)>,
+    allowed: Arc<[AllowedHost]>,
+}
+
+/// A loaded app, ready to serve requests.
+pub struct Runtime {
+    engine: Engine,
+    components: IndexMap<Arc<HttpComponent>>,
+    global: Arc<Semaphore>,
+    report: EngineReport,
+    _staging: Vec<tempfile::TempDir>,
+}
+
+impl Runtime {
+    /// Builds the engine and loads every component of `app`. Fails, naming the component, if
+    /// any cannot be read, compiled or linked as a `wasi:http` handler.
+    pub fn new(app: &App, options: &RuntimeOptions) -> anyhow::Result<Self> {
+        let max_memory = app
+            .components
+            .values()
+            .map(|c| c.limits.max_memory)
+            .max()
+            .unwrap_or(wms_manifest::DEFAULT_MAX_MEMORY);
+        let wanted = u32::try_from(app.max_concurrent_requests)
+            .unwrap_or(u32::MAX)
+            .max(1);
+        let (engine, report) =
+            build_engine(options, wanted, max_memory, app.max_concurrent_requests)?;
+        let mut linker: Linker<HostState> = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+            .map_err(wt)
+            .context("link WASI 0.2")?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
+            .map_err(wt)
+            .context("link wasi:http 0.2")?;
+
+        let mut components = Vec::new();
+        let mut staging = Vec::new();
+        for (id, c) in &app.components {
+            let component = compile(&engine, id, &c.source)?;
+            let pre = linker
+                .instantiate_pre(&component)
+                .map_err(|e| anyhow!("{e:?}"))
+                .with_context(|| {
+                    format!(
+                        "component `{id}` ({}): cannot link its imports",
+                        c.source.display()
+                    )
+                })?;
+            let pre = ProxyPre::new(pre).map_err(|e| {
+                let exports = export_names(&engine, &component);
+                anyhow!(
+                    "component `{id}` ({}) does not export `wasi:http/incoming-handler@0.2.x`: {e}\n  it exports: {}\n  help: build it as an HTTP handler (e.g. `wasip2::http::proxy::export!` or `#[wstd::http_server]`), or run commands with `wms run`",
+                    c.source.display(),
+                    if exports.is_empty() { "nothing".to_string() } else { exports.join(", ") }
+                )
+            })?;
+            let mut mounts = Vec::new();
+            let mut patterns = Vec::new();
+            for f in &c.files {
+                match f {
+                    FileMount::Directory {
+                        source,
+                        destination,
+                    } => mounts.push((source.clone(), destination.clone())),
+                    FileMount::Pattern { pattern } => patterns.push(pattern.clone()),
+                }
+            }
+            if !patterns.is_empty() {
+                let dir = stage_files(&app.dir, id, &patterns, &c.exclude_files)?;
+                mounts.push((dir.path().to_path_buf(), "/".to_string()));
+                staging.push(dir);
+            }
+            components.push((
+                id.clone(),
+                Arc::new(HttpComponent {
+                    id: Arc::from(id.as_str()),
+                    pre,
+                    limits: c.limits.clone(),
+                    semaphore: c
+                        .limits
+                        .max_concurrent_requests
+                        .map(|n| Arc::new(Semaphore::new(n))),
+                    environment: c
+                        .environment
+                        .iter()
+                        .map(|(k, v)| (k.clone(), v.clone()))
+                        .collect(),
+                    mounts,
+                    allowed: c.allowed_outbound_hosts.clone().into(),
+                }),
+            ));
+        }
+        Ok(Self {
+            global: Arc::new(Semaphore::new(report.max_concurrent_requests)),
+            engine,
+            components,
+            report,
+            _staging: staging,
+        })
+    }
+
+    /// The engine and pool configuration chosen at start-up.
+    pub fn report(&self) -> &EngineReport {
+        &self.report
+    }
+
+    /// Serves one request with a fresh instance of `component`.
+    ///
+    /// Returns as soon as the guest has set its response; the body then streams from the guest,
+    /// which keeps running (within its deadline) until it finishes the body.
+    pub async fn handle<B>(
+        &self,
+        component: &str,
+        request: http::Request<B>,
+    ) -> Result<http::Response<ResponseBody>, Failure>
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let comp = self
+            .components
+            .iter()
+            .find(|(id, _)| id == component)
+            .map(|(_, c)| c.clone())
+            .ok_or_else(|| Failure::Internal {
+                message: format!("no component `{component}`"),
+            })?;
+        let global = self
+            .global
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| Failure::Overloaded {
+                scope: format!("server: {} requests", self.report.max_concurrent_requests),
+            })?;
+        let local = match &comp.semaphore {
+            None => None,
+            Some(s) => Some(
+                s.clone()
+                    .try_acquire_owned()
+                    .map_err(|_| Failure::Overloaded {
+                        scope: format!(
+                            "component `{}`: {} requests",
+                            comp.id,
+                            comp.limits.max_concurrent_requests.unwrap_or(0)
+                        ),
+                    })?,
+            ),
+        };
+        let request = request.map(|body| {
+            body.map_err(|e| {
+                let e: BoxError = e.into();
+                if e.is::<http_body_util::LengthLimitError>() {
+                    wasmtime_wasi_http::Error::HttpRequestBodySize(None)
+                } else {
+                    wasmtime_wasi_http::Error::InternalError(Some(e.to_string()))
+                }
+            })
+        });
+        let store = new_store(&self.engine, &comp).map_err(|e| Failure::Internal {
+            message: format!("{e:#}"),
+        })?;
+        run(comp, store, request, (global, local)).await
+    }
+}
+
+fn new_store(engine: &Engine, comp: &HttpComponent) -> anyhow::Result<Store<HostState>> {
+    let mut wasi = WasiCtxBuilder::new();
+    wasi.envs(&comp.environment)
+        .stdout(guest_log::GuestLog {
+            component: comp.id.clone(),
+            stream: "stdout",
+        })
+        .stderr(guest_log::GuestLog {
+            component: comp.id.clone(),
+            stream: "stderr",
+        });
+    for (host, guest) in &comp.mounts {
+        wasi.preopened_dir(host, guest, FsPerms::ReadOnly)
+            .map_err(wt)
+            .with_context(|| {
+                format!(
+                    "component `{}`: mount {} at {guest}",
+                    comp.id,
+                    host.display()
+                )
+            })?;
+    }
+    let mut table = ResourceTable::new();
+    table.set_max_capacity(MAX_RESOURCES);
+    let state = HostState {
+        wasi: wasi.build(),
+        http: WasiHttpCtx::new(),
+        table,
+        hooks: outbound::OutboundPolicy {
+            component: comp.id.clone(),
+            allowed: comp.allowed.clone(),
+        },
+        limiter: MemoryLimiter {
+            max_memory: usize::try_from(comp.limits.max_memory).unwrap_or(usize::MAX),
+            exceeded: false,
+        },
+    };
+    let mut store = Store::new(engine, state);
+    store.limiter(|s| &mut s.limiter);
+    let deadline = Instant::now() + comp.limits.timeout;
+    store.set_epoch_deadline(1);
+    store.epoch_deadline_callback(move |_| {
+        if Instant::now() >= deadline {
+            Ok(UpdateDeadline::Interrupt)
+        } else {
+            // Let other requests run on this thread, then check again next tick.
+            Ok(UpdateDeadline::Yield(1))
+        }
+    });
+    Ok(store)
+}
+
+enum Outcome {
+    Done,
+    Failed(Failure),
+}
+
+async fn run<B>(
+    comp: Arc<HttpComponent>,
+    mut store: Store<HostState>,
+    request: http::Request<B>,
+    permits: (OwnedSemaphorePermit, Option<OwnedSemaphorePermit>),
+) -> Result<http::Response<ResponseBody>, Failure>
+where
+    B: http_body::Body<Data = Bytes, Error = wasmtime_wasi_http::Error> + Send + 'static,
+{
+    let internal = |e: wasmtime::Error| Failure::Internal {
+        message: format!("{e:#}"),
+    };
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let req = store
+        .data_mut()
+        .http()
+        .new_incoming_request(Scheme::Http, request)
+        .map_err(internal)?;
+    let out = store
+        .data_mut()
+        .http()
+        .new_response_outparam(tx)
+        .map_err(internal)?;
+    let timeout = comp.limits.timeout;
+    let deadline = tokio::time::Instant::now() + timeout;
+    let task_comp = comp.clone();
+    let task = tokio::spawn(async move {
+        let _permits = permits;
+        let comp = task_comp;
+        let result = tokio::time::timeout_at(deadline, async {
+            let proxy = comp.pre.instantiate_async(&mut store).await?;
+            proxy
+                .wasi_http_incoming_handler()
+                .call_handle(&mut store, req, out)
+                .await
+        })
+        .await;
+        let outcome = match result {
+            Err(_) => Outcome::Failed(Failure::Timeout { timeout }),
+            Ok(Ok(())) => Outcome::Done,
+            Ok(Err(e)) => Outcome::Failed(classify(&e, store.data().limiter.exceeded, &comp)),
+        };
+        if let Outcome::Failed(f) = &outcome {
+            tracing::error!(component = %comp.id, "{f}");
+        }
+        outcome
+    });
+    match rx.await {
+        Ok(Ok(response)) => {
+            Ok(response.map(|b| b.map_err(|e| Box::new(e) as BoxError).boxed_unsync()))
+        }
+        Ok(Err(code)) => {
+            let f = Failure::GuestError {
+                message: format!("{code:?}"),
+            };
+            tracing::error!(component = %comp.id, "{f}");
+            Err(f)
+        }
+        Err(_) => match task.await {
+            Ok(Outcome::Failed(f)) => Err(f),
+            Ok(Outcome::Done) => {
+                tracing::error!(component = %comp.id, "{}", Failure::NoResponse);
+                Err(Failure::NoResponse)
+            }
+            Err(e) => Err(Failure::Internal {
+                message: format!("request task failed: {e}"),
+            }),
+        },
+    }
+}
+
+fn classify(e: &wasmtime::Error, memory_exceeded: bool, comp: &HttpComponent) -> Failure {
+    if memory_exceeded {
+        return Failure::MemoryLimit {
+            limit: comp.limits.max_memory,
+        };
+    }
+    if let Some(trap) = e.downcast_ref::<Trap>() {
+        if *trap == Trap::Interrupt {
+            return Failure::Timeout {
+                timeout: comp.limits.timeout,
+            };
+        }
+    }
+    let message = format!("{e:?}");
+    if message.contains("concurrent") && message.contains("limit") {
+        return Failure::Overloaded {
+            scope: "instance pool".to_string(),
+        };
+    }
+    // The first line names the trap; the backtrace follows.
+    let first = message.lines().take(3).collect::<Vec<_>>().join(" | ");
+    Failure::Trap { message: first }
+}
+
+fn build_engine(
+    options: &RuntimeOptions,
+    wanted_slots: u32,
+    max_memory: u64,
+    max_concurrent: usize,
+) -> anyhow::Result<(Engine, EngineReport)> {
+    let mut config = Config::new();
+    config.epoch_interruption(true);
+    let target = match options.engine {
+        EngineKind::Cranelift => std::env::consts::ARCH.to_string(),
+        EngineKind::Pulley => {
+            let t = if cfg!(target_pointer_width = "64") {
+                "pulley64"
+            } else {
+                "pulley32"
+            };
+            config.target(t).map_err(|e| anyhow!("{e:?}"))?;
+            t.to_string()
+        }
+    };
+    let probed = pool::probe_address_space();
+    let mut plan = match options.allocation {
+        Allocation::Auto => pool::plan(wanted_slots, max_memory, probed),
+        Allocation::OnDemand => PoolPlan {
+            slots: 0,
+            pooling: false,
+            ..pool::plan(wanted_slots, max_memory, probed)
+        },
+    };
+    loop {
+        let mut cfg = config.clone();
+        if plan.pooling {
+            apply_pool(&mut cfg, &plan);
+        } else {
+            cfg.memory_reservation(
+                plan.memory_reservation
+                    .min(max_memory.next_power_of_two())
+                    .max(1 << 20),
+            );
+            cfg.memory_guard_size(64 << 10);
+        }
+        match Engine::new(&cfg) {
+            Ok(engine) => {
+                let max_concurrent = if plan.pooling {
+                    max_concurrent.min(plan.slots as usize)
+                } else {
+                    max_concurrent
+                };
+                if let Some(ram) = pool::physical_memory() {
+                    let worst = max_memory.saturating_mul(max_concurrent as u64);
+                    if worst > ram {
+                        tracing::info!(
+                            "worst case: {max_concurrent} concurrent requests at up to {} each could use {} of memory, more than this host's {}; lower max_memory or max_concurrent_requests to rule it out",
+                            pool::human(max_memory),
+                            pool::human(worst),
+                            pool::human(ram)
+                        );
+                    }
+                }
+                start_epoch_ticker(&engine);
+                let report = EngineReport {
+                    engine: options.engine,
+                    target,
+                    pool: plan,
+                    max_concurrent_requests: max_concurrent,
+                };
+                return Ok((engine, report));
+            }
+            Err(e) if plan.pooling => {
+                // The probe said it fits but the mapping failed (other reservations, overcommit
+                // settings): halve and retry, down to on-demand.
+                tracing::debug!("pool of {} slots failed: {e:?}", plan.slots);
+                let smaller = pool::plan(plan.slots / 2, max_memory, plan.reserved());
+                plan = if plan.slots / 2 >= pool::MIN_POOL_SLOTS && smaller.pooling {
+                    PoolPlan {
+                        probed_address_space: probed,
+                        ..smaller
+                    }
+                } else {
+                    PoolPlan {
+                        slots: 0,
+                        pooling: false,
+                        ..plan
+                    }
+                };
+            }
+            Err(e) => bail!("cannot create the Wasmtime engine: {e:?}"),
+        }
+    }
+}
+
+fn apply_pool(config: &mut Config, plan: &PoolPlan) {
+    let mut pool = PoolingAllocationConfig::new();
+    let slots = plan.slots;
+    pool.total_component_instances(slots)
+        .total_core_instances(slots.saturating_mul(8))
+        .total_memories(slots.saturating_mul(pool::MEMORIES_PER_SLOT))
+        .total_tables(slots.saturating_mul(8))
+        .total_stacks(slots)
+        .max_memories_per_component(pool::MEMORIES_PER_SLOT)
+        .max_tables_per_component(8)
+        .max_core_instances_per_component(16)
+        .table_elements(MAX_TABLE_ELEMENTS)
+        .max_memory_size(usize::try_from(plan.max_memory).unwrap_or(usize::MAX))
+        // Reset small memories by memset instead of madvise: far cheaper per request.
+        .linear_memory_keep_resident(1 << 20)
+        .table_keep_resident(64 << 10);
+    config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    config.memory_reservation(plan.memory_reservation);
+    config.memory_guard_size(plan.guard_size);
+    config.memory_reservation_for_growth(0);
+}
+
+fn start_epoch_ticker(engine: &Engine) {
+    let weak = engine.weak();
+    std::thread::Builder::new()
+        .name("wms-epoch".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(EPOCH_TICK);
+                match weak.upgrade() {
+                    Some(engine) => engine.increment_epoch(),
+                    None => return,
+                }
+            }
+        })
+        .expect("spawn the epoch ticker thread");
+}
+
+/// Wasmtime has its own error type; carry its full message (with causes) into anyhow.
+fn wt(e: wasmtime::Error) -> anyhow::Error {
+    anyhow!("{e:?}")
+}
+
+fn compile(engine: &Engine, id: &str, path: &Path) -> anyhow::Result<Component> {
+    let bytes = std::fs::read(path).with_context(|| {
+        format!("component `{id}`: cannot read {}\n  help: build it first (`wms build`, or `wms up --build`) or fix `source` in the manifest", path.display())
+    })?;
+    if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
+        bail!(
+            "component `{id}`: {} is not a WebAssembly file\n  help: point `source` at a .wasm component",
+            path.display()
+        );
+    }
+    if bytes[4..8] == [1, 0, 0, 0] {
+        bail!(
+            "component `{id}`: {} is a core WebAssembly module, not a component\n  help: build for `wasm32-wasip2`, or turn the module into a component (`wasm-tools component new --adapt`)",
+            path.display()
+        );
+    }
+    Component::new(engine, &bytes)
+        .map_err(|e| anyhow!("{e:?}"))
+        .with_context(|| format!("component `{id}`: cannot compile {}", path.display()))
+}
+
+fn export_names(engine: &Engine, component: &Component) -> Vec<String> {
+    component
+        .component_type()
+        .exports(engine)
+        .map(|(name, _)| name.to_string())
+        .collect()
+}
+
+/// Copies the files matching `patterns` (relative to `app_dir`) into a private directory that
+/// is mounted read-only at the guest root, so the guest sees exactly those files.
+fn stage_files(
+    app_dir: &Path,
+    id: &str,
+    patterns: &[String],
+    exclude: &[String],
+) -> anyhow::Result<tempfile::TempDir> {
+    let staging = tempfile::Builder::new()
+        .prefix(&format!("wms-{id}-files-"))
+        .tempdir()
+        .context("create a staging directory for files")?;
+    let excluded: Vec<glob::Pattern> = exclude
+        .iter()
+        .map(|p| {
+            glob::Pattern::new(p)
+                .with_context(|| format!("component `{id}`: bad exclude_files pattern `{p}`"))
+        })
+        .collect::<Result<_, _>>()?;
+    for pattern in patterns {
+        let full = app_dir.join(pattern);
+        let full = full.to_string_lossy();
+        let mut matched = 0;
+        for entry in glob::glob(&full)
+            .with_context(|| format!("component `{id}`: bad files pattern `{pattern}`"))?
+        {
+            let path = entry?;
+            let rel = path.strip_prefix(app_dir).unwrap_or(&path).to_path_buf();
+            if excluded.iter().any(|x| x.matches_path(&rel)) {
+                continue;
+            }
+            let dest = staging.path().join(&rel);
+            if path.is_dir() {
+                copy_dir(&path, &dest)?;
+            } else {
+                if let Some(parent) = dest.parent() {
+                    std::fs::create_dir_all(parent)?;
+                }
+                std::fs::copy(&path, &dest)
+                    .with_context(|| format!("component `{id}`: copy {}", path.display()))?;
+            }
+            matched += 1;
+        }
+        if matched == 0 {
+            bail!(
+                "component `{id}`: files pattern `{pattern}` matches nothing under {}\n  help: fix the pattern or remove it",
+                app_dir.display()
+            );
+        }
+    }
+    Ok(staging)
+}
+
+fn copy_dir(from: &Path, to: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let dest = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            copy_dir(&entry.path(), &dest)?;
+        } else {
+            std::fs::copy(entry.path(), &dest)?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,223 @@
+//! Sizing the pooling allocator to what this host can actually reserve.
+//!
+//! Wasmtime's default pool reserves about 6 TiB of address space (1000 slots of 4 GiB plus
+//! guards). Boards with a 39-bit address space (VisionFive 2, Jetson Nano) cannot map that and
+//! peers fall back to on-demand allocation, losing most of their throughput. wms probes the
+//! largest reservation it can get and picks the best layout that fits in half of it:
+//!
+//! 1. 4 GiB reservations with 32 MiB guards ("static" memories: no bounds checks in code);
+//! 2. reservations just large enough for the largest component memory limit, 64 KiB guards;
+//! 3. the same with fewer slots;
+//! 4. on-demand allocation when not even a small pool fits.
+
+use std::fmt;
+
+const GIB: u64 = 1 << 30;
+const MIB: u64 = 1 << 20;
+const KIB: u64 = 1 << 10;
+
+/// The fewest slots worth pooling for; below this wms allocates on demand.
+pub const MIN_POOL_SLOTS: u32 = 8;
+
+/// Memories reserved per instance slot: a component built with the preview 1 adapter has two.
+pub const MEMORIES_PER_SLOT: u32 = 2;
+
+/// The layout chosen for linear memories.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolPlan {
+    /// Concurrent instances the pool holds (0 when on demand).
+    pub slots: u32,
+    /// Address space reserved per linear memory.
+    pub memory_reservation: u64,
+    /// Guard region after each memory.
+    pub guard_size: u64,
+    /// The largest linear memory an instance may grow to.
+    pub max_memory: u64,
+    /// The largest contiguous reservation the probe obtained.
+    pub probed_address_space: u64,
+    /// False when the pool did not fit and instances are allocated on demand.
+    pub pooling: bool,
+}
+
+impl PoolPlan {
+    /// Address space the memory pool reserves.
+    pub fn reserved(&self) -> u64 {
+        u64::from(self.slots)
+            * u64::from(MEMORIES_PER_SLOT)
+            * (self.memory_reservation + self.guard_size)
+    }
+}
+
+impl fmt::Display for PoolPlan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.pooling {
+            write!(
+                f,
+                "pooling allocator: {} slots, {} reservation + {} guard per memory, {} max memory, {} reserved of {} probed",
+                self.slots,
+                human(self.memory_reservation),
+                human(self.guard_size),
+                human(self.max_memory),
+                human(self.reserved()),
+                human(self.probed_address_space)
+            )
+        } else {
+            write!(
+                f,
+                "on-demand allocation: a pool of {MIN_POOL_SLOTS} slots does not fit in {} of address space",
+                human(self.probed_address_space)
+            )
+        }
+    }
+}
+
+/// Formats a byte count with a binary unit.
+pub fn human(bytes: u64) -> String {
+    if bytes >= GIB && bytes % GIB == 0 {
+        format!("{}GiB", bytes / GIB)
+    } else if bytes >= GIB {
+        format!("{:.1}GiB", bytes as f64 / GIB as f64)
+    } else if bytes >= MIB && bytes % MIB == 0 {
+        format!("{}MiB", bytes / MIB)
+    } else if bytes >= MIB {
+        format!("{:.1}MiB", bytes as f64 / MIB as f64)
+    } else {
+        format!("{}KiB", bytes / KIB)
+    }
+}
+
+/// Chooses a layout for `wanted_slots` instances whose memories grow to at most `max_memory`,
+/// given `address_space` bytes of reservable address space.
+pub fn plan(wanted_slots: u32, max_memory: u64, address_space: u64) -> PoolPlan {
+    let budget = address_space / 2;
+    let max_memory = max_memory.max(64 * KIB);
+    let fits = |slots: u32, reservation: u64, guard: u64| {
+        u64::from(slots) * u64::from(MEMORIES_PER_SLOT) * (reservation + guard) <= budget
+    };
+    let base = PoolPlan {
+        slots: wanted_slots,
+        memory_reservation: 4 * GIB,
+        guard_size: 32 * MIB,
+        max_memory,
+        probed_address_space: address_space,
+        pooling: true,
+    };
+    // Static memories need the limit to fit in the 4 GiB reservation, which it always does for
+    // 32-bit wasm.
+    if max_memory <= 4 * GIB && fits(wanted_slots, 4 * GIB, 32 * MIB) {
+        return base;
+    }
+    let reservation = max_memory.next_power_of_two().max(MIB);
+    let guard = 64 * KIB;
+    let per_slot = u64::from(MEMORIES_PER_SLOT) * (reservation + guard);
+    let affordable = (budget / per_slot).min(u64::from(wanted_slots)) as u32;
+    if affordable >= MIN_POOL_SLOTS.min(wanted_slots) && affordable > 0 {
+        return PoolPlan {
+            slots: affordable,
+            memory_reservation: reservation,
+            guard_size: guard,
+            ..base
+        };
+    }
+    PoolPlan {
+        slots: 0,
+        pooling: false,
+        ..base
+    }
+}
+
+/// The largest contiguous anonymous reservation (no memory committed) this process can make,
+/// found by halving from 128 TiB. Respects `ulimit -v` and emulator limits such as `qemu -R`.
+pub fn probe_address_space() -> u64 {
+    let mut size: u64 = 1 << 47;
+    while size >= 16 * MIB {
+        if try_reserve(size) {
+            // Refine between size and 2*size in eighths.
+            let mut best = size;
+            for k in (1..8).rev() {
+                let candidate = size + size / 8 * k;
+                if try_reserve(candidate) {
+                    best = candidate;
+                    break;
+                }
+            }
+            return best;
+        }
+        size /= 2;
+    }
+    0
+}
+
+#[cfg(unix)]
+fn try_reserve(size: u64) -> bool {
+    let Ok(len) = usize::try_from(size) else {
+        return false;
+    };
+    // SAFETY: an anonymous PROT_NONE mapping touches no existing memory; it is unmapped at once.
+    unsafe {
+        let ptr = libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_NONE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            -1,
+            0,
+        );
+        if ptr == libc::MAP_FAILED {
+            return false;
+        }
+        libc::munmap(ptr, len);
+    }
+    true
+}
+
+#[cfg(not(unix))]
+fn try_reserve(_size: u64) -> bool {
+    false
+}
+
+/// Physical memory of the host, if known.
+pub fn physical_memory() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * KIB)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn big_host_gets_static_memories() {
+        let p = plan(1000, 128 * MIB, 128 << 40);
+        assert!(p.pooling);
+        assert_eq!(
+            (p.slots, p.memory_reservation, p.guard_size),
+            (1000, 4 * GIB, 32 * MIB)
+        );
+    }
+
+    #[test]
+    fn sv39_board_shrinks_reservations_not_slots() {
+        // qemu -R 256G, as on a VisionFive 2.
+        let p = plan(1000, 128 * MIB, 256 * GIB);
+        assert!(p.pooling);
+        assert_eq!(p.memory_reservation, 128 * MIB);
+        assert_eq!(p.guard_size, 64 * KIB);
+        assert_eq!(p.slots, 511);
+        assert!(p.reserved() <= 128 * GIB);
+    }
+
+    #[test]
+    fn tiny_address_space_falls_back_to_on_demand() {
+        let p = plan(1000, 128 * MIB, 1 * GIB);
+        assert!(!p.pooling);
+        assert_eq!(p.slots, 0);
+    }
+
+    #[test]
+    fn probe_finds_some_address_space() {
+        assert!(probe_address_space() >= 1 << 30);
+    }
+}

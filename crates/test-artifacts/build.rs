@@ -1,0 +1,122 @@
+//! Builds the test guests (`guests/`) and the example components (`examples/`) for
+//! `wasm32-wasip2` from source and exposes their paths as constants. No `.wasm` is checked in.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const TARGET: &str = "wasm32-wasip2";
+
+fn main() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let root = root.canonicalize().expect("workspace root");
+    let out_dir = PathBuf::from(std::env::var("OUT_DIR").unwrap());
+    // The guests get their own target directory next to the host's, so both stay warm across
+    // runs (and in CI, where CARGO_TARGET_DIR lives outside the checkout).
+    let guests_target = out_dir
+        .ancestors()
+        .nth(4)
+        .expect("OUT_DIR is TARGET/PROFILE/build/PKG/out")
+        .join("wasm-guests");
+
+    let mut consts = String::new();
+    for (workspace, target_dir, crates) in [
+        (
+            "guests",
+            guests_target.clone(),
+            vec![("testkit", true), ("not-http", false)],
+        ),
+        // Examples build into their own `examples/target`, the path their manifests point to.
+        (
+            "examples",
+            root.join("examples/target"),
+            vec![("hello", true), ("echo", true)],
+        ),
+    ] {
+        let dir = root.join(workspace);
+        watch(&dir);
+        build(&dir, &target_dir);
+        for (name, is_lib) in crates {
+            let file = if is_lib {
+                name.replace('-', "_")
+            } else {
+                name.to_string()
+            };
+            let path = target_dir
+                .join(TARGET)
+                .join("release")
+                .join(format!("{file}.wasm"));
+            assert!(path.is_file(), "{} was not built", path.display());
+            let ident = name.replace('-', "_").to_uppercase();
+            consts.push_str(&format!(
+                "pub const {ident}: &str = {:?};\n",
+                path.display().to_string()
+            ));
+        }
+    }
+    consts.push_str(&format!(
+        "pub const EXAMPLES_DIR: &str = {:?};\n",
+        root.join("examples").display().to_string()
+    ));
+    std::fs::write(out_dir.join("artifacts.rs"), consts).unwrap();
+}
+
+/// Re-run when a guest's sources change, but not when its target directory does.
+fn watch(dir: &Path) {
+    println!(
+        "cargo:rerun-if-changed={}",
+        dir.join("Cargo.toml").display()
+    );
+    for entry in walk(dir) {
+        println!("cargo:rerun-if-changed={}", entry.display());
+    }
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        let name = entry.file_name();
+        if name == "target" || name.to_string_lossy().starts_with('.') {
+            continue;
+        }
+        if path.is_dir() {
+            found.extend(walk(&path));
+        } else if path.extension().is_some_and(|e| e == "rs" || e == "toml") {
+            found.push(path);
+        }
+    }
+    found
+}
+
+fn build(dir: &Path, target_dir: &Path) {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(dir)
+        .args([
+            "build",
+            "--release",
+            "--workspace",
+            "--target",
+            TARGET,
+            "--target-dir",
+        ])
+        .arg(target_dir);
+    // Do not leak the host build's settings into the guest build.
+    for (key, _) in std::env::vars() {
+        if key.starts_with("CARGO_") && key != "CARGO_HOME"
+            || key == "RUSTFLAGS"
+            || key == "RUSTC_WRAPPER"
+        {
+            cmd.env_remove(key);
+        }
+    }
+    let status = cmd
+        .status()
+        .unwrap_or_else(|e| panic!("cannot run cargo for {}: {e}", dir.display()));
+    if !status.success() {
+        panic!(
+            "building the wasm guests in {} failed; if the target is missing, run `rustup target add {TARGET}`",
+            dir.display()
+        );
+    }
+}

@@ -1,0 +1,172 @@
+//! A wasi:http component whose behaviour is chosen by the last path segment, so one build
+//! exercises every way a guest can succeed or fail. The query carries arguments.
+
+use std::io::{Read as _, Write as _};
+
+use wasip2::http::outgoing_handler;
+use wasip2::http::types::{
+    Fields, IncomingRequest, Method, OutgoingBody, OutgoingRequest, OutgoingResponse,
+    ResponseOutparam, Scheme,
+};
+
+struct Testkit;
+
+fn query_arg(path: &str, key: &str) -> Option<String> {
+    let (_, query) = path.split_once('?')?;
+    query.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=')?;
+        (k == key).then(|| v.to_string())
+    })
+}
+
+fn respond(out: ResponseOutparam, status: u16, body: &[u8]) {
+    let headers = Fields::from_list(&[(
+        "content-length".to_string(),
+        body.len().to_string().into_bytes(),
+    )])
+    .unwrap();
+    let response = OutgoingResponse::new(headers);
+    response.set_status_code(status).unwrap();
+    let out_body = response.body().unwrap();
+    ResponseOutparam::set(out, Ok(response));
+    let mut stream = out_body.write().unwrap();
+    stream.write_all(body).unwrap();
+    drop(stream);
+    OutgoingBody::finish(out_body, None).unwrap();
+}
+
+fn sleep_ms(ms: u64) {
+    wasip2::clocks::monotonic_clock::subscribe_duration(ms * 1_000_000).block();
+}
+
+fn outbound(url: &str) -> Result<(u16, Vec<u8>), String> {
+    let (scheme, rest) = url.split_once("://").ok_or("url without scheme")?;
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let req = OutgoingRequest::new(Fields::new());
+    req.set_method(&Method::Get).unwrap();
+    req.set_scheme(Some(&if scheme == "https" { Scheme::Https } else { Scheme::Http }))
+        .unwrap();
+    req.set_authority(Some(authority)).unwrap();
+    req.set_path_with_query(Some(path)).unwrap();
+    let future = outgoing_handler::handle(req, None).map_err(|e| format!("{e:?}"))?;
+    future.subscribe().block();
+    let response = future
+        .get()
+        .expect("ready")
+        .expect("first get")
+        .map_err(|e| format!("{e:?}"))?;
+    let status = response.status();
+    let body = response.consume().unwrap();
+    let mut stream = body.stream().unwrap();
+    let mut bytes = Vec::new();
+    stream.read_to_end(&mut bytes).map_err(|e| e.to_string())?;
+    Ok((status, bytes))
+}
+
+impl wasip2::exports::http::incoming_handler::Guest for Testkit {
+    fn handle(request: IncomingRequest, out: ResponseOutparam) {
+        let path = request.path_with_query().unwrap_or_default();
+        let action = path
+            .split('?')
+            .next()
+            .unwrap_or("")
+            .rsplit('/')
+            .next()
+            .unwrap_or("")
+            .to_string();
+        match action.as_str() {
+            "trap" => panic!("testkit was asked to trap"),
+            "loop" => {
+                #[expect(clippy::empty_loop, reason = "the point is a guest that never yields")]
+                loop {}
+            }
+            "headers-then-loop" => {
+                let response = OutgoingResponse::new(Fields::new());
+                let body = response.body().unwrap();
+                ResponseOutparam::set(out, Ok(response));
+                let stream = body.write().unwrap();
+                stream.blocking_write_and_flush(b"partial").unwrap();
+                loop {
+                    std::hint::black_box(&stream);
+                }
+            }
+            "hog" => {
+                let mut hoard: Vec<Vec<u8>> = Vec::new();
+                loop {
+                    hoard.push(vec![1u8; 1 << 20]);
+                    std::hint::black_box(&hoard);
+                }
+            }
+            "no-response" => drop(out),
+            "slow" => {
+                let ms = query_arg(&path, "ms").and_then(|m| m.parse().ok()).unwrap_or(1000);
+                sleep_ms(ms);
+                respond(out, 200, format!("slept {ms}ms").as_bytes());
+            }
+            "env" => {
+                let mut text = String::new();
+                for (k, v) in std::env::vars() {
+                    text.push_str(&format!("{k}={v}\n"));
+                }
+                respond(out, 200, text.as_bytes());
+            }
+            "read" => {
+                let file = query_arg(&path, "path").unwrap_or_default();
+                match std::fs::read(&file) {
+                    Ok(bytes) => respond(out, 200, &bytes),
+                    Err(e) => respond(out, 404, format!("read {file}: {e}").as_bytes()),
+                }
+            }
+            "write" => {
+                let file = query_arg(&path, "path").unwrap_or_default();
+                match std::fs::write(&file, b"overwritten") {
+                    Ok(()) => respond(out, 200, b"written"),
+                    Err(e) => respond(out, 403, format!("write {file}: {e}").as_bytes()),
+                }
+            }
+            "outbound" => {
+                let url = query_arg(&path, "url").unwrap_or_default();
+                match outbound(&url) {
+                    Ok((status, body)) => {
+                        let mut text = format!("upstream {status}: ").into_bytes();
+                        text.extend_from_slice(&body);
+                        respond(out, 200, &text)
+                    }
+                    Err(e) => respond(out, 502, format!("outbound error: {e}").as_bytes()),
+                }
+            }
+            "log" => {
+                println!("to stdout from the guest");
+                eprintln!("to stderr from the guest");
+                respond(out, 200, b"logged");
+            }
+            "download" => {
+                let n: u64 = query_arg(&path, "bytes").and_then(|b| b.parse().ok()).unwrap_or(0);
+                let headers = Fields::from_list(&[(
+                    "content-length".to_string(),
+                    n.to_string().into_bytes(),
+                )])
+                .unwrap();
+                let response = OutgoingResponse::new(headers);
+                let body = response.body().unwrap();
+                ResponseOutparam::set(out, Ok(response));
+                let stream = body.write().unwrap();
+                let chunk = vec![b'x'; 4096];
+                let mut left = n;
+                while left > 0 {
+                    let k = left.min(chunk.len() as u64) as usize;
+                    stream.blocking_write_and_flush(&chunk[..k]).unwrap();
+                    left -= k as u64;
+                }
+                drop(stream);
+                OutgoingBody::finish(body, None).unwrap();
+            }
+            other => respond(out, 200, format!("testkit: {other}").as_bytes()),
+        }
+    }
+}
+
+wasip2::http::proxy::export!(Testkit);
