@@ -203,7 +203,7 @@ mod tests {
 
     #[test]
     fn most_specific_first() {
-        let mut routes = vec![p("/..."), p("/a/..."), p("/a/:x"), p("/a/b"), p("/a")];
+        let mut routes = [p("/..."), p("/a/..."), p("/a/:x"), p("/a/b"), p("/a")];
         routes.sort_by(|a, b| a.specificity_cmp(b));
         let order: Vec<_> = routes.iter().map(|r| r.raw().to_string()).collect();
         assert_eq!(order, ["/a/b", "/a/:x", "/a", "/a/...", "/..."]);

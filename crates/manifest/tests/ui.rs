@@ -21,7 +21,7 @@ fn bad_manifests_have_exact_diagnostics() {
     let mut failures = Vec::new();
     for manifest in entries {
         let actual = match wms_manifest::load(&manifest) {
-            Ok(_) => format!("(loaded without error)\n"),
+            Ok(_) => "(loaded without error)\n".to_string(),
             Err(e) => format!("{e}\n"),
         };
         let golden = manifest.with_extension("err");

@@ -458,6 +458,7 @@ where
     let timeout = comp.limits.timeout;
     let deadline = tokio::time::Instant::now() + timeout;
     let task_comp = comp.clone();
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<bool>();
     let task = tokio::spawn(async move {
         let _permits = permits;
         let comp = task_comp;
@@ -477,12 +478,17 @@ where
         if let Outcome::Failed(f) = &outcome {
             tracing::error!(component = %comp.id, "{f}");
         }
+        let _ = done_tx.send(matches!(outcome, Outcome::Failed(_)));
         outcome
     });
     match rx.await {
-        Ok(Ok(response)) => {
-            Ok(response.map(|b| b.map_err(|e| Box::new(e) as BoxError).boxed_unsync()))
-        }
+        Ok(Ok(response)) => Ok(response.map(|b| {
+            GuardedBody {
+                inner: b.map_err(|e| Box::new(e) as BoxError).boxed_unsync(),
+                done: Some(done_rx),
+            }
+            .boxed_unsync()
+        })),
         Ok(Err(code)) => {
             let f = Failure::GuestError {
                 message: format!("{code:?}"),
@@ -503,18 +509,64 @@ where
     }
 }
 
+/// A guest's response body that ends in an error, not a clean end, when the guest fails
+/// (trap, timeout) after it has sent the response head: the client must not mistake a cut-off
+/// body for a complete one. On HTTP/1.1 the connection is closed.
+struct GuardedBody {
+    inner: ResponseBody,
+    done: Option<tokio::sync::oneshot::Receiver<bool>>,
+}
+
+impl http_body::Body for GuardedBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
+        use std::task::Poll;
+        match std::pin::Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(None) => {}
+            other => return other,
+        }
+        let Some(done) = self.done.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match std::pin::Pin::new(done).poll(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(failed) => {
+                self.done = None;
+                if failed.unwrap_or(true) {
+                    Poll::Ready(Some(Err(
+                        "the guest failed while sending the response body".into(),
+                    )))
+                } else {
+                    Poll::Ready(None)
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done.is_none() && self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 fn classify(e: &wasmtime::Error, memory_exceeded: bool, comp: &HttpComponent) -> Failure {
     if memory_exceeded {
         return Failure::MemoryLimit {
             limit: comp.limits.max_memory,
         };
     }
-    if let Some(trap) = e.downcast_ref::<Trap>() {
-        if *trap == Trap::Interrupt {
-            return Failure::Timeout {
-                timeout: comp.limits.timeout,
-            };
-        }
+    if e.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
+        return Failure::Timeout {
+            timeout: comp.limits.timeout,
+        };
     }
     let message = format!("{e:?}");
     if message.contains("concurrent") && message.contains("limit") {

@@ -73,11 +73,11 @@ impl fmt::Display for PoolPlan {
 
 /// Formats a byte count with a binary unit.
 pub fn human(bytes: u64) -> String {
-    if bytes >= GIB && bytes % GIB == 0 {
+    if bytes >= GIB && bytes.is_multiple_of(GIB) {
         format!("{}GiB", bytes / GIB)
     } else if bytes >= GIB {
         format!("{:.1}GiB", bytes as f64 / GIB as f64)
-    } else if bytes >= MIB && bytes % MIB == 0 {
+    } else if bytes >= MIB && bytes.is_multiple_of(MIB) {
         format!("{}MiB", bytes / MIB)
     } else if bytes >= MIB {
         format!("{:.1}MiB", bytes as f64 / MIB as f64)
@@ -211,7 +211,7 @@ mod tests {
 
     #[test]
     fn tiny_address_space_falls_back_to_on_demand() {
-        let p = plan(1000, 128 * MIB, 1 * GIB);
+        let p = plan(1000, 128 * MIB, GIB);
         assert!(!p.pooling);
         assert_eq!(p.slots, 0);
     }

@@ -1,0 +1,187 @@
+use std::io::{BufRead, BufReader, Read};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub use wms_test_artifacts as artifacts;
+
+pub const WMS: &str = env!("CARGO_BIN_EXE_wms");
+
+/// A running `wms up`; killed on drop.
+pub struct Server {
+    pub child: Child,
+    pub addr: SocketAddr,
+    log: Arc<Mutex<String>>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl Server {
+    /// Starts `wms up APP --listen 127.0.0.1:0 ARGS...` and waits for the bound address.
+    pub fn start(app: &Path, args: &[&str]) -> Server {
+        Self::start_in(app, args, None)
+    }
+
+    /// Starts a server for a manifest written into a temporary directory.
+    pub fn with_manifest(manifest: &str, args: &[&str]) -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("wms.toml"), manifest).unwrap();
+        let path = dir.path().to_path_buf();
+        Self::start_in(&path, args, Some(dir))
+    }
+
+    fn start_in(app: &Path, args: &[&str], dir: Option<tempfile::TempDir>) -> Server {
+        let mut child = Command::new(WMS)
+            .arg("up")
+            .arg(app)
+            .args(["--listen", "127.0.0.1:0"])
+            .args(args)
+            .env("WMS_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start wms");
+        let log = Arc::new(Mutex::new(String::new()));
+        let stderr = child.stderr.take().unwrap();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                let mut log = sink.lock().unwrap();
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut reader = BufReader::new(stdout);
+            let mut line = String::new();
+            while reader.read_line(&mut line).unwrap_or(0) > 0 {
+                if let Some(addr) = line.trim().strip_prefix("Serving http://") {
+                    let _ = tx.send(addr.parse::<SocketAddr>().unwrap());
+                }
+                line.clear();
+            }
+        });
+        let addr = match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(addr) => addr,
+            Err(_) => {
+                let _ = child.kill();
+                std::thread::sleep(Duration::from_millis(200));
+                panic!(
+                    "wms did not print its address; log:\n{}",
+                    log.lock().unwrap()
+                );
+            }
+        };
+        Server {
+            child,
+            addr,
+            log,
+            _dir: dir,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Everything the server logged to stderr so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Waits until the log contains `needle`.
+    pub fn wait_for_log(&self, needle: &str) -> String {
+        let start = Instant::now();
+        loop {
+            let log = self.log();
+            if log.contains(needle) {
+                return log;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "log never contained {needle:?}:\n{log}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `wms ARGS...` to completion; returns (exit code, stdout, stderr).
+pub fn wms(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(WMS)
+        .args(args)
+        .env("WMS_LOG", "info")
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap()
+}
+
+pub fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// A manifest with one testkit component per `(name, route, extra component lines)`.
+pub fn testkit_app(components: &[(&str, &str, &str)]) -> String {
+    let mut m = String::from("spin_manifest_version = 2\n[application]\nname = \"testkit\"\n");
+    for (name, route, _) in components {
+        m.push_str(&format!(
+            "[[trigger.http]]\nroute = \"{route}\"\ncomponent = \"{name}\"\n"
+        ));
+    }
+    for (name, _, extra) in components {
+        m.push_str(&format!(
+            "[component.{name}]\nsource = {:?}\n{extra}\n",
+            artifacts::TESTKIT
+        ));
+    }
+    m
+}
+
+pub fn examples(name: &str) -> PathBuf {
+    Path::new(artifacts::EXAMPLES_DIR).join(name)
+}
+
+/// Peak resident memory of a process, from /proc.
+pub fn peak_rss(pid: i32) -> u64 {
+    let mut s = String::new();
+    std::fs::File::open(format!("/proc/{pid}/status"))
+        .unwrap()
+        .read_to_string(&mut s)
+        .unwrap();
+    let line = s.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    line.split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse::<u64>()
+        .unwrap()
+        * 1024
+}

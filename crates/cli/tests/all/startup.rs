@@ -1,0 +1,123 @@
+//! Everything that can be wrong with an app is reported at start, clearly, before serving.
+
+use crate::harness::{Server, artifacts, examples, wms};
+
+fn write_app(manifest: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("wms.toml"), manifest).unwrap();
+    dir
+}
+
+fn app_with_source(source: &str) -> String {
+    format!(
+        "spin_manifest_version = 2\n[application]\nname = \"bad\"\n[[trigger.http]]\nroute = \"/...\"\ncomponent = \"web\"\n[component.web]\nsource = {source:?}\n"
+    )
+}
+
+#[test]
+fn start_up_logs_the_pool_configuration() {
+    let server = Server::start(&examples("hello"), &[]);
+    let log = server.wait_for_log("pooling allocator:");
+    assert!(log.contains("slots"), "{log}");
+}
+
+#[test]
+fn bad_manifest_fails_with_file_line_and_column() {
+    let dir = write_app(
+        "spin_manifest_version = 2\n[application]\nname = \"x\"\n[[trigger.http]]\nroute = \"/\"\ncomponent = \"web\"\n[component.web]\nsource = \"a.wasm\"\nkey_value_stores = [\"default\"]\n",
+    );
+    let (code, _, stderr) = wms(&[
+        "up",
+        dir.path().to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+    ]);
+    assert_eq!(code, 1);
+    let manifest = dir.path().join("wms.toml");
+    assert!(
+        stderr.contains(&format!(
+            "{}:9:20: component `web`: `key_value_stores` is not supported by wms",
+            manifest.display()
+        )),
+        "{stderr}"
+    );
+    assert!(stderr.contains("help: "), "{stderr}");
+}
+
+#[test]
+fn core_module_is_rejected_at_start() {
+    let dir = write_app(&app_with_source("module.wasm"));
+    // The smallest valid core module: magic and version.
+    std::fs::write(dir.path().join("module.wasm"), b"\0asm\x01\0\0\0").unwrap();
+    let (code, _, stderr) = wms(&[
+        "up",
+        dir.path().to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+    ]);
+    assert_eq!(code, 1);
+    assert!(
+        stderr.contains("component `web`")
+            && stderr.contains("is a core WebAssembly module, not a component"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn component_without_http_handler_is_rejected_at_start() {
+    let dir = write_app(&app_with_source(artifacts::NOT_HTTP));
+    let (code, _, stderr) = wms(&[
+        "up",
+        dir.path().to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+    ]);
+    assert_eq!(code, 1);
+    assert!(
+        stderr.contains("does not export `wasi:http/incoming-handler@0.2.x`"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("wasi:cli/run"),
+        "the error should list what it exports: {stderr}"
+    );
+}
+
+#[test]
+fn missing_wasm_says_to_build() {
+    let dir = write_app(&app_with_source("target/none.wasm"));
+    let (code, _, stderr) = wms(&[
+        "up",
+        dir.path().to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+    ]);
+    assert_eq!(code, 1);
+    assert!(
+        stderr.contains("component `web`: cannot read") && stderr.contains("wms build"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn build_runs_the_component_build_commands() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = "spin_manifest_version = 2\n[application]\nname = \"b\"\n[[trigger.http]]\nroute = \"/...\"\ncomponent = \"web\"\n[component.web]\nsource = \"out/web.wasm\"\n[component.web.build]\ncommand = \"mkdir -p out && cp \\\"$SRC\\\" out/web.wasm\"\nenvironment = { SRC = \"SRCPATH\" }\n"
+        .replace("SRCPATH", artifacts::HELLO);
+    std::fs::write(dir.path().join("wms.toml"), manifest).unwrap();
+    let (code, _, stderr) = wms(&["build", dir.path().to_str().unwrap()]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(
+        std::fs::read(dir.path().join("out/web.wasm")).unwrap(),
+        std::fs::read(artifacts::HELLO).unwrap()
+    );
+
+    let failing = "spin_manifest_version = 2\n[application]\nname = \"b\"\n[[trigger.http]]\nroute = \"/...\"\ncomponent = \"web\"\n[component.web]\nsource = \"out/web.wasm\"\n[component.web.build]\ncommand = \"exit 3\"\n";
+    std::fs::write(dir.path().join("wms.toml"), failing).unwrap();
+    let (code, _, stderr) = wms(&["build", dir.path().to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(
+        stderr.contains("component `web`: build command `exit 3` failed"),
+        "{stderr}"
+    );
+}
