@@ -34,7 +34,7 @@ fn main() {
     ] {
         let dir = root.join(workspace);
         watch(&dir);
-        build(&dir, &target_dir);
+        build_package(&dir, &target_dir, TARGET, true);
         for (name, is_lib) in crates {
             let file = if is_lib {
                 name.replace('-', "_")
@@ -53,6 +53,21 @@ fn main() {
             ));
         }
     }
+    // The Spin SDK example builds like Spin's template (wasm32-wasip1, its own workspace) in the
+    // shared guest target directory; the module is then put where its unchanged spin.toml
+    // expects it.
+    let spin_dir = root.join("examples/spin-hello");
+    watch_only(&spin_dir);
+    build_package(&spin_dir, &guests_target, "wasm32-wasip1", false);
+    let built = guests_target.join("wasm32-wasip1/release/spin_hello.wasm");
+    let expected = spin_dir.join("target/wasm32-wasip1/release/spin_hello.wasm");
+    std::fs::create_dir_all(expected.parent().unwrap()).unwrap();
+    std::fs::copy(&built, &expected)
+        .unwrap_or_else(|e| panic!("copy {} to {}: {e}", built.display(), expected.display()));
+    consts.push_str(&format!(
+        "pub const SPIN_HELLO: &str = {:?};\n",
+        expected.display().to_string()
+    ));
     consts.push_str(&format!(
         "pub const EXAMPLES_DIR: &str = {:?};\n",
         root.join("examples").display().to_string()
@@ -88,19 +103,21 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
     found
 }
 
-fn build(dir: &Path, target_dir: &Path) {
+fn watch_only(dir: &Path) {
+    for name in ["Cargo.toml", "src"] {
+        println!("cargo:rerun-if-changed={}", dir.join(name).display());
+    }
+}
+
+fn build_package(dir: &Path, target_dir: &Path, target: &str, workspace: bool) {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.current_dir(dir)
-        .args([
-            "build",
-            "--release",
-            "--workspace",
-            "--target",
-            TARGET,
-            "--target-dir",
-        ])
+        .args(["build", "--release", "--target", target, "--target-dir"])
         .arg(target_dir);
+    if workspace {
+        cmd.arg("--workspace");
+    }
     // Do not leak the host build's settings into the guest build.
     for (key, _) in std::env::vars() {
         if key.starts_with("CARGO_") && key != "CARGO_HOME"
@@ -115,7 +132,7 @@ fn build(dir: &Path, target_dir: &Path) {
         .unwrap_or_else(|e| panic!("cannot run cargo for {}: {e}", dir.display()));
     if !status.success() {
         panic!(
-            "building the wasm guests in {} failed; if the target is missing, run `rustup target add {TARGET}`",
+            "building the wasm guests in {} failed; if the target is missing, run `rustup target add {target}`",
             dir.display()
         );
     }

@@ -6,6 +6,7 @@
 //! with the component's timeout, memory limit and concurrency limits in force, and classifies
 //! every way the guest can fail so the front end can answer 503, 504 or 500 and keep serving.
 
+mod adapt;
 mod guest_log;
 mod outbound;
 pub mod pool;
@@ -31,6 +32,7 @@ use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 use wms_manifest::{AllowedHost, App, FileMount};
 
+pub use adapt::{ENV_CACHE_DIR, cache_dir};
 pub use pool::PoolPlan;
 
 /// Errors from bodies crossing the runtime boundary.
@@ -723,12 +725,17 @@ fn compile(engine: &Engine, id: &str, path: &Path) -> anyhow::Result<Component> 
             path.display()
         );
     }
-    if bytes[4..8] == [1, 0, 0, 0] {
-        bail!(
-            "component `{id}`: {} is a core WebAssembly module, not a component\n  help: build for `wasm32-wasip2`, or turn the module into a component (`wasm-tools component new --adapt`)",
-            path.display()
-        );
-    }
+    let bytes = if bytes[4..8] == [1, 0, 0, 0] {
+        // A preview 1 module (e.g. from Spin's Rust template): adapt it as Spin does.
+        adapt::componentize(&bytes).with_context(|| {
+            format!(
+                "component `{id}`: {} is a core WebAssembly module, not a component, and cannot be adapted\n  help: build for `wasm32-wasip2`, or build the module with an SDK that embeds its WIT world (Spin SDK, wit-bindgen)",
+                path.display()
+            )
+        })?
+    } else {
+        bytes
+    };
     Component::new(engine, &bytes)
         .map_err(|e| anyhow!("{e:?}"))
         .with_context(|| format!("component `{id}`: cannot compile {}", path.display()))

@@ -9,6 +9,12 @@ pub use wms_test_artifacts as artifacts;
 
 pub const WMS: &str = env!("CARGO_BIN_EXE_wms");
 
+/// A cache directory for this test process, so tests never touch the user's cache.
+fn test_cache() -> &'static Path {
+    static DIR: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| tempfile::tempdir().unwrap()).path()
+}
+
 /// A running `wms up`; killed on drop.
 pub struct Server {
     pub child: Child,
@@ -20,7 +26,12 @@ pub struct Server {
 impl Server {
     /// Starts `wms up APP --listen 127.0.0.1:0 ARGS...` and waits for the bound address.
     pub fn start(app: &Path, args: &[&str]) -> Server {
-        Self::start_in(app, args, None)
+        Self::start_in(app, args, None, &[])
+    }
+
+    /// Like [`Server::start`] with extra environment variables.
+    pub fn start_with_env(app: &Path, args: &[&str], env: &[(&str, &Path)]) -> Server {
+        Self::start_in(app, args, None, env)
     }
 
     /// Starts a server for a manifest written into a temporary directory.
@@ -28,11 +39,18 @@ impl Server {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("wms.toml"), manifest).unwrap();
         let path = dir.path().to_path_buf();
-        Self::start_in(&path, args, Some(dir))
+        Self::start_in(&path, args, Some(dir), &[])
     }
 
-    fn start_in(app: &Path, args: &[&str], dir: Option<tempfile::TempDir>) -> Server {
+    fn start_in(
+        app: &Path,
+        args: &[&str],
+        dir: Option<tempfile::TempDir>,
+        env: &[(&str, &Path)],
+    ) -> Server {
         let mut child = Command::new(WMS)
+            .env("WMS_CACHE_DIR", test_cache())
+            .envs(env.iter().map(|(k, v)| (*k, *v)))
             .arg("up")
             .arg(app)
             .args(["--listen", "127.0.0.1:0"])

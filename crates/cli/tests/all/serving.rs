@@ -409,3 +409,49 @@ fn guest_output_goes_to_the_host_log_with_the_component_name() {
     );
     let _ = Duration::ZERO;
 }
+
+#[test]
+fn spin_sdk_app_runs_with_its_spin_toml_unchanged() {
+    // examples/spin-hello is Spin's http-rust template built for wasm32-wasip1: a core module
+    // that wms adapts into a component at load, caching the result.
+    let cache = tempfile::tempdir().unwrap();
+    let server = Server::start_with_env(
+        &examples("spin-hello"),
+        &[],
+        &[("WMS_CACHE_DIR", cache.path())],
+    );
+    rt().block_on(async {
+        let resp = client().get(server.url("/any/path")).send().await.unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.headers()["content-type"], "text/plain");
+        assert_eq!(resp.text().await.unwrap(), "Hello World!");
+    });
+    server.wait_for_log(&format!(
+        "Handling request to Some(HeaderValue {{ inner: String(\"http://{}/any/path\") }})",
+        server.addr
+    ));
+    let entries = std::fs::read_dir(cache.path().join("components"))
+        .unwrap()
+        .count();
+    assert_eq!(entries, 1, "the adapted component was not cached");
+    drop(server);
+    // The second start uses the cache entry and serves the same.
+    let server = Server::start_with_env(
+        &examples("spin-hello"),
+        &[],
+        &[("WMS_CACHE_DIR", cache.path())],
+    );
+    rt().block_on(async {
+        assert_eq!(
+            client()
+                .get(server.url("/"))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap(),
+            "Hello World!"
+        );
+    });
+}
