@@ -23,7 +23,7 @@ fn main() {
         (
             "guests",
             guests_target.clone(),
-            vec![("testkit", true), ("not-http", false)],
+            vec![("testkit", true), ("not-http", false), ("cmd", false)],
         ),
         // Examples build into their own `examples/target`, the path their manifests point to.
         (
@@ -53,6 +53,28 @@ fn main() {
             ));
         }
     }
+    // Preview 1 guests: a Rust WAGI handler and the same command as above, for wasm32-wasip1.
+    let guests = root.join("guests");
+    for package in ["rust-wagi", "cmd"] {
+        build_one(&guests, &guests_target, "wasm32-wasip1", package);
+        let path = guests_target
+            .join("wasm32-wasip1/release")
+            .join(format!("{package}.wasm"));
+        assert!(path.is_file(), "{} was not built", path.display());
+        let ident = format!("{}_P1", package.replace('-', "_").to_uppercase());
+        consts.push_str(&format!(
+            "pub const {ident}: &str = {:?};\n",
+            path.display().to_string()
+        ));
+    }
+    // The C WAGI handler, with Debian's clang and wasi-libc (or a wasi-sdk found by WASI_SDK_PATH).
+    let c_wagi = guests_target.join("c-wagi.wasm");
+    build_c(&guests.join("c-wagi/wagi.c"), &c_wagi);
+    consts.push_str(&format!(
+        "pub const C_WAGI: &str = {:?};\n",
+        c_wagi.display().to_string()
+    ));
+
     // The Spin SDK example builds like Spin's template (wasm32-wasip1, its own workspace) in the
     // shared guest target directory; the module is then put where its unchanged spin.toml
     // expects it.
@@ -101,6 +123,70 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
         }
     }
     found
+}
+
+fn build_one(dir: &Path, target_dir: &Path, target: &str, package: &str) {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(dir)
+        .args([
+            "build",
+            "--release",
+            "--target",
+            target,
+            "-p",
+            package,
+            "--target-dir",
+        ])
+        .arg(target_dir);
+    clean_env(&mut cmd);
+    let status = cmd.status().expect("run cargo");
+    assert!(
+        status.success(),
+        "building {package} for {target} failed; if the target is missing, run `rustup target add {target}`"
+    );
+}
+
+fn build_c(source: &Path, out: &Path) {
+    println!("cargo:rerun-if-changed={}", source.display());
+    println!("cargo:rerun-if-env-changed=WASI_SDK_PATH");
+    let (clang, sysroot) = match std::env::var_os("WASI_SDK_PATH") {
+        Some(sdk) => {
+            let sdk = PathBuf::from(sdk);
+            (sdk.join("bin/clang"), sdk.join("share/wasi-sysroot"))
+        }
+        None => (PathBuf::from("clang"), PathBuf::from("/usr")),
+    };
+    let result = Command::new(&clang)
+        .arg("--target=wasm32-wasi")
+        .arg(format!("--sysroot={}", sysroot.display()))
+        .args(["-O2", "-Wall", "-o"])
+        .arg(out)
+        .arg(source)
+        .status();
+    match result {
+        Ok(status) if status.success() => {}
+        Ok(_) => panic!(
+            "compiling {} to wasm failed; install Debian's C to wasm toolchain with `apt-get install clang lld wasi-libc libclang-rt-14-dev-wasm32`, or set WASI_SDK_PATH to a wasi-sdk",
+            source.display()
+        ),
+        Err(e) => panic!(
+            "cannot run {} ({e}); install it with `apt-get install clang lld wasi-libc libclang-rt-14-dev-wasm32`, or set WASI_SDK_PATH to a wasi-sdk",
+            clang.display()
+        ),
+    }
+}
+
+fn clean_env(cmd: &mut Command) {
+    // Do not leak the host build's settings into the guest build.
+    for (key, _) in std::env::vars() {
+        if key.starts_with("CARGO_") && key != "CARGO_HOME"
+            || key == "RUSTFLAGS"
+            || key == "RUSTC_WRAPPER"
+        {
+            cmd.env_remove(key);
+        }
+    }
 }
 
 fn watch_only(dir: &Path) {

@@ -31,6 +31,9 @@ struct Cli {
 enum Command {
     /// Serve an app: every route of its manifest, a fresh instance per request.
     Up(UpArgs),
+    /// Run a WASI command (preview 1 module or preview 2 component) to completion; its exit
+    /// status becomes wms's (124 on timeout, 134 on a trap or the memory limit).
+    Run(RunArgs),
     /// Run the build command of every component in an app's manifest.
     Build {
         /// App directory or manifest file (wms.toml or spin.toml).
@@ -67,6 +70,33 @@ struct UpArgs {
     shutdown_grace: u64,
 }
 
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Environment variable for the guest, `NAME=VALUE` (repeatable); nothing else is passed.
+    #[arg(long = "env", value_name = "NAME=VALUE")]
+    env: Vec<String>,
+    /// Directory for the guest, read-only: `HOST::GUEST` (or `HOST`, mounted at the same path).
+    #[arg(long = "dir", value_name = "HOST::GUEST")]
+    dirs: Vec<String>,
+    /// Directory for the guest, writable: `HOST::GUEST`.
+    #[arg(long = "dir-rw", value_name = "HOST::GUEST")]
+    dirs_rw: Vec<String>,
+    /// Stop the guest after this long (e.g. `30s`, `5m`); no limit by default.
+    #[arg(long)]
+    timeout: Option<String>,
+    /// Largest linear memory the guest may grow to.
+    #[arg(long, default_value = "128MiB")]
+    max_memory: String,
+    /// Code generator: native code with Cranelift, or the portable Pulley interpreter.
+    #[arg(long, value_enum, default_value_t = Engine::Cranelift)]
+    engine: Engine,
+    /// The .wasm file to run.
+    file: PathBuf,
+    /// Arguments for the guest (after the file name).
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    args: Vec<String>,
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 enum Engine {
     Cranelift,
@@ -93,6 +123,7 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Up(args) => up(args),
+        Command::Run(args) => run_command(args),
         Command::Build { app } => {
             let app = wms_manifest::load(&app)?;
             build(&app)?;
@@ -174,6 +205,87 @@ fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
         } else {
             ExitCode::FAILURE
         })
+    })
+}
+
+fn run_command(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let mut env = Vec::new();
+    for e in &args.env {
+        let Some((k, v)) = e.split_once('=') else {
+            bail!("--env {e:?}: write it as NAME=VALUE");
+        };
+        env.push((k.to_string(), v.to_string()));
+    }
+    let mut dirs = Vec::new();
+    for (spec, writable) in args
+        .dirs
+        .iter()
+        .map(|d| (d, false))
+        .chain(args.dirs_rw.iter().map(|d| (d, true)))
+    {
+        let (host, guest) = spec
+            .split_once("::")
+            .unwrap_or((spec.as_str(), spec.as_str()));
+        if !std::path::Path::new(host).is_dir() {
+            bail!("--dir {spec:?}: {host} is not a directory");
+        }
+        dirs.push(wms_runtime::DirMount {
+            host: host.into(),
+            guest: guest.to_string(),
+            writable,
+        });
+    }
+    let timeout = match &args.timeout {
+        None => None,
+        Some(t) => Some(
+            humantime::parse_duration(t)
+                .map_err(|e| anyhow::anyhow!("--timeout {t:?}: {e}; write e.g. 30s or 5m"))?,
+        ),
+    };
+    let max_memory: bytesize::ByteSize = args.max_memory.parse().map_err(|e| {
+        anyhow::anyhow!("--max-memory {:?}: {e}; write e.g. 64MiB", args.max_memory)
+    })?;
+    let mut argv = vec![args.file.file_name().map_or_else(
+        || args.file.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    )];
+    argv.extend(args.args.iter().cloned());
+    let options = wms_runtime::CommandOptions {
+        path: args.file.clone(),
+        args: argv,
+        env,
+        dirs,
+        timeout,
+        max_memory: max_memory.as_u64(),
+        engine: match args.engine {
+            Engine::Cranelift => EngineKind::Cranelift,
+            Engine::Pulley => EngineKind::Pulley,
+        },
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let outcome = rt.block_on(wms_runtime::run_command(&options))?;
+    Ok(match outcome {
+        wms_runtime::CommandOutcome::Exit(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
+        wms_runtime::CommandOutcome::Trap(message) => {
+            eprintln!("error: {} trapped: {message}", args.file.display());
+            ExitCode::from(134)
+        }
+        wms_runtime::CommandOutcome::MemoryLimit(limit) => {
+            eprintln!(
+                "error: {} exceeded its memory limit of {limit} bytes (--max-memory)",
+                args.file.display()
+            );
+            ExitCode::from(134)
+        }
+        wms_runtime::CommandOutcome::Timeout(t) => {
+            eprintln!(
+                "error: {} did not finish within {t:?} (--timeout)",
+                args.file.display()
+            );
+            ExitCode::from(124)
+        }
     })
 }
 

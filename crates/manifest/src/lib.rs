@@ -75,6 +75,8 @@ pub struct Component {
     pub allowed_outbound_hosts: Vec<AllowedHost>,
     pub build: Option<BuildSpec>,
     pub limits: Limits,
+    /// How the routes serving this component run it.
+    pub executor: Executor,
 }
 
 /// Per-component limits; always set.
@@ -118,11 +120,23 @@ pub struct BuildSpec {
 }
 
 /// How a route's component is run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum Executor {
     /// A `wasi:http` component (Spin's default executor).
+    #[default]
     Http,
+    /// A WASI preview 1 command run CGI-style per request (the WAGI conventions).
+    Wagi {
+        /// Argument template; `${SCRIPT_NAME}` and `${ARGS}` are replaced (default
+        /// `${SCRIPT_NAME} ${ARGS}`).
+        argv: String,
+        /// The exported function to call (default `_start`).
+        entrypoint: String,
+    },
 }
+
+/// The default WAGI argument template: the script name, then the query arguments.
+pub const WAGI_DEFAULT_ARGV: &str = "${SCRIPT_NAME} ${ARGS}";
 
 /// A route and the component serving it.
 #[derive(Debug, Clone)]
@@ -324,14 +338,22 @@ impl Parser<'_> {
                 None => Executor::Http,
                 Some(e) => match e.get_ref().kind.as_str() {
                     "spin" | "http" | "wasi-http" => Executor::Http,
-                    "wagi" => {
-                        return Err(self.err_at(e.span(), "the `wagi` executor is not supported yet")
-                            .help("serve a wasi:http component for now; WAGI support for preview 1 modules is planned (issue 4)"));
-                    }
+                    "wagi" => Executor::Wagi {
+                        argv: e
+                            .get_ref()
+                            .argv
+                            .clone()
+                            .unwrap_or_else(|| WAGI_DEFAULT_ARGV.to_string()),
+                        entrypoint: e
+                            .get_ref()
+                            .entrypoint
+                            .clone()
+                            .unwrap_or_else(|| "_start".to_string()),
+                    },
                     other => {
                         return Err(self
                             .err_at(e.span(), format!("unknown executor type `{other}`"))
-                            .help("use `executor = { type = \"spin\" }` or leave `executor` out"));
+                            .help("use `executor = { type = \"spin\" }` (wasi:http, the default) or `{ type = \"wagi\" }`"));
                     }
                 },
             };
@@ -403,6 +425,20 @@ impl Parser<'_> {
                         ),
                     )
                     .help("give each route a distinct path"));
+            }
+            if let Some(c) = components.get_mut(&component) {
+                if let Some(first) = routes
+                    .iter()
+                    .find(|(r, _)| r.component == component && r.executor != executor)
+                {
+                    return Err(self
+                        .err_at(span, format!(
+                            "component `{component}` is served by route `{}` with another executor",
+                            first.0.pattern.raw()
+                        ))
+                        .help("a component is either a wasi:http component or a WAGI module; give each its own [component.NAME]"));
+                }
+                c.executor = executor.clone();
             }
             routes.push((
                 Route {
@@ -614,6 +650,7 @@ impl Parser<'_> {
             allowed_outbound_hosts: allowed,
             build,
             limits,
+            executor: Executor::Http,
         })
     }
 

@@ -127,16 +127,8 @@ pub struct HttpTrigger {
 pub struct Executor {
     #[serde(rename = "type")]
     pub kind: String,
-    #[expect(
-        dead_code,
-        reason = "accepted for Spin compatibility; wms does not use it"
-    )]
     #[serde(default)]
     pub argv: Option<String>,
-    #[expect(
-        dead_code,
-        reason = "accepted for Spin compatibility; wms does not use it"
-    )]
     #[serde(default)]
     pub entrypoint: Option<String>,
 }

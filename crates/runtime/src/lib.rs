@@ -7,9 +7,11 @@
 //! every way the guest can fail so the front end can answer 503, 504 or 500 and keep serving.
 
 mod adapt;
+mod command;
 mod guest_log;
 mod outbound;
 pub mod pool;
+mod wagi;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -33,6 +35,7 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 use wms_manifest::{AllowedHost, App, FileMount};
 
 pub use adapt::{ENV_CACHE_DIR, cache_dir};
+pub use command::{CommandOptions, CommandOutcome, DirMount, run_command};
 pub use pool::PoolPlan;
 
 /// Errors from bodies crossing the runtime boundary.
@@ -111,6 +114,10 @@ pub enum Failure {
     MemoryLimit { limit: u64 },
     /// The guest returned without setting a response.
     NoResponse,
+    /// A WAGI module or command exited with a non-zero status.
+    Exit { code: i32 },
+    /// A WAGI module's output was not a valid CGI response.
+    BadCgi { message: String },
     /// The guest answered with a `wasi:http` error code instead of a response.
     GuestError { message: String },
     /// Something in the host failed.
@@ -135,6 +142,8 @@ impl std::fmt::Display for Failure {
                 )
             }
             Failure::NoResponse => write!(f, "guest returned without setting a response"),
+            Failure::Exit { code } => write!(f, "guest exited with status {code}"),
+            Failure::BadCgi { message } => write!(f, "malformed CGI output: {message}"),
             Failure::GuestError { message } => write!(f, "guest answered with an error: {message}"),
             Failure::Internal { message } => write!(f, "host error: {message}"),
         }
@@ -205,9 +214,10 @@ impl wasmtime::ResourceLimiter for MemoryLimiter {
     }
 }
 
-struct HttpComponent {
+/// A component ready to serve: its pre-instantiated code and everything each request needs.
+struct LoadedComponent {
     id: Arc<str>,
-    pre: ProxyPre<HostState>,
+    kind: Kind,
     limits: wms_manifest::Limits,
     semaphore: Option<Arc<Semaphore>>,
     environment: Vec<(String, String)>,
@@ -215,10 +225,21 @@ struct HttpComponent {
     allowed: Arc<[AllowedHost]>,
 }
 
+enum Kind {
+    Http(ProxyPre<HostState>),
+    Wagi(wagi::WagiModule),
+}
+
+/// What the guest task reports to the request once it is over.
+enum Outcome {
+    Done,
+    Failed(Failure),
+}
+
 /// A loaded app, ready to serve requests.
 pub struct Runtime {
     engine: Engine,
-    components: IndexMap<Arc<HttpComponent>>,
+    components: IndexMap<Arc<LoadedComponent>>,
     global: Arc<Semaphore>,
     report: EngineReport,
     _staging: Vec<tempfile::TempDir>,
@@ -249,25 +270,22 @@ impl Runtime {
 
         let mut components = Vec::new();
         let mut staging = Vec::new();
+        let mut wagi_linker = None;
         for (id, c) in &app.components {
-            let component = compile(&engine, id, &c.source)?;
-            let pre = linker
-                .instantiate_pre(&component)
-                .map_err(|e| anyhow!("{e:?}"))
-                .with_context(|| {
-                    format!(
-                        "component `{id}` ({}): cannot link its imports",
-                        c.source.display()
-                    )
-                })?;
-            let pre = ProxyPre::new(pre).map_err(|e| {
-                let exports = export_names(&engine, &component);
-                anyhow!(
-                    "component `{id}` ({}) does not export `wasi:http/incoming-handler@0.2.x`: {e}\n  it exports: {}\n  help: build it as an HTTP handler (e.g. `wasip2::http::proxy::export!` or `#[wstd::http_server]`), or run commands with `wms run`",
-                    c.source.display(),
-                    if exports.is_empty() { "nothing".to_string() } else { exports.join(", ") }
-                )
-            })?;
+            let kind = match &c.executor {
+                wms_manifest::Executor::Http => {
+                    Kind::Http(load_http(&engine, &linker, id, &c.source)?)
+                }
+                wms_manifest::Executor::Wagi { argv, entrypoint } => {
+                    let linker = match &wagi_linker {
+                        Some(l) => l,
+                        None => wagi_linker.insert(wagi::linker(&engine)?),
+                    };
+                    Kind::Wagi(wagi::WagiModule::load(
+                        &engine, linker, id, &c.source, argv, entrypoint,
+                    )?)
+                }
+            };
             let mut mounts = Vec::new();
             let mut patterns = Vec::new();
             for f in &c.files {
@@ -286,9 +304,9 @@ impl Runtime {
             }
             components.push((
                 id.clone(),
-                Arc::new(HttpComponent {
+                Arc::new(LoadedComponent {
                     id: Arc::from(id.as_str()),
-                    pre,
+                    kind,
                     limits: c.limits.clone(),
                     semaphore: c
                         .limits
@@ -360,6 +378,10 @@ impl Runtime {
                     })?,
             ),
         };
+        if let Kind::Wagi(module) = &comp.kind {
+            return wagi::handle(&self.engine, module, comp.clone(), request, (global, local))
+                .await;
+        }
         let request = request.map(|body| {
             body.map_err(|e| {
                 let e: BoxError = e.into();
@@ -377,7 +399,7 @@ impl Runtime {
     }
 }
 
-fn new_store(engine: &Engine, comp: &HttpComponent) -> anyhow::Result<Store<HostState>> {
+fn new_store(engine: &Engine, comp: &LoadedComponent) -> anyhow::Result<Store<HostState>> {
     let mut wasi = WasiCtxBuilder::new();
     wasi.envs(&comp.environment)
         .stdout(guest_log::GuestLog {
@@ -409,33 +431,39 @@ fn new_store(engine: &Engine, comp: &HttpComponent) -> anyhow::Result<Store<Host
             component: comp.id.clone(),
             allowed: comp.allowed.clone(),
         },
-        limiter: MemoryLimiter {
-            max_memory: usize::try_from(comp.limits.max_memory).unwrap_or(usize::MAX),
-            exceeded: false,
-        },
+        limiter: MemoryLimiter::new(comp.limits.max_memory),
     };
     let mut store = Store::new(engine, state);
     store.limiter(|s| &mut s.limiter);
-    let deadline = Instant::now() + comp.limits.timeout;
+    arm_deadline(&mut store, comp.limits.timeout);
+    Ok(store)
+}
+
+/// Stops the guest once `timeout` has passed; until then it yields to other tasks every epoch
+/// tick, so a guest in a CPU loop cannot starve the requests sharing its thread.
+pub(crate) fn arm_deadline<T>(store: &mut Store<T>, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
     store.set_epoch_deadline(1);
     store.epoch_deadline_callback(move |_| {
         if Instant::now() >= deadline {
             Ok(UpdateDeadline::Interrupt)
         } else {
-            // Let other requests run on this thread, then check again next tick.
             Ok(UpdateDeadline::Yield(1))
         }
     });
-    Ok(store)
 }
 
-enum Outcome {
-    Done,
-    Failed(Failure),
+impl MemoryLimiter {
+    fn new(max_memory: u64) -> Self {
+        Self {
+            max_memory: usize::try_from(max_memory).unwrap_or(usize::MAX),
+            exceeded: false,
+        }
+    }
 }
 
 async fn run<B>(
-    comp: Arc<HttpComponent>,
+    comp: Arc<LoadedComponent>,
     mut store: Store<HostState>,
     request: http::Request<B>,
     permits: (OwnedSemaphorePermit, Option<OwnedSemaphorePermit>),
@@ -465,7 +493,10 @@ where
         let _permits = permits;
         let comp = task_comp;
         let result = tokio::time::timeout_at(deadline, async {
-            let proxy = comp.pre.instantiate_async(&mut store).await?;
+            let Kind::Http(pre) = &comp.kind else {
+                unreachable!("only wasi:http components reach run()")
+            };
+            let proxy = pre.instantiate_async(&mut store).await?;
             proxy
                 .wasi_http_incoming_handler()
                 .call_handle(&mut store, req, out)
@@ -514,7 +545,7 @@ where
 /// A guest's response body that ends in an error, not a clean end, when the guest fails
 /// (trap, timeout) after it has sent the response head: the client must not mistake a cut-off
 /// body for a complete one. On HTTP/1.1 the connection is closed.
-struct GuardedBody {
+pub(crate) struct GuardedBody {
     inner: ResponseBody,
     done: Option<tokio::sync::oneshot::Receiver<bool>>,
 }
@@ -559,7 +590,14 @@ impl http_body::Body for GuardedBody {
     }
 }
 
-fn classify(e: &wasmtime::Error, memory_exceeded: bool, comp: &HttpComponent) -> Failure {
+pub(crate) fn classify(
+    e: &wasmtime::Error,
+    memory_exceeded: bool,
+    comp: &LoadedComponent,
+) -> Failure {
+    if let Some(exit) = e.downcast_ref::<wasmtime_wasi::I32Exit>() {
+        return Failure::Exit { code: exit.0 };
+    }
     if memory_exceeded {
         return Failure::MemoryLimit {
             limit: comp.limits.max_memory,
@@ -694,7 +732,7 @@ fn apply_pool(config: &mut Config, plan: &PoolPlan) {
     config.memory_reservation_for_growth(0);
 }
 
-fn start_epoch_ticker(engine: &Engine) {
+pub(crate) fn start_epoch_ticker(engine: &Engine) {
     let weak = engine.weak();
     std::thread::Builder::new()
         .name("wms-epoch".into())
@@ -710,8 +748,35 @@ fn start_epoch_ticker(engine: &Engine) {
         .expect("spawn the epoch ticker thread");
 }
 
+/// Compiles a `wasi:http` component and checks at start that it links and exports the handler.
+fn load_http(
+    engine: &Engine,
+    linker: &Linker<HostState>,
+    id: &str,
+    source: &Path,
+) -> anyhow::Result<ProxyPre<HostState>> {
+    let component = compile(engine, id, source)?;
+    let pre = linker
+        .instantiate_pre(&component)
+        .map_err(|e| anyhow!("{e:?}"))
+        .with_context(|| {
+            format!(
+                "component `{id}` ({}): cannot link its imports",
+                source.display()
+            )
+        })?;
+    ProxyPre::new(pre).map_err(|e| {
+        let exports = export_names(engine, &component);
+        anyhow!(
+            "component `{id}` ({}) does not export `wasi:http/incoming-handler@0.2.x`: {e}\n  it exports: {}\n  help: build it as an HTTP handler (e.g. `wasip2::http::proxy::export!` or `#[wstd::http_server]`), or run commands with `wms run`",
+            source.display(),
+            if exports.is_empty() { "nothing".to_string() } else { exports.join(", ") }
+        )
+    })
+}
+
 /// Wasmtime has its own error type; carry its full message (with causes) into anyhow.
-fn wt(e: wasmtime::Error) -> anyhow::Error {
+pub(crate) fn wt(e: wasmtime::Error) -> anyhow::Error {
     anyhow!("{e:?}")
 }
 

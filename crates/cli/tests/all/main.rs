@@ -3,5 +3,7 @@
 
 mod harness;
 mod limits;
+mod run;
 mod serving;
 mod startup;
+mod wagi;

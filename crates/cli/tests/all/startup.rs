@@ -121,3 +121,41 @@ fn build_runs_the_component_build_commands() {
         "{stderr}"
     );
 }
+
+#[test]
+fn component_built_against_a_newer_wasi_minor_version_links() {
+    // Rewrite every `@0.2.12` (the host's WASI) in hello.wasm to `@0.2.99`: same length, so
+    // the binary stays valid, and it now imports and exports a newer minor version.
+    let bytes = std::fs::read(artifacts::HELLO).unwrap();
+    let host = b"@0.2.12";
+    let count = bytes.windows(host.len()).filter(|w| w == host).count();
+    assert!(
+        count > 10,
+        "hello.wasm no longer targets WASI 0.2.12; update this test"
+    );
+    let mut newer = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i..].starts_with(host) {
+            newer.extend_from_slice(b"@0.2.99");
+            i += host.len();
+        } else {
+            newer.push(bytes[i]);
+            i += 1;
+        }
+    }
+    let dir = write_app(&app_with_source("newer.wasm"));
+    std::fs::write(dir.path().join("newer.wasm"), newer).unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let body = crate::harness::rt().block_on(async {
+        crate::harness::client()
+            .get(server.url("/"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    });
+    assert_eq!(body, "Hello from wms!\n");
+}

@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# Side-by-side HTTP benchmark, one run on one machine:
+#   wms up examples/hello  vs  wasmtime serve (same Wasmtime version, same component)
+#   vs  a native hyper hello-world (bench/native-hello)
+# with the same wrk settings for each. Prints requests/s, p50 and p99 latency and the ratios
+# wms/wasmtime-serve and wms/native, and writes the table to bench/results/.
+#
+# Settings (environment): DURATION (10s), CONNECTIONS (32), THREADS (1), WARMUP (3s),
+# WMS_BENCH_CACHE (where wasmtime-cli is installed; default /var/cache/wms-bench).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DURATION=${DURATION:-10s}
+CONNECTIONS=${CONNECTIONS:-32}
+THREADS=${THREADS:-1}
+WARMUP=${WARMUP:-3s}
+WASMTIME_VERSION=48.0.8
+CACHE=${WMS_BENCH_CACHE:-/var/cache/wms-bench}
+TARGET_DIR=${CARGO_TARGET_DIR:-target}
+
+need() { command -v "$1" >/dev/null || { echo "missing $1: $2" >&2; exit 1; }; }
+need wrk "apt-get install wrk"
+need curl "apt-get install curl"
+
+echo "== building wms and native-hello (release)" >&2
+rustup target add wasm32-wasip2 >/dev/null
+cargo build --release -p wms-cli -p native-hello >&2
+(cd examples && cargo build --release --target wasm32-wasip2 -p hello >&2)
+HELLO=examples/target/wasm32-wasip2/release/hello.wasm
+
+WASMTIME="$CACHE/wasmtime-$WASMTIME_VERSION/bin/wasmtime"
+if [ ! -x "$WASMTIME" ]; then
+  echo "== installing wasmtime-cli $WASMTIME_VERSION into $CACHE (once)" >&2
+  cargo install --locked "wasmtime-cli@$WASMTIME_VERSION" --root "$CACHE/wasmtime-$WASMTIME_VERSION" >&2
+fi
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_up() { for _ in $(seq 1 200); do curl -sf "$1" >/dev/null 2>&1 && return 0; sleep 0.05; done; echo "server at $1 did not come up" >&2; return 1; }
+
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; }
+trap cleanup EXIT
+
+# run NAME URL -> "rps p50_ms p99_ms"
+measure() {
+  local url=$1
+  wrk -t"$THREADS" -c"$CONNECTIONS" -d"$WARMUP" "$url" >/dev/null
+  wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency "$url" | python3 -c '
+import re, sys
+text = sys.stdin.read()
+def ms(v):
+    m = re.match(r"([\d.]+)(us|ms|s)", v)
+    n, u = float(m.group(1)), m.group(2)
+    return n / 1000 if u == "us" else n * 1000 if u == "s" else n
+rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
+p50 = ms(re.search(r"50%\s+(\S+)", text).group(1))
+p99 = ms(re.search(r"99%\s+(\S+)", text).group(1))
+errors = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+if errors: sys.exit("non-2xx responses: " + errors.group(1))
+print(f"{rps:.0f} {p50:.3f} {p99:.3f}")'
+}
+
+declare -A RESULT
+
+PORT=$(free_port)
+"$TARGET_DIR/release/wms" up examples/hello --listen "127.0.0.1:$PORT" >/dev/null 2>/tmp/wms-bench.log &
+PIDS+=($!)
+wait_up "http://127.0.0.1:$PORT/"
+RESULT[wms]=$(measure "http://127.0.0.1:$PORT/")
+kill "${PIDS[-1]}"; wait "${PIDS[-1]}" 2>/dev/null || true
+
+PORT=$(free_port)
+"$WASMTIME" serve -O pooling-allocator=y -S cli=y --addr "127.0.0.1:$PORT" "$HELLO" >/dev/null 2>&1 &
+PIDS+=($!)
+wait_up "http://127.0.0.1:$PORT/"
+RESULT[wasmtime]=$(measure "http://127.0.0.1:$PORT/")
+kill "${PIDS[-1]}"; wait "${PIDS[-1]}" 2>/dev/null || true
+
+PORT=$(free_port)
+"$TARGET_DIR/release/native-hello" "127.0.0.1:$PORT" >/dev/null &
+PIDS+=($!)
+wait_up "http://127.0.0.1:$PORT/"
+RESULT[native]=$(measure "http://127.0.0.1:$PORT/")
+kill "${PIDS[-1]}"; wait "${PIDS[-1]}" 2>/dev/null || true
+
+mkdir -p bench/results
+OUT="bench/results/http-$(date -u +%Y%m%dT%H%M%SZ).md"
+python3 - "$OUT" "${RESULT[wms]}" "${RESULT[wasmtime]}" "${RESULT[native]}" <<PY | tee "$OUT"
+import sys, platform, os
+out, wms, wt, nat = sys.argv[1], *[list(map(float, a.split())) for a in sys.argv[2:]]
+cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.machine())
+print(f"machine: {platform.machine()}, {os.cpu_count()} cores, {cpu}; wrk -t$THREADS -c$CONNECTIONS -d$DURATION (after $WARMUP warm-up)")
+print()
+print("| server | req/s | p50 ms | p99 ms |")
+print("|---|---:|---:|---:|")
+for name, r in [("wms up (hello.wasm)", wms), ("wasmtime serve $WASMTIME_VERSION, pooling (hello.wasm)", wt), ("native hyper (native-hello)", nat)]:
+    print(f"| {name} | {r[0]:.0f} | {r[1]:.3f} | {r[2]:.3f} |")
+print()
+print(f"wms / wasmtime serve: throughput {wms[0]/wt[0]:.2f}x, p99 {wms[2]/wt[2]:.2f}x")
+print(f"wms / native: throughput {wms[0]/nat[0]:.2f}x, p99 {wms[2]/nat[2]:.2f}x")
+PY

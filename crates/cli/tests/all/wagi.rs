@@ -1,0 +1,206 @@
+//! WAGI: preview 1 modules served CGI-style, with the same limits as components.
+
+use std::time::{Duration, Instant};
+
+use crate::harness::{Server, artifacts, client, rt};
+
+fn wagi_app(extra: &str) -> Server {
+    let manifest = format!(
+        r#"spin_manifest_version = 2
+[application]
+name = "wagi"
+[[trigger.http]]
+route = "/c/..."
+component = "c"
+executor = {{ type = "wagi" }}
+[[trigger.http]]
+route = "/rust/..."
+component = "rust"
+executor = {{ type = "wagi" }}
+[component.c]
+source = {c:?}
+{extra}
+[component.rust]
+source = {rust:?}
+"#,
+        c = artifacts::C_WAGI,
+        rust = artifacts::RUST_WAGI_P1,
+    );
+    Server::with_manifest(&manifest, &[])
+}
+
+#[test]
+fn request_round_trips_through_cgi() {
+    let server = wagi_app("");
+    rt().block_on(async {
+        let body: Vec<u8> = (0..200_000u32).map(|i| (i % 256) as u8).collect();
+        let resp = client()
+            .put(server.url("/c/items/7?x=1&y=2"))
+            .header("x-custom", "Custom Value")
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        let h = resp.headers().clone();
+        assert_eq!(h["content-type"], "application/octet-stream");
+        assert_eq!(h["x-method"], "PUT");
+        assert_eq!(h["x-path-info"], "/items/7");
+        assert_eq!(h["x-query"], "x=1&y=2");
+        assert_eq!(h["x-script-name"], "/c");
+        assert_eq!(h["x-content-length"], "200000");
+        assert_eq!(h["x-header-custom"], "Custom Value");
+        assert_eq!(h["x-server-name"], "127.0.0.1");
+        assert_eq!(resp.bytes().await.unwrap().as_ref(), body.as_slice());
+
+        let resp = client()
+            .post(server.url("/rust/hi"))
+            .body("abc")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.headers()["x-method"], "POST");
+        assert_eq!(resp.headers()["x-path-info"], "/hi");
+        assert_eq!(resp.text().await.unwrap(), "rust wagi got 3 bytes: abc");
+    });
+}
+
+#[test]
+fn status_and_location_headers_are_honoured() {
+    let server = wagi_app("");
+    rt().block_on(async {
+        let resp = client().get(server.url("/c/status")).send().await.unwrap();
+        assert_eq!(resp.status(), 404);
+        assert_eq!(resp.text().await.unwrap(), "nothing at /status\n");
+        let no_redirects = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap();
+        let resp = no_redirects
+            .get(server.url("/c/redirect"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 302);
+        assert_eq!(resp.headers()["location"], "/elsewhere");
+        let resp = client()
+            .get(server.url("/c/args?a=1&b=2"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.text().await.unwrap(), "/c\na=1\nb=2\n");
+    });
+}
+
+#[test]
+fn malformed_output_is_500_with_a_clear_log_line() {
+    let server = wagi_app("");
+    rt().block_on(async {
+        assert_eq!(
+            client()
+                .get(server.url("/c/malformed"))
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            500
+        );
+        assert_eq!(
+            client()
+                .get(server.url("/c/"))
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            200
+        );
+    });
+    let log = server.wait_for_log("malformed CGI output");
+    let line = log
+        .lines()
+        .find(|l| l.contains("malformed CGI output"))
+        .unwrap();
+    assert!(
+        line.contains("component=c") && line.contains("has no `:`"),
+        "{line}"
+    );
+}
+
+#[test]
+fn non_zero_exit_is_500() {
+    let server = wagi_app("");
+    rt().block_on(async {
+        assert_eq!(
+            client()
+                .get(server.url("/c/exit"))
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            500
+        );
+        assert_eq!(
+            client()
+                .get(server.url("/c/"))
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            200
+        );
+    });
+    server.wait_for_log("guest exited with status 3");
+}
+
+#[test]
+fn loop_is_504_within_the_timeout() {
+    let server = wagi_app("[component.c.tool.wms]\ntimeout = \"1s\"");
+    rt().block_on(async {
+        let start = Instant::now();
+        assert_eq!(
+            client()
+                .get(server.url("/c/loop"))
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            504
+        );
+        let took = start.elapsed();
+        assert!(
+            took >= Duration::from_secs(1) && took < Duration::from_millis(2500),
+            "took {took:?}"
+        );
+        assert_eq!(
+            client()
+                .get(server.url("/c/"))
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            200
+        );
+    });
+}
+
+#[test]
+fn a_component_under_the_wagi_executor_is_rejected_at_start() {
+    let manifest = format!(
+        "spin_manifest_version = 2\n[application]\nname = \"w\"\n[[trigger.http]]\nroute = \"/...\"\ncomponent = \"x\"\nexecutor = {{ type = \"wagi\" }}\n[component.x]\nsource = {:?}\n",
+        artifacts::HELLO
+    );
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("wms.toml"), manifest).unwrap();
+    let (code, _, stderr) = crate::harness::wms(&[
+        "up",
+        dir.path().to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+    ]);
+    assert_eq!(code, 1);
+    assert!(
+        stderr.contains("is a component, but the `wagi` executor runs WASI preview 1 modules"),
+        "{stderr}"
+    );
+}

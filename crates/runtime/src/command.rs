@@ -1,0 +1,192 @@
+//! `wms run`: a WASI command (a preview 1 module with `_start`, or a preview 2 component that
+//! exports `wasi:cli/run`) runs to completion with arguments, environment, directories and the
+//! process's stdio, under a timeout and a memory limit.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context as _, anyhow, bail};
+use wasmtime::component::{Component, ResourceTable};
+use wasmtime::{Config, Engine, Module, Store};
+use wasmtime_wasi::p1::WasiP1Ctx;
+use wasmtime_wasi::p2::bindings::CommandPre;
+use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+use crate::{EngineKind, MemoryLimiter, wt};
+
+/// A host directory made visible to the command.
+#[derive(Debug, Clone)]
+pub struct DirMount {
+    pub host: PathBuf,
+    pub guest: String,
+    pub writable: bool,
+}
+
+/// Everything `wms run` needs.
+#[derive(Debug, Clone)]
+pub struct CommandOptions {
+    pub path: PathBuf,
+    /// `argv[0]` first.
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub dirs: Vec<DirMount>,
+    pub timeout: Option<Duration>,
+    pub max_memory: u64,
+    pub engine: EngineKind,
+}
+
+/// How a command ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CommandOutcome {
+    /// It exited (or returned from `main`) with this status.
+    Exit(i32),
+    /// It trapped; the message says where.
+    Trap(String),
+    /// It exceeded its memory limit.
+    MemoryLimit(u64),
+    /// It ran past its timeout.
+    Timeout(Duration),
+}
+
+struct P1State {
+    p1: WasiP1Ctx,
+    limiter: MemoryLimiter,
+}
+
+struct P2State {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    limiter: MemoryLimiter,
+}
+
+impl WasiView for P2State {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+/// Runs the command to completion.
+pub async fn run_command(options: &CommandOptions) -> anyhow::Result<CommandOutcome> {
+    let bytes = std::fs::read(&options.path)
+        .with_context(|| format!("cannot read {}", options.path.display()))?;
+    if bytes.len() < 8 || bytes[..4] != *b"\0asm" {
+        bail!("{} is not a WebAssembly file", options.path.display());
+    }
+    let mut config = Config::new();
+    config.epoch_interruption(true);
+    if options.engine == EngineKind::Pulley {
+        let t = if cfg!(target_pointer_width = "64") {
+            "pulley64"
+        } else {
+            "pulley32"
+        };
+        config.target(t).map_err(wt)?;
+    }
+    let engine = Engine::new(&config).map_err(wt)?;
+    crate::start_epoch_ticker(&engine);
+
+    let mut wasi = WasiCtxBuilder::new();
+    wasi.inherit_stdio().args(&options.args).envs(&options.env);
+    for d in &options.dirs {
+        let perms = if d.writable {
+            wasmtime_wasi::FsPerms::ReadWrite
+        } else {
+            wasmtime_wasi::FsPerms::ReadOnly
+        };
+        wasi.preopened_dir(&d.host, &d.guest, perms)
+            .map_err(wt)
+            .with_context(|| format!("cannot open directory {} for --dir", d.host.display()))?;
+    }
+    let limiter = MemoryLimiter::new(options.max_memory);
+    let timeout = options.timeout.unwrap_or(Duration::from_secs(u64::MAX / 4));
+
+    let is_module = bytes[4..8] == [1, 0, 0, 0];
+    let (result, exceeded) = if is_module {
+        let module = Module::new(&engine, &bytes)
+            .map_err(wt)
+            .with_context(|| format!("cannot compile {}", options.path.display()))?;
+        if !module.exports().any(|e| e.name() == "_start") {
+            bail!(
+                "{} is a WASI preview 1 module without `_start`; `wms run` runs commands (programs with `main`)",
+                options.path.display()
+            );
+        }
+        let mut linker = wasmtime::Linker::new(&engine);
+        wasmtime_wasi::p1::add_to_linker_async(&mut linker, |s: &mut P1State| &mut s.p1)
+            .map_err(wt)?;
+        let mut store = Store::new(
+            &engine,
+            P1State {
+                p1: wasi.build_p1(),
+                limiter,
+            },
+        );
+        store.limiter(|s| &mut s.limiter);
+        crate::arm_deadline(&mut store, timeout);
+        let pre = linker
+            .instantiate_pre(&module)
+            .map_err(wt)
+            .context("cannot link the module's imports")?;
+        let result = tokio::time::timeout(timeout, async {
+            let instance = pre.instantiate_async(&mut store).await?;
+            let start = instance.get_typed_func::<(), ()>(&mut store, "_start")?;
+            start.call_async(&mut store, ()).await
+        })
+        .await;
+        (result.map(|r| r.map(|()| 0)), store.data().limiter.exceeded)
+    } else {
+        let component = Component::new(&engine, &bytes)
+            .map_err(wt)
+            .with_context(|| format!("cannot compile {}", options.path.display()))?;
+        let mut linker = wasmtime::component::Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(wt)?;
+        let pre = linker
+            .instantiate_pre(&component)
+            .map_err(wt)
+            .context("cannot link the component's imports")?;
+        let pre = CommandPre::new(pre).map_err(|e| anyhow!("{} does not export `wasi:cli/run`: {e}; `wms run` runs commands, `wms up` serves HTTP components", options.path.display()))?;
+        let mut store = Store::new(
+            &engine,
+            P2State {
+                wasi: wasi.build(),
+                table: ResourceTable::new(),
+                limiter,
+            },
+        );
+        store.limiter(|s| &mut s.limiter);
+        crate::arm_deadline(&mut store, timeout);
+        let result = tokio::time::timeout(timeout, async {
+            let command = pre.instantiate_async(&mut store).await?;
+            command.wasi_cli_run().call_run(&mut store).await
+        })
+        .await;
+        (
+            result.map(|r| r.map(|ok| if ok.is_ok() { 0 } else { 1 })),
+            store.data().limiter.exceeded,
+        )
+    };
+    Ok(match result {
+        Err(_) => CommandOutcome::Timeout(timeout),
+        Ok(Ok(code)) => CommandOutcome::Exit(code),
+        Ok(Err(e)) => {
+            if let Some(exit) = e.downcast_ref::<wasmtime_wasi::I32Exit>() {
+                CommandOutcome::Exit(exit.0)
+            } else if exceeded {
+                CommandOutcome::MemoryLimit(options.max_memory)
+            } else if e.downcast_ref::<wasmtime::Trap>() == Some(&wasmtime::Trap::Interrupt) {
+                CommandOutcome::Timeout(timeout)
+            } else {
+                CommandOutcome::Trap(
+                    format!("{e:?}")
+                        .lines()
+                        .take(3)
+                        .collect::<Vec<_>>()
+                        .join(" | "),
+                )
+            }
+        }
+    })
+}

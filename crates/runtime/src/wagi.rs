@@ -1,0 +1,501 @@
+//! The WAGI executor: a WASI preview 1 command (C with wasi-libc, older Rust, TinyGo) serves
+//! HTTP the CGI way. Request metadata arrives as environment variables (`REQUEST_METHOD`,
+//! `PATH_INFO`, `QUERY_STRING`, `HTTP_*`, ...), the body on stdin; the module writes CGI headers
+//! (`status:`, `location:`, `content-type:` and others), a blank line, then the body to stdout.
+//! Each request gets a fresh instance with the same limits as components.
+//!
+//! Small responses are held until the module exits so that a non-zero exit status becomes a
+//! 500; a response that outgrows [`HOLD_BYTES`] or takes longer than [`HOLD_TIME`] after its
+//! headers streams, and a failure after that cuts the body off with an error.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use bytes::{Bytes, BytesMut};
+use http::{HeaderName, HeaderValue, StatusCode};
+use http_body_util::{BodyExt, Full, StreamBody};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::OwnedSemaphorePermit;
+use wasmtime::{Engine, InstancePre, Linker, Module, Store};
+use wasmtime_wasi::cli::{AsyncStdinStream, AsyncStdoutStream};
+use wasmtime_wasi::p1::WasiP1Ctx;
+use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
+
+use crate::{
+    BoxError, Failure, GuardedBody, LoadedComponent, MemoryLimiter, Outcome, ResponseBody, wt,
+};
+
+/// Longest CGI header block accepted.
+const MAX_HEAD: usize = 64 * 1024;
+/// Body bytes held back (waiting for the exit status) before the response starts streaming.
+pub const HOLD_BYTES: usize = 64 * 1024;
+/// Time after the headers before a still-running module's response starts streaming.
+pub const HOLD_TIME: Duration = Duration::from_millis(500);
+
+pub(crate) struct WagiState {
+    p1: WasiP1Ctx,
+    limiter: MemoryLimiter,
+}
+
+pub(crate) struct WagiModule {
+    pre: InstancePre<WagiState>,
+    argv: String,
+    entrypoint: String,
+}
+
+pub(crate) fn linker(engine: &Engine) -> anyhow::Result<Linker<WagiState>> {
+    let mut linker = Linker::new(engine);
+    wasmtime_wasi::p1::add_to_linker_async(&mut linker, |s: &mut WagiState| &mut s.p1)
+        .map_err(wt)
+        .context("link WASI preview 1")?;
+    Ok(linker)
+}
+
+impl WagiModule {
+    pub(crate) fn load(
+        engine: &Engine,
+        linker: &Linker<WagiState>,
+        id: &str,
+        source: &Path,
+        argv: &str,
+        entrypoint: &str,
+    ) -> anyhow::Result<Self> {
+        let bytes = std::fs::read(source).with_context(|| {
+            format!(
+                "component `{id}`: cannot read {}\n  help: build it first (`wms build`) or fix `source` in the manifest",
+                source.display()
+            )
+        })?;
+        if bytes.len() >= 8 && bytes[..4] == *b"\0asm" && bytes[4..8] != [1, 0, 0, 0] {
+            bail!(
+                "component `{id}`: {} is a component, but the `wagi` executor runs WASI preview 1 modules\n  help: remove `executor = {{ type = \"wagi\" }}` from its route to serve it as a wasi:http component",
+                source.display()
+            );
+        }
+        let module = Module::new(engine, &bytes)
+            .map_err(wt)
+            .with_context(|| format!("component `{id}`: cannot compile {}", source.display()))?;
+        match module.get_export(entrypoint) {
+            Some(wasmtime::ExternType::Func(_)) => {}
+            _ => {
+                let exports: Vec<_> = module.exports().map(|e| e.name().to_string()).collect();
+                bail!(
+                    "component `{id}`: {} does not export the WAGI entrypoint `{entrypoint}`; it exports: {}\n  help: build it as a WASI command (with `main`), or set `executor = {{ type = \"wagi\", entrypoint = \"NAME\" }}`",
+                    source.display(),
+                    if exports.is_empty() {
+                        "nothing".into()
+                    } else {
+                        exports.join(", ")
+                    }
+                );
+            }
+        }
+        let pre = linker.instantiate_pre(&module).map_err(wt).with_context(|| {
+            format!(
+                "component `{id}` ({}): cannot link its imports; WAGI modules may import only `wasi_snapshot_preview1`",
+                source.display()
+            )
+        })?;
+        Ok(Self {
+            pre,
+            argv: argv.to_string(),
+            entrypoint: entrypoint.to_string(),
+        })
+    }
+}
+
+/// The CGI environment for a request, from its head and the `spin-*` headers the front end set.
+fn cgi_env(parts: &http::request::Parts) -> Vec<(String, String)> {
+    let header = |name: &str| {
+        parts
+            .headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string()
+    };
+    let host = header("host");
+    let (server_name, server_port) = match host.rsplit_once(':') {
+        Some((h, p)) if p.chars().all(|c| c.is_ascii_digit()) => (h.to_string(), p.to_string()),
+        _ => (host.clone(), "80".to_string()),
+    };
+    let client = header("spin-client-addr");
+    let remote_addr = client
+        .rsplit_once(':')
+        .map_or(client.as_str(), |(a, _)| a)
+        .to_string();
+    let path_info = header("spin-path-info");
+    let content_length = parts
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("0")
+        .to_string();
+    let mut env = vec![
+        ("AUTH_TYPE".to_string(), String::new()),
+        ("CONTENT_LENGTH".to_string(), content_length),
+        ("CONTENT_TYPE".to_string(), header("content-type")),
+        ("GATEWAY_INTERFACE".to_string(), "CGI/1.1".to_string()),
+        ("PATH_INFO".to_string(), path_info.clone()),
+        ("PATH_TRANSLATED".to_string(), path_info.clone()),
+        (
+            "QUERY_STRING".to_string(),
+            parts.uri.query().unwrap_or("").to_string(),
+        ),
+        ("REMOTE_ADDR".to_string(), remote_addr.clone()),
+        ("REMOTE_HOST".to_string(), remote_addr),
+        ("REMOTE_USER".to_string(), String::new()),
+        ("REQUEST_METHOD".to_string(), parts.method.to_string()),
+        ("SCRIPT_NAME".to_string(), header("spin-component-route")),
+        ("SERVER_NAME".to_string(), server_name),
+        ("SERVER_PORT".to_string(), server_port),
+        (
+            "SERVER_PROTOCOL".to_string(),
+            format!("{:?}", parts.version),
+        ),
+        (
+            "SERVER_SOFTWARE".to_string(),
+            concat!("wms/", env!("CARGO_PKG_VERSION")).to_string(),
+        ),
+        ("X_FULL_URL".to_string(), header("spin-full-url")),
+        ("X_MATCHED_ROUTE".to_string(), header("spin-matched-route")),
+        ("X_RAW_PATH_INFO".to_string(), path_info),
+    ];
+    for (name, value) in &parts.headers {
+        let Ok(value) = value.to_str() else { continue };
+        let key = format!(
+            "HTTP_{}",
+            name.as_str().to_ascii_uppercase().replace('-', "_")
+        );
+        // Credentials stay out of the environment, as CGI servers do.
+        if key == "HTTP_AUTHORIZATION" || key == "HTTP_PROXY_AUTHORIZATION" {
+            continue;
+        }
+        match env.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, v)) => {
+                v.push_str(", ");
+                v.push_str(value);
+            }
+            None => env.push((key, value.to_string())),
+        }
+    }
+    env
+}
+
+/// Arguments from the `argv` template: `${SCRIPT_NAME}` and `${ARGS}` (the query split on `&`).
+fn cgi_args(template: &str, script_name: &str, query: &str) -> Vec<String> {
+    let mut args = Vec::new();
+    for word in template.split_whitespace() {
+        match word {
+            "${SCRIPT_NAME}" => args.push(script_name.to_string()),
+            "${ARGS}" => args.extend(
+                query
+                    .split('&')
+                    .filter(|a| !a.is_empty())
+                    .map(str::to_string),
+            ),
+            other => args.push(other.replace("${SCRIPT_NAME}", script_name)),
+        }
+    }
+    args
+}
+
+pub(crate) async fn handle<B>(
+    engine: &Engine,
+    module: &WagiModule,
+    comp: Arc<LoadedComponent>,
+    request: http::Request<B>,
+    permits: (OwnedSemaphorePermit, Option<OwnedSemaphorePermit>),
+) -> Result<http::Response<ResponseBody>, Failure>
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let (parts, body) = request.into_parts();
+    let env = cgi_env(&parts);
+    let script_name = parts
+        .headers
+        .get("spin-component-route")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("/")
+        .to_string();
+    let args = cgi_args(&module.argv, &script_name, parts.uri.query().unwrap_or(""));
+
+    // The request body is pumped into the module's stdin as it arrives.
+    let (mut stdin_w, stdin_r) = tokio::io::duplex(64 * 1024);
+    let body = body.map_err(Into::<BoxError>::into);
+    tokio::spawn(async move {
+        let mut body = std::pin::pin!(body);
+        while let Some(frame) = body.frame().await {
+            let Ok(frame) = frame else { break };
+            if let Some(data) = frame.data_ref()
+                && stdin_w.write_all(data).await.is_err()
+            {
+                break;
+            }
+        }
+    });
+    let (stdout_w, mut stdout_r) = tokio::io::duplex(64 * 1024);
+
+    let mut wasi = WasiCtxBuilder::new();
+    wasi.envs(&comp.environment)
+        .envs(&env)
+        .args(&args)
+        .stdin(AsyncStdinStream::new(stdin_r))
+        .stdout(AsyncStdoutStream::new(64 * 1024, stdout_w))
+        .stderr(crate::guest_log::GuestLog {
+            component: comp.id.clone(),
+            stream: "stderr",
+        });
+    for (host, guest) in &comp.mounts {
+        wasi.preopened_dir(host, guest, FsPerms::ReadOnly)
+            .map_err(|e| Failure::Internal {
+                message: format!("mount {}: {e:?}", host.display()),
+            })?;
+    }
+    let state = WagiState {
+        p1: wasi.build_p1(),
+        limiter: MemoryLimiter::new(comp.limits.max_memory),
+    };
+    let mut store = Store::new(engine, state);
+    store.limiter(|s| &mut s.limiter);
+    crate::arm_deadline(&mut store, comp.limits.timeout);
+
+    let timeout = comp.limits.timeout;
+    let deadline = tokio::time::Instant::now() + timeout;
+    let pre = module.pre.clone();
+    let entrypoint = module.entrypoint.clone();
+    let task_comp = comp.clone();
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<bool>();
+    let task = tokio::spawn(async move {
+        let _permits = permits;
+        let comp = task_comp;
+        let result = tokio::time::timeout_at(deadline, async {
+            let instance = pre.instantiate_async(&mut store).await?;
+            let start = instance.get_typed_func::<(), ()>(&mut store, &entrypoint)?;
+            start.call_async(&mut store, ()).await
+        })
+        .await;
+        let outcome = match result {
+            Err(_) => Outcome::Failed(Failure::Timeout { timeout }),
+            Ok(Ok(())) => Outcome::Done,
+            Ok(Err(e)) => match e.downcast_ref::<wasmtime_wasi::I32Exit>() {
+                Some(exit) if exit.0 == 0 => Outcome::Done,
+                _ => Outcome::Failed(crate::classify(&e, store.data().limiter.exceeded, &comp)),
+            },
+        };
+        // Closing stdout ends the response body.
+        drop(store);
+        if let Outcome::Failed(f) = &outcome {
+            tracing::error!(component = %comp.id, "{f}");
+        }
+        let _ = done_tx.send(matches!(outcome, Outcome::Failed(_)));
+        outcome
+    });
+    let outcome_of = |task: tokio::task::JoinHandle<Outcome>| async move {
+        match task.await {
+            Ok(outcome) => outcome,
+            Err(e) => Outcome::Failed(Failure::Internal {
+                message: format!("request task failed: {e}"),
+            }),
+        }
+    };
+    let bad = |comp: &LoadedComponent, message: String| {
+        let f = Failure::BadCgi { message };
+        tracing::error!(component = %comp.id, "{f}");
+        f
+    };
+
+    // Read the CGI head.
+    let mut buf = BytesMut::with_capacity(8 * 1024);
+    let (head_len, body_start) = loop {
+        if let Some(found) = find_head_end(&buf) {
+            break found;
+        }
+        if buf.len() > MAX_HEAD {
+            task.abort();
+            return Err(bad(
+                &comp,
+                format!("no blank line within the first {MAX_HEAD} bytes of output"),
+            ));
+        }
+        let n = stdout_r.read_buf(&mut buf).await.unwrap_or(0);
+        if n == 0 {
+            return match outcome_of(task).await {
+                Outcome::Failed(f) => Err(f),
+                Outcome::Done if buf.is_empty() => Err(bad(
+                    &comp,
+                    "the module exited without writing anything to stdout".into(),
+                )),
+                Outcome::Done => Err(bad(
+                    &comp,
+                    "output ended before the blank line that ends the CGI headers".into(),
+                )),
+            };
+        }
+    };
+    let head = buf.split_to(body_start);
+    let head = match parse_head(&head[..head_len]) {
+        Ok(h) => h,
+        Err(message) => {
+            task.abort();
+            return Err(bad(&comp, message));
+        }
+    };
+
+    // Hold the body back until the module exits, it grows large, or time passes.
+    let hold_until = tokio::time::Instant::now() + HOLD_TIME;
+    let finished = loop {
+        if buf.len() >= HOLD_BYTES {
+            break false;
+        }
+        tokio::select! {
+            n = stdout_r.read_buf(&mut buf) => if n.unwrap_or(0) == 0 { break true },
+            () = tokio::time::sleep_until(hold_until) => break false,
+        }
+    };
+    let mut response = http::Response::builder().status(head.status);
+    for (name, value) in head.headers {
+        response = response.header(name, value);
+    }
+    if finished {
+        return match outcome_of(task).await {
+            Outcome::Failed(f) => Err(f),
+            Outcome::Done => Ok(response
+                .body(
+                    Full::new(buf.freeze())
+                        .map_err(|e| match e {})
+                        .boxed_unsync(),
+                )
+                .expect("status and headers were validated")),
+        };
+    }
+    let first = futures_lite_once(buf.freeze());
+    let rest = tokio_util::io::ReaderStream::new(stdout_r);
+    let stream = futures::StreamExt::chain(first, rest);
+    let body = StreamBody::new(futures::StreamExt::map(stream, |chunk| {
+        chunk
+            .map(http_body::Frame::data)
+            .map_err(|e| Box::new(e) as BoxError)
+    }));
+    let body = GuardedBody {
+        inner: body.boxed_unsync(),
+        done: Some(done_rx),
+    }
+    .boxed_unsync();
+    Ok(response
+        .body(body)
+        .expect("status and headers were validated"))
+}
+
+fn futures_lite_once(
+    bytes: Bytes,
+) -> futures::stream::Once<futures::future::Ready<std::io::Result<Bytes>>> {
+    futures::stream::once(futures::future::ready(Ok(bytes)))
+}
+
+/// Finds the blank line ending the CGI head: `(head length, body offset)`.
+fn find_head_end(buf: &[u8]) -> Option<(usize, usize)> {
+    let mut i = 0;
+    while let Some(pos) = buf[i..].iter().position(|b| *b == b'\n') {
+        let nl = i + pos;
+        let rest = &buf[nl + 1..];
+        if rest.starts_with(b"\n") {
+            return Some((nl, nl + 2));
+        }
+        if rest.starts_with(b"\r\n") {
+            return Some((nl, nl + 3));
+        }
+        i = nl + 1;
+    }
+    None
+}
+
+struct CgiHead {
+    status: StatusCode,
+    headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+fn parse_head(head: &[u8]) -> Result<CgiHead, String> {
+    let text =
+        std::str::from_utf8(head).map_err(|_| "the CGI headers are not UTF-8".to_string())?;
+    let mut status = None;
+    let mut location = false;
+    let mut content_type = false;
+    let mut headers = Vec::new();
+    for line in text.lines() {
+        let line = line.trim_end_matches('\r');
+        if line.is_empty() {
+            continue;
+        }
+        let Some((name, value)) = line.split_once(':') else {
+            return Err(format!("header line {line:?} has no `:`"));
+        };
+        let name = name.trim().to_ascii_lowercase();
+        let value = value.trim();
+        match name.as_str() {
+            "status" => {
+                let code = value.split_whitespace().next().unwrap_or("");
+                let code = code
+                    .parse::<u16>()
+                    .ok()
+                    .and_then(|c| StatusCode::from_u16(c).ok())
+                    .ok_or_else(|| format!("`status: {value}` is not an HTTP status code"))?;
+                status = Some(code);
+                continue;
+            }
+            "location" => location = true,
+            "content-type" => content_type = true,
+            _ => {}
+        }
+        let header = HeaderName::try_from(name.as_str())
+            .map_err(|_| format!("`{name}` is not a valid header name"))?;
+        let value = HeaderValue::from_str(value)
+            .map_err(|_| format!("the value of `{name}` is not a valid header value"))?;
+        headers.push((header, value));
+    }
+    if status.is_none() && !location && !content_type {
+        return Err(
+            "the CGI headers have none of `content-type`, `location` or `status`".to_string(),
+        );
+    }
+    let status = status.unwrap_or(if location {
+        StatusCode::FOUND
+    } else {
+        StatusCode::OK
+    });
+    Ok(CgiHead { status, headers })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn head_parsing_follows_cgi() {
+        let h = parse_head(b"Content-Type: text/plain\r\nX-A: b").unwrap();
+        assert_eq!(h.status, StatusCode::OK);
+        assert_eq!(h.headers.len(), 2);
+        let h = parse_head(b"location: /elsewhere").unwrap();
+        assert_eq!(h.status, StatusCode::FOUND);
+        let h = parse_head(b"status: 404 Not Found\ncontent-type: text/html").unwrap();
+        assert_eq!(h.status, StatusCode::NOT_FOUND);
+        assert!(parse_head(b"hello world").is_err());
+        assert!(parse_head(b"x-only: 1").is_err());
+        assert!(parse_head(b"status: abc").is_err());
+        assert_eq!(find_head_end(b"a: b\n\nbody"), Some((4, 6)));
+        assert_eq!(find_head_end(b"a: b\r\n\r\nbody"), Some((5, 8)));
+        assert_eq!(find_head_end(b"a: b\r\n"), None);
+    }
+
+    #[test]
+    fn args_follow_the_template() {
+        assert_eq!(
+            cgi_args("${SCRIPT_NAME} ${ARGS}", "/cgi", "a=1&b"),
+            ["/cgi", "a=1", "b"]
+        );
+        assert_eq!(cgi_args("prog --flag", "/x", ""), ["prog", "--flag"]);
+    }
+}
