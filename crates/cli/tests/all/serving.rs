@@ -455,3 +455,51 @@ fn spin_sdk_app_runs_with_its_spin_toml_unchanged() {
         );
     });
 }
+
+#[test]
+fn pulley_interpreter_gives_the_same_responses_as_cranelift() {
+    let native = Server::start(&examples("multi"), &[]);
+    let pulley = Server::start(&examples("multi"), &["--engine", "pulley"]);
+    pulley.wait_for_log("engine pulley");
+    rt().block_on(async {
+        for (method, path, body) in [
+            ("GET", "/hello", ""),
+            ("POST", "/echo/a/b?c=d", "payload"),
+            ("PUT", "/echo/created?status=201", "x"),
+            ("GET", "/missing", ""),
+        ] {
+            let send = |server: &Server| {
+                client()
+                    .request(method.parse().unwrap(), server.url(path))
+                    .header("x-test", "1")
+                    .body(body.to_string())
+                    .send()
+            };
+            let (a, b) = (send(&native).await.unwrap(), send(&pulley).await.unwrap());
+            assert_eq!(a.status(), b.status(), "{method} {path}");
+            let strip = |h: &reqwest::header::HeaderMap| {
+                let mut v: Vec<(String, String)> = h
+                    .iter()
+                    .filter(|(k, _)| {
+                        !matches!(
+                            k.as_str(),
+                            "date"
+                                | "x-echo-authority"
+                                | "x-echo-header-spin-full-url"
+                                | "x-echo-header-spin-client-addr"
+                        )
+                    })
+                    .map(|(k, v)| (k.to_string(), v.to_str().unwrap().to_string()))
+                    .collect();
+                v.sort();
+                v
+            };
+            assert_eq!(strip(a.headers()), strip(b.headers()), "{method} {path}");
+            assert_eq!(
+                a.bytes().await.unwrap(),
+                b.bytes().await.unwrap(),
+                "{method} {path}"
+            );
+        }
+    });
+}
