@@ -185,8 +185,8 @@ struct MemoryLimiter {
     exceeded: bool,
 }
 
-/// Table elements an instance may hold (function tables of ordinary guests are far smaller).
-const MAX_TABLE_ELEMENTS: usize = 100_000;
+/// Table elements an instance may hold.
+const MAX_TABLE_ELEMENTS: usize = pool::TABLE_ELEMENTS;
 /// Resources (streams, fields, requests) a guest may hold at once.
 const MAX_RESOURCES: usize = 100_000;
 
@@ -717,10 +717,10 @@ fn apply_pool(config: &mut Config, plan: &PoolPlan) {
     pool.total_component_instances(slots)
         .total_core_instances(slots.saturating_mul(8))
         .total_memories(slots.saturating_mul(pool::MEMORIES_PER_SLOT))
-        .total_tables(slots.saturating_mul(8))
+        .total_tables(slots.saturating_mul(pool::TABLES_PER_SLOT))
         .total_stacks(slots)
         .max_memories_per_component(pool::MEMORIES_PER_SLOT)
-        .max_tables_per_component(8)
+        .max_tables_per_component(pool::TABLES_PER_SLOT)
         .max_core_instances_per_component(16)
         .table_elements(MAX_TABLE_ELEMENTS)
         .max_memory_size(usize::try_from(plan.max_memory).unwrap_or(usize::MAX))

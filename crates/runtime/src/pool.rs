@@ -22,6 +22,15 @@ pub const MIN_POOL_SLOTS: u32 = 8;
 /// Memories reserved per instance slot: a component built with the preview 1 adapter has two.
 pub const MEMORIES_PER_SLOT: u32 = 2;
 
+/// Tables reserved per instance slot (main module, adapter and component shims).
+pub const TABLES_PER_SLOT: u32 = 4;
+
+/// Elements one table may hold; ordinary guests use a few thousand.
+pub const TABLE_ELEMENTS: usize = 20_000;
+
+/// Address space a slot needs besides its memories: an async stack (2 MiB) and its tables.
+pub const SLOT_OVERHEAD: u64 = 2 * MIB + TABLES_PER_SLOT as u64 * TABLE_ELEMENTS as u64 * 8 + MIB;
+
 /// The layout chosen for linear memories.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PoolPlan {
@@ -86,13 +95,17 @@ pub fn human(bytes: u64) -> String {
     }
 }
 
+fn slot_size(reservation: u64, guard: u64) -> u64 {
+    u64::from(MEMORIES_PER_SLOT) * (reservation + guard) + SLOT_OVERHEAD
+}
+
 /// Chooses a layout for `wanted_slots` instances whose memories grow to at most `max_memory`,
 /// given `address_space` bytes of reservable address space.
 pub fn plan(wanted_slots: u32, max_memory: u64, address_space: u64) -> PoolPlan {
     let budget = address_space / 2;
     let max_memory = max_memory.max(64 * KIB);
     let fits = |slots: u32, reservation: u64, guard: u64| {
-        u64::from(slots) * u64::from(MEMORIES_PER_SLOT) * (reservation + guard) <= budget
+        u64::from(slots) * slot_size(reservation, guard) <= budget
     };
     let base = PoolPlan {
         slots: wanted_slots,
@@ -109,7 +122,7 @@ pub fn plan(wanted_slots: u32, max_memory: u64, address_space: u64) -> PoolPlan 
     }
     let reservation = max_memory.next_power_of_two().max(MIB);
     let guard = 64 * KIB;
-    let per_slot = u64::from(MEMORIES_PER_SLOT) * (reservation + guard);
+    let per_slot = slot_size(reservation, guard);
     let affordable = (budget / per_slot).min(u64::from(wanted_slots)) as u32;
     if affordable >= MIN_POOL_SLOTS.min(wanted_slots) && affordable > 0 {
         return PoolPlan {
@@ -205,7 +218,7 @@ mod tests {
         assert!(p.pooling);
         assert_eq!(p.memory_reservation, 128 * MIB);
         assert_eq!(p.guard_size, 64 * KIB);
-        assert_eq!(p.slots, 511);
+        assert_eq!(p.slots, 504);
         assert!(p.reserved() <= 128 * GIB);
     }
 

@@ -9,6 +9,39 @@ pub use wms_test_artifacts as artifacts;
 
 pub const WMS: &str = env!("CARGO_BIN_EXE_wms");
 
+/// Runs the board-profile subset against another `wms` binary (e.g. a cross build).
+pub const ENV_TEST_BIN: &str = "WMS_TEST_BIN";
+/// Command prefix for that binary, e.g. `qemu-riscv64 -cpu rv64,v=false -R 256G -L /usr/riscv64-linux-gnu`.
+pub const ENV_TEST_RUNNER: &str = "WMS_TEST_RUNNER";
+
+/// The `wms` under test and the emulator (if any) that runs it.
+pub fn wms_command() -> Command {
+    let bin = std::env::var(ENV_TEST_BIN).unwrap_or_else(|_| WMS.to_string());
+    match std::env::var(ENV_TEST_RUNNER) {
+        Ok(runner) if !runner.trim().is_empty() => {
+            let mut words = runner.split_whitespace();
+            let mut cmd = Command::new(words.next().unwrap());
+            cmd.args(words).arg(bin);
+            cmd
+        }
+        _ => Command::new(bin),
+    }
+}
+
+/// Whether the binary under test runs under an emulator (timings are then not meaningful).
+pub fn emulated() -> bool {
+    std::env::var(ENV_TEST_RUNNER).is_ok_and(|r| !r.trim().is_empty())
+}
+
+/// Extra time allowed for start-up and deadlines under emulation.
+pub fn slack() -> Duration {
+    if emulated() {
+        Duration::from_secs(20)
+    } else {
+        Duration::ZERO
+    }
+}
+
 /// A cache directory for this test process, so tests never touch the user's cache.
 fn test_cache() -> &'static Path {
     static DIR: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
@@ -48,7 +81,7 @@ impl Server {
         dir: Option<tempfile::TempDir>,
         env: &[(&str, &Path)],
     ) -> Server {
-        let mut child = Command::new(WMS)
+        let mut child = wms_command()
             .env("WMS_CACHE_DIR", test_cache())
             .envs(env.iter().map(|(k, v)| (*k, *v)))
             .arg("up")
@@ -83,7 +116,7 @@ impl Server {
                 line.clear();
             }
         });
-        let addr = match rx.recv_timeout(Duration::from_secs(60)) {
+        let addr = match rx.recv_timeout(Duration::from_secs(60) + slack() * 6) {
             Ok(addr) => addr,
             Err(_) => {
                 let _ = child.kill();

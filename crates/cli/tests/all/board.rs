@@ -1,0 +1,140 @@
+//! The subset that must pass on every board: serving, routing, a trap, a timeout, a memory
+//! limit, concurrency, and a pool sized to the address space. `scripts/test-board PROFILE` runs
+//! it against a cross-built `wms` under qemu-user with the board's CPU and address-space limits
+//! (`WMS_TEST_BIN`, `WMS_TEST_RUNNER`); without them it runs against the native build.
+
+use std::time::{Duration, Instant};
+
+use crate::harness::{Server, artifacts, client, emulated, examples, rt, slack, testkit_app};
+
+#[test]
+fn board_serves_routes_and_echoes() {
+    let server = Server::start(&examples("multi"), &[]);
+    rt().block_on(async {
+        let resp = client().get(server.url("/hello")).send().await.unwrap();
+        assert_eq!(resp.text().await.unwrap(), "Hello from wms!\n");
+        let resp = client()
+            .post(server.url("/echo/x?y=1"))
+            .header("x-a", "b")
+            .body("body")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.headers()["x-echo-path"], "/echo/x?y=1");
+        assert_eq!(resp.headers()["x-echo-header-x-a"], "b");
+        assert_eq!(
+            resp.headers()["x-echo-header-spin-matched-route"],
+            "/echo/..."
+        );
+        assert_eq!(resp.text().await.unwrap(), "body");
+        assert_eq!(
+            client()
+                .get(server.url("/none"))
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            404
+        );
+    });
+}
+
+#[test]
+fn board_pool_is_on_and_sized_to_fit() {
+    let server = Server::start(&examples("hello"), &[]);
+    let log = server.wait_for_log("engine cranelift");
+    let line = log
+        .lines()
+        .find(|l| l.contains("engine cranelift"))
+        .unwrap();
+    assert!(
+        line.contains("pooling allocator:"),
+        "pooling is off: {line}"
+    );
+    // "N slots, R reservation + G guard per memory, ..., X reserved of Y probed"
+    let slots: u64 = line
+        .split("pooling allocator: ")
+        .nth(1)
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(slots >= 8, "{line}");
+    let gib = |s: &str| -> f64 {
+        let n: f64 = s
+            .trim_end_matches("GiB")
+            .trim_end_matches("MiB")
+            .trim_end_matches("KiB")
+            .parse()
+            .unwrap();
+        if s.ends_with("GiB") {
+            n
+        } else if s.ends_with("MiB") {
+            n / 1024.0
+        } else {
+            n / 1024.0 / 1024.0
+        }
+    };
+    let tail = line.split(" reserved of ").collect::<Vec<_>>();
+    let reserved = gib(tail[0].rsplit(' ').next().unwrap());
+    let probed = gib(tail[1].split(' ').next().unwrap().trim_end_matches(';'));
+    assert!(
+        reserved <= probed / 2.0 + 0.01,
+        "the pool takes more than half the address space: {line}"
+    );
+    rt().block_on(async {
+        assert_eq!(
+            client().get(server.url("/")).send().await.unwrap().status(),
+            200
+        );
+    });
+    eprintln!("pool chosen: {line}");
+}
+
+#[test]
+fn board_limits_hold() {
+    let manifest = testkit_app(&[
+        ("kit", "/...", ""),
+        (
+            "slow",
+            "/slow/...",
+            "[component.slow.tool.wms]\ntimeout = \"2s\"\nmax_concurrent_requests = 1",
+        ),
+        (
+            "small",
+            "/small/...",
+            "[component.small.tool.wms]\nmax_memory = \"16MiB\"",
+        ),
+    ]);
+    let server = Server::with_manifest(&manifest, &[]);
+    rt().block_on(async {
+        let status = |path: &'static str| {
+            let url = server.url(path);
+            async move { client().get(url).send().await.unwrap().status().as_u16() }
+        };
+        assert_eq!(status("/trap").await, 500);
+        assert_eq!(status("/fine").await, 200);
+        assert_eq!(status("/small/hog").await, 500);
+        assert_eq!(status("/fine").await, 200);
+        let start = Instant::now();
+        let looping = tokio::spawn(status("/slow/loop"));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        // The one slot of `slow` is taken: 503 at once.
+        assert_eq!(status("/slow/fine").await, 503);
+        assert_eq!(looping.await.unwrap(), 504);
+        let took = start.elapsed();
+        assert!(
+            took >= Duration::from_secs(2) && took < Duration::from_secs(4) + slack(),
+            "took {took:?}"
+        );
+        assert_eq!(status("/fine").await, 200);
+    });
+    server.wait_for_log("exceeded its memory limit of 16MiB");
+    if emulated() {
+        eprintln!("emulated: timings above are not performance figures");
+    }
+    let _ = artifacts::TESTKIT;
+}
