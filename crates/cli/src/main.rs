@@ -34,6 +34,9 @@ enum Command {
     /// Run a WASI command (preview 1 module or preview 2 component) to completion; its exit
     /// status becomes wms's (124 on timeout, 134 on a trap or the memory limit).
     Run(RunArgs),
+    /// Compile an app's components ahead of time, for this host or for a board, so a slow board
+    /// does not compile at start (`wms up --precompiled DIR` loads the result).
+    Compile(CompileArgs),
     /// Run the build command of every component in an app's manifest.
     Build {
         /// App directory or manifest file (wms.toml or spin.toml).
@@ -59,6 +62,10 @@ struct UpArgs {
     /// Disable the pooling allocator and allocate every instance on demand.
     #[arg(long)]
     no_pooling: bool,
+    /// Trust and use precompiled code from this directory (made by `wms compile`) where it
+    /// was made from exactly the component's wasm; precompiled code is native code.
+    #[arg(long, value_name = "DIR")]
+    precompiled: Option<PathBuf>,
     /// Largest request body accepted, in bytes (larger requests get 413).
     #[arg(long, default_value_t = wms_server::DEFAULT_MAX_BODY)]
     max_body: u64,
@@ -68,6 +75,26 @@ struct UpArgs {
     /// Seconds in-flight requests may take to finish after SIGINT or SIGTERM.
     #[arg(long, default_value_t = wms_server::DEFAULT_SHUTDOWN_GRACE.as_secs())]
     shutdown_grace: u64,
+}
+
+#[derive(clap::Args)]
+struct CompileArgs {
+    /// App directory or manifest file (wms.toml or spin.toml).
+    #[arg(default_value = ".")]
+    app: PathBuf,
+    /// Target: aarch64, riscv64gc, x86_64, pulley64 or pulley32 (default: this host).
+    #[arg(long)]
+    target: Option<String>,
+    /// Cranelift CPU feature the target has, e.g. has_zbb (repeatable).
+    #[arg(long = "cpu-feature", value_name = "FLAG")]
+    cpu_features: Vec<String>,
+    /// Address space of the target machine, which decides the memory layout compiled in
+    /// (default: probed on this host; 256GiB, a 39-bit board, for another target).
+    #[arg(long, value_name = "SIZE")]
+    address_space: Option<String>,
+    /// Output directory (default: APP/.wms/precompiled/TARGET).
+    #[arg(long, short)]
+    output: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -124,6 +151,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Up(args) => up(args),
         Command::Run(args) => run_command(args),
+        Command::Compile(args) => compile(args),
         Command::Build { app } => {
             let app = wms_manifest::load(&app)?;
             build(&app)?;
@@ -150,6 +178,7 @@ fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
         } else {
             Allocation::Auto
         },
+        precompiled: args.precompiled.clone(),
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -206,6 +235,41 @@ fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
             ExitCode::FAILURE
         })
     })
+}
+
+fn compile(args: CompileArgs) -> anyhow::Result<ExitCode> {
+    let app = wms_manifest::load(&args.app)?;
+    let address_space = match &args.address_space {
+        None => None,
+        Some(a) => Some(
+            a.parse::<bytesize::ByteSize>()
+                .map_err(|e| anyhow::anyhow!("--address-space {a:?}: {e}; write e.g. 256GiB"))?
+                .as_u64(),
+        ),
+    };
+    let out = args.output.clone().unwrap_or_else(|| {
+        app.dir
+            .join(".wms/precompiled")
+            .join(args.target.as_deref().unwrap_or(std::env::consts::ARCH))
+    });
+    let target = wms_runtime::CompileTarget {
+        target: args.target.clone(),
+        cpu_features: args.cpu_features.clone(),
+        address_space,
+    };
+    let started = std::time::Instant::now();
+    let written = wms_runtime::compile_app(&app, &target, &out)?;
+    for path in &written {
+        println!("{}", path.display());
+    }
+    eprintln!(
+        "wms: compiled {} component(s) for {} in {:?}; serve with `wms up --precompiled {}`",
+        written.len(),
+        args.target.as_deref().unwrap_or("this host"),
+        started.elapsed(),
+        out.display()
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 fn run_command(args: RunArgs) -> anyhow::Result<ExitCode> {

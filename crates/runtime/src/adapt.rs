@@ -3,9 +3,9 @@
 //! components at load with the WASI preview 1 adapter of the same Wasmtime release. The result
 //! is cached by the sha256 of the module, so the second start skips the work.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use anyhow::{Context as _, anyhow};
+use anyhow::anyhow;
 use sha2::{Digest, Sha256};
 use wasi_preview1_component_adapter_provider::{
     WASI_SNAPSHOT_PREVIEW1_ADAPTER_NAME, WASI_SNAPSHOT_PREVIEW1_COMMAND_ADAPTER,
@@ -46,14 +46,14 @@ pub(crate) fn componentize(module: &[u8]) -> anyhow::Result<Vec<u8>> {
     let key = hex(&hasher.finalize());
     let cached = cache_dir().map(|d| d.join("components").join(format!("{key}.wasm")));
     if let Some(path) = &cached
-        && let Some(bytes) = read_verified(path)
+        && let Some(bytes) = crate::aot::read_verified(path)
     {
         tracing::debug!("using the cached component {}", path.display());
         return Ok(bytes);
     }
     let component = encode(module)?;
     if let Some(path) = &cached
-        && let Err(e) = write_verified(path, &component)
+        && let Err(e) = crate::aot::write_verified(path, &component)
     {
         tracing::warn!(
             "cannot cache the adapted component at {}: {e:#}",
@@ -96,34 +96,9 @@ fn exports_start(module: &[u8]) -> bool {
     false
 }
 
-/// The cache entry holds the component followed by the sha256 of the component, so a truncated
-/// or corrupted entry is detected and rebuilt, never loaded.
-fn read_verified(path: &Path) -> Option<Vec<u8>> {
-    let mut bytes = std::fs::read(path).ok()?;
-    if bytes.len() < 32 {
-        return None;
-    }
-    let digest = bytes.split_off(bytes.len() - 32);
-    if Sha256::digest(&bytes).as_slice() != digest.as_slice() {
-        tracing::warn!("ignoring the corrupt cache entry {}", path.display());
-        return None;
-    }
-    Some(bytes)
-}
-
-fn write_verified(path: &Path, component: &[u8]) -> anyhow::Result<()> {
-    let dir = path.parent().context("cache path has no parent")?;
-    std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
-    std::io::Write::write_all(&mut tmp, component)?;
-    std::io::Write::write_all(&mut tmp, &Sha256::digest(component))?;
-    tmp.persist(path)?;
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use crate::aot::{read_verified, write_verified};
 
     #[test]
     fn corrupt_cache_entries_are_not_loaded() {

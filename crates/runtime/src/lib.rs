@@ -7,6 +7,7 @@
 //! every way the guest can fail so the front end can answer 503, 504 or 500 and keep serving.
 
 mod adapt;
+pub mod aot;
 mod command;
 mod guest_log;
 mod outbound;
@@ -76,6 +77,8 @@ pub enum Allocation {
 pub struct RuntimeOptions {
     pub engine: EngineKind,
     pub allocation: Allocation,
+    /// A directory of `wms compile` output the user trusts; used where it matches exactly.
+    pub precompiled: Option<PathBuf>,
 }
 
 /// What the engine was configured with, for the start-up log and for tests.
@@ -273,9 +276,13 @@ impl Runtime {
         let mut wagi_linker = None;
         for (id, c) in &app.components {
             let kind = match &c.executor {
-                wms_manifest::Executor::Http => {
-                    Kind::Http(load_http(&engine, &linker, id, &c.source)?)
-                }
+                wms_manifest::Executor::Http => Kind::Http(load_http(
+                    &engine,
+                    &linker,
+                    id,
+                    &c.source,
+                    options.precompiled.as_deref(),
+                )?),
                 wms_manifest::Executor::Wagi { argv, entrypoint } => {
                     let linker = match &wagi_linker {
                         Some(l) => l,
@@ -650,15 +657,9 @@ fn build_engine(
     };
     loop {
         let mut cfg = config.clone();
+        apply_memory_layout(&mut cfg, &plan, max_memory);
         if plan.pooling {
             apply_pool(&mut cfg, &plan);
-        } else {
-            cfg.memory_reservation(
-                plan.memory_reservation
-                    .min(max_memory.next_power_of_two())
-                    .max(1 << 20),
-            );
-            cfg.memory_guard_size(64 << 10);
         }
         match Engine::new(&cfg) {
             Ok(engine) => {
@@ -731,8 +732,18 @@ fn apply_pool(config: &mut Config, plan: &PoolPlan) {
         .linear_memory_keep_resident(if pagemap { 16 << 20 } else { 1 << 20 })
         .table_keep_resident(if pagemap { 1 << 20 } else { 64 << 10 });
     config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
-    config.memory_reservation(plan.memory_reservation);
-    config.memory_guard_size(plan.guard_size);
+}
+
+/// The memory layout compiled into code: the same for the pool and on demand, so precompiled
+/// code made by `wms compile` for a board's address space loads there either way.
+fn apply_memory_layout(config: &mut Config, plan: &PoolPlan, max_memory: u64) {
+    if plan.memory_reservation >= 4 << 30 && plan.pooling {
+        config.memory_reservation(plan.memory_reservation);
+        config.memory_guard_size(plan.guard_size);
+    } else {
+        config.memory_reservation(max_memory.next_power_of_two().max(1 << 20));
+        config.memory_guard_size(64 << 10);
+    }
     config.memory_reservation_for_growth(0);
 }
 
@@ -758,8 +769,9 @@ fn load_http(
     linker: &Linker<HostState>,
     id: &str,
     source: &Path,
+    precompiled: Option<&Path>,
 ) -> anyhow::Result<ProxyPre<HostState>> {
-    let component = compile(engine, id, source)?;
+    let component = compile(engine, id, source, precompiled)?;
     let pre = linker
         .instantiate_pre(&component)
         .map_err(|e| anyhow!("{e:?}"))
@@ -784,7 +796,8 @@ pub(crate) fn wt(e: wasmtime::Error) -> anyhow::Error {
     anyhow!("{e:?}")
 }
 
-fn compile(engine: &Engine, id: &str, path: &Path) -> anyhow::Result<Component> {
+/// Reads a component's wasm, adapting a preview 1 module into a component (as Spin does).
+fn read_component(id: &str, path: &Path) -> anyhow::Result<Vec<u8>> {
     let bytes = std::fs::read(path).with_context(|| {
         format!("component `{id}`: cannot read {}\n  help: build it first (`wms build`, or `wms up --build`) or fix `source` in the manifest", path.display())
     })?;
@@ -794,20 +807,122 @@ fn compile(engine: &Engine, id: &str, path: &Path) -> anyhow::Result<Component> 
             path.display()
         );
     }
-    let bytes = if bytes[4..8] == [1, 0, 0, 0] {
-        // A preview 1 module (e.g. from Spin's Rust template): adapt it as Spin does.
-        adapt::componentize(&bytes).with_context(|| {
+    if bytes[4..8] == [1, 0, 0, 0] {
+        return adapt::componentize(&bytes).with_context(|| {
             format!(
                 "component `{id}`: {} is a core WebAssembly module, not a component, and cannot be adapted\n  help: build for `wasm32-wasip2`, or build the module with an SDK that embeds its WIT world (Spin SDK, wit-bindgen)",
                 path.display()
             )
-        })?
-    } else {
-        bytes
+        });
+    }
+    Ok(bytes)
+}
+
+fn compile(
+    engine: &Engine,
+    id: &str,
+    path: &Path,
+    precompiled: Option<&Path>,
+) -> anyhow::Result<Component> {
+    let bytes = read_component(id, path)?;
+    let start = Instant::now();
+    let (component, origin) = aot::load(engine, id, &bytes, precompiled)
+        .with_context(|| format!("component `{id}`: cannot compile {}", path.display()))?;
+    match origin {
+        aot::Origin::Compiled => {
+            tracing::info!(component = id, "compiled in {:?}", start.elapsed())
+        }
+        aot::Origin::Cache => tracing::info!(
+            component = id,
+            "loaded compiled code from the cache in {:?}",
+            start.elapsed()
+        ),
+        aot::Origin::Precompiled(p) => tracing::info!(
+            component = id,
+            "loaded precompiled code from {}",
+            p.display()
+        ),
+    }
+    Ok(component)
+}
+
+/// Where `wms compile` compiles for.
+#[derive(Debug, Clone)]
+pub struct CompileTarget {
+    /// `aarch64`, `riscv64gc`, `x86_64`, `pulley64` or `pulley32` (or a full triple); `None`
+    /// for this host.
+    pub target: Option<String>,
+    /// Cranelift ISA flags to enable, e.g. `has_zbb` (riscv64) or `has_lse` (aarch64).
+    pub cpu_features: Vec<String>,
+    /// Address space of the machine that will load the code, which decides the memory layout
+    /// compiled in (default: this host's, probed; 256 GiB, a 39-bit board, for other targets).
+    pub address_space: Option<u64>,
+}
+
+/// Precompiles every wasi:http component of `app` into `out_dir` (`NAME.cwasm` plus a sidecar
+/// with the wasm's sha256) for `wms up --precompiled`. Returns the files written.
+pub fn compile_app(
+    app: &App,
+    target: &CompileTarget,
+    out_dir: &Path,
+) -> anyhow::Result<Vec<PathBuf>> {
+    let triple = match target.target.as_deref() {
+        None => None,
+        Some("aarch64") => Some("aarch64-unknown-linux-gnu".to_string()),
+        Some("riscv64gc" | "riscv64") => Some("riscv64gc-unknown-linux-gnu".to_string()),
+        Some("x86_64") => Some("x86_64-unknown-linux-gnu".to_string()),
+        Some(other) => Some(other.to_string()),
     };
-    Component::new(engine, &bytes)
-        .map_err(|e| anyhow!("{e:?}"))
-        .with_context(|| format!("component `{id}`: cannot compile {}", path.display()))
+    let mut config = Config::new();
+    config.epoch_interruption(true);
+    if let Some(t) = &triple {
+        config.target(t).map_err(|e| {
+            anyhow!("--target {t}: {e}; use aarch64, riscv64gc, x86_64, pulley64 or pulley32")
+        })?;
+    }
+    for f in &target.cpu_features {
+        // SAFETY: the user asserts the target CPU has this feature; Wasmtime refuses to load the
+        // code on a host without it.
+        unsafe {
+            config.cranelift_flag_enable(f);
+        }
+    }
+    let max_memory = app
+        .components
+        .values()
+        .map(|c| c.limits.max_memory)
+        .max()
+        .unwrap_or(wms_manifest::DEFAULT_MAX_MEMORY);
+    let wanted = u32::try_from(app.max_concurrent_requests)
+        .unwrap_or(u32::MAX)
+        .max(1);
+    let address_space = match (target.address_space, &triple) {
+        (Some(a), _) => a,
+        (None, None) => pool::probe_address_space(),
+        (None, Some(_)) => 256 << 30,
+    };
+    let plan = pool::plan(wanted, max_memory, address_space);
+    apply_memory_layout(&mut config, &plan, max_memory);
+    let engine = Engine::new(&config).map_err(|e| {
+        anyhow!(
+            "--target {}: {e}; use aarch64, riscv64gc, x86_64, pulley64 or pulley32 (other architectures need a wms built with the `cross-compile` feature)",
+            target.target.as_deref().unwrap_or("host")
+        )
+    })?;
+    std::fs::create_dir_all(out_dir).with_context(|| format!("create {}", out_dir.display()))?;
+    let mut written = Vec::new();
+    for (id, c) in &app.components {
+        if c.executor != wms_manifest::Executor::Http {
+            continue;
+        }
+        let wasm = read_component(id, &c.source)?;
+        let code = engine
+            .precompile_component(&wasm)
+            .map_err(|e| anyhow!("{e:?}"))
+            .with_context(|| format!("component `{id}`: cannot compile {}", c.source.display()))?;
+        written.push(aot::write_precompiled(out_dir, id, &wasm, &code)?);
+    }
+    Ok(written)
 }
 
 fn export_names(engine: &Engine, component: &Component) -> Vec<String> {

@@ -1,6 +1,7 @@
 //! End-to-end tests: the real `wms` binary on `127.0.0.1:0`, real HTTP clients, guests built
 //! from source by `wms-test-artifacts`.
 
+mod aot;
 mod board;
 mod harness;
 mod limits;

@@ -1,0 +1,169 @@
+//! Ahead-of-time compiled code: the local cache `wms up` keeps, and the artifacts `wms compile`
+//! makes for this host or for a board.
+//!
+//! Precompiled code is native code that Wasmtime maps executable without re-checking it, so wms
+//! loads only what it produced itself (its cache) or what the user explicitly trusts
+//! (`wms up --precompiled DIR`). Both are bound to exactly one wasm: the cache by file name
+//! (`AOT_DIR/<engine key>/<sha256 of the wasm>.cwasm`), a precompiled directory by a sidecar
+//! recording the wasm's sha256. Every file ends with the sha256 of its contents, so a truncated
+//! or corrupted file is detected and rebuilt, never loaded; Wasmtime then checks that the code
+//! was compiled for this engine (target, CPU features, memory layout) before using it.
+
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, anyhow};
+use sha2::{Digest, Sha256};
+use wasmtime::Engine;
+use wasmtime::component::Component;
+
+use crate::adapt::{cache_dir, hex};
+
+/// A stable key for "code compiled by this engine loads into this engine": the sha256 of
+/// Wasmtime's precompile compatibility hash.
+pub fn engine_key(engine: &Engine) -> String {
+    struct Sha(Sha256);
+    impl Hasher for Sha {
+        fn finish(&self) -> u64 {
+            0
+        }
+        fn write(&mut self, bytes: &[u8]) {
+            self.0.update(bytes);
+        }
+    }
+    let mut h = Sha(Sha256::new());
+    engine.precompile_compatibility_hash().hash(&mut h);
+    hex(&h.0.finalize())[..32].to_string()
+}
+
+pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
+    hex(&Sha256::digest(bytes))
+}
+
+/// Where a component's code came from, for the start-up log.
+pub enum Origin {
+    Compiled,
+    Cache,
+    Precompiled(PathBuf),
+}
+
+/// Sidecar of a precompiled artifact.
+const SIDECAR_EXT: &str = "wasm-sha256";
+
+/// Loads `wasm` (a component) for `engine`: from `trusted` precompiled artifacts when one was
+/// made from exactly these bytes, else from the local cache, else by compiling (and caching).
+pub(crate) fn load(
+    engine: &Engine,
+    id: &str,
+    wasm: &[u8],
+    trusted: Option<&Path>,
+) -> anyhow::Result<(Component, Origin)> {
+    let digest = sha256_hex(wasm);
+    if let Some(dir) = trusted {
+        let code = dir.join(format!("{id}.cwasm"));
+        let sidecar = code.with_extension(SIDECAR_EXT);
+        match std::fs::read_to_string(&sidecar) {
+            Ok(recorded) if recorded.trim() == digest => match read_verified(&code) {
+                // SAFETY: the user trusts this directory (--precompiled), the file is intact
+                // (trailing sha256) and was made from exactly this wasm (sidecar); Wasmtime
+                // rejects code compiled for another engine configuration.
+                Some(bytes) => match unsafe { Component::deserialize(engine, &bytes) } {
+                    Ok(c) => return Ok((c, Origin::Precompiled(code))),
+                    Err(e) => tracing::warn!(
+                        "component `{id}`: not using {}: {e}; compiling instead",
+                        code.display()
+                    ),
+                },
+                None => tracing::warn!(
+                    "component `{id}`: {} is missing, truncated or corrupt; compiling instead",
+                    code.display()
+                ),
+            },
+            Ok(_) => tracing::warn!(
+                "component `{id}`: {} was made from another build of this component; compiling instead",
+                code.display()
+            ),
+            Err(_) => tracing::warn!(
+                "component `{id}`: no precompiled code in {}; compiling instead",
+                dir.display()
+            ),
+        }
+    }
+    let cached = cache_dir().map(|d| {
+        d.join("aot")
+            .join(engine_key(engine))
+            .join(format!("{digest}.cwasm"))
+    });
+    if let Some(path) = &cached
+        && path.exists()
+    {
+        match read_verified(path) {
+            // SAFETY: wms wrote this file itself, for this engine key and exactly this wasm, and
+            // its trailing sha256 matches; Wasmtime re-checks engine compatibility.
+            Some(bytes) => match unsafe { Component::deserialize(engine, &bytes) } {
+                Ok(c) => return Ok((c, Origin::Cache)),
+                Err(e) => tracing::warn!(
+                    "component `{id}`: ignoring cache entry {}: {e}",
+                    path.display()
+                ),
+            },
+            None => tracing::warn!(
+                "component `{id}`: cache entry {} is corrupt; recompiling",
+                path.display()
+            ),
+        }
+    }
+    let code = engine
+        .precompile_component(wasm)
+        .map_err(|e| anyhow!("{e:?}"))?;
+    if let Some(path) = &cached
+        && let Err(e) = write_verified(path, &code)
+    {
+        tracing::warn!(
+            "component `{id}`: cannot write the compile cache {}: {e:#}",
+            path.display()
+        );
+    }
+    // SAFETY: these bytes were just produced by this engine.
+    let component =
+        unsafe { Component::deserialize(engine, &code) }.map_err(|e| anyhow!("{e:?}"))?;
+    Ok((component, Origin::Compiled))
+}
+
+/// Writes a precompiled artifact and its sidecar for `wms compile`.
+pub(crate) fn write_precompiled(
+    dir: &Path,
+    id: &str,
+    wasm: &[u8],
+    code: &[u8],
+) -> anyhow::Result<PathBuf> {
+    let path = dir.join(format!("{id}.cwasm"));
+    write_verified(&path, code)?;
+    std::fs::write(
+        path.with_extension(SIDECAR_EXT),
+        format!("{}\n", sha256_hex(wasm)),
+    )
+    .with_context(|| format!("write {}", path.with_extension(SIDECAR_EXT).display()))?;
+    Ok(path)
+}
+
+/// Reads a file written by [`write_verified`]; `None` if it is missing, short or corrupt.
+pub(crate) fn read_verified(path: &Path) -> Option<Vec<u8>> {
+    let mut bytes = std::fs::read(path).ok()?;
+    if bytes.len() < 32 {
+        return None;
+    }
+    let digest = bytes.split_off(bytes.len() - 32);
+    (Sha256::digest(&bytes).as_slice() == digest.as_slice()).then_some(bytes)
+}
+
+/// Writes `contents` followed by their sha256, atomically (temporary file, then rename).
+pub(crate) fn write_verified(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
+    let dir = path.parent().context("path has no parent directory")?;
+    std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+    std::io::Write::write_all(&mut tmp, contents)?;
+    std::io::Write::write_all(&mut tmp, &Sha256::digest(contents))?;
+    tmp.persist(path)?;
+    Ok(())
+}
