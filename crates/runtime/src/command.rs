@@ -77,7 +77,7 @@ pub async fn run_command(options: &CommandOptions) -> anyhow::Result<CommandOutc
     }
     let mut config = Config::new();
     config.epoch_interruption(true);
-    if options.engine == EngineKind::Pulley {
+    if crate::effective_engine(options.engine) == EngineKind::Pulley {
         let t = if cfg!(target_pointer_width = "64") {
             "pulley64"
         } else {

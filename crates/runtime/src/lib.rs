@@ -634,7 +634,8 @@ fn build_engine(
 ) -> anyhow::Result<(Engine, EngineReport)> {
     let mut config = Config::new();
     config.epoch_interruption(true);
-    let target = match options.engine {
+    let engine_kind = effective_engine(options.engine);
+    let target = match engine_kind {
         EngineKind::Cranelift => std::env::consts::ARCH.to_string(),
         EngineKind::Pulley => {
             let t = if cfg!(target_pointer_width = "64") {
@@ -681,7 +682,7 @@ fn build_engine(
                 }
                 start_epoch_ticker(&engine);
                 let report = EngineReport {
-                    engine: options.engine,
+                    engine: engine_kind,
                     target,
                     pool: plan,
                     max_concurrent_requests: max_concurrent,
@@ -709,6 +710,26 @@ fn build_engine(
             Err(e) => bail!("cannot create the Wasmtime engine: {e:?}"),
         }
     }
+}
+
+/// Whether Cranelift can generate native code for the architecture wms runs on.
+pub const CRANELIFT_NATIVE: bool = cfg!(any(
+    target_arch = "x86_64",
+    target_arch = "aarch64",
+    target_arch = "riscv64",
+    target_arch = "s390x"
+));
+
+/// The engine to use: Pulley where Cranelift has no back end for this architecture.
+pub fn effective_engine(requested: EngineKind) -> EngineKind {
+    if requested == EngineKind::Cranelift && !CRANELIFT_NATIVE {
+        tracing::warn!(
+            "Cranelift has no back end for {}; running guests in the Pulley interpreter",
+            std::env::consts::ARCH
+        );
+        return EngineKind::Pulley;
+    }
+    requested
 }
 
 fn apply_pool(config: &mut Config, plan: &PoolPlan) {
