@@ -113,9 +113,7 @@ pub(crate) fn load(
             ),
         }
     }
-    let code = engine
-        .precompile_component(wasm)
-        .map_err(|e| anyhow!("{e:?}"))?;
+    let code = precompile(engine, wasm)?;
     if let Some(path) = &cached
         && let Err(e) = write_verified(path, &code)
     {
@@ -128,6 +126,37 @@ pub(crate) fn load(
     let component =
         unsafe { Component::deserialize(engine, &code) }.map_err(|e| anyhow!("{e:?}"))?;
     Ok((component, Origin::Compiled))
+}
+
+/// Compiles a component, turning a code generator panic into an error for this component
+/// instead of a crash of the whole process, and explaining validation errors about SIMD.
+pub(crate) fn precompile(engine: &Engine, wasm: &[u8]) -> anyhow::Result<Vec<u8>> {
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        engine.precompile_component(wasm)
+    }));
+    match result {
+        Ok(Ok(code)) => Ok(code),
+        Ok(Err(e)) => {
+            let text = format!("{e:#}");
+            if text.contains("SIMD") || text.contains("simd") {
+                Err(anyhow!(
+                    "{text}\n  help: the component uses 128-bit SIMD, which Cranelift cannot compile for this CPU (riscv64 without the vector extension); serve it with `--engine pulley`, or build it without the simd128 target feature"
+                ))
+            } else {
+                Err(anyhow!("{e:?}"))
+            }
+        }
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".into());
+            Err(anyhow!(
+                "the code generator crashed ({what})\n  help: this is a Cranelift bug for this target; serve the component with `--engine pulley`"
+            ))
+        }
+    }
 }
 
 /// Writes a precompiled artifact and its sidecar for `wms compile`.

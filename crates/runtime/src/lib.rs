@@ -635,6 +635,18 @@ fn build_engine(
     let mut config = Config::new();
     config.epoch_interruption(true);
     let engine_kind = effective_engine(options.engine);
+    if engine_kind == EngineKind::Cranelift
+        && !host_has_riscv_vector()
+        && cfg!(target_arch = "riscv64")
+    {
+        // Cranelift needs the V extension for 128-bit SIMD; without it, it panics compiling a
+        // SIMD component (VisionFive 2). Turning SIMD off makes such a component a clear
+        // validation error at start instead; Pulley runs it on any CPU.
+        config.wasm_simd(false).wasm_relaxed_simd(false);
+        tracing::info!(
+            "riscv64 without the vector extension: WebAssembly SIMD is off for Cranelift (--engine pulley runs SIMD components)"
+        );
+    }
     let target = match engine_kind {
         EngineKind::Cranelift => std::env::consts::ARCH.to_string(),
         EngineKind::Pulley => {
@@ -709,6 +721,42 @@ fn build_engine(
             }
             Err(e) => bail!("cannot create the Wasmtime engine: {e:?}"),
         }
+    }
+}
+
+/// Whether this CPU has the RISC-V vector extension (asked with the `riscv_hwprobe` syscall);
+/// true on other architectures, where the question does not arise.
+pub fn host_has_riscv_vector() -> bool {
+    #[cfg(all(target_arch = "riscv64", target_os = "linux"))]
+    {
+        #[repr(C)]
+        struct Pair {
+            key: i64,
+            value: u64,
+        }
+        const SYS_RISCV_HWPROBE: libc::c_long = 258;
+        const KEY_IMA_EXT_0: i64 = 4;
+        const IMA_V: u64 = 1 << 2;
+        let mut pair = Pair {
+            key: KEY_IMA_EXT_0,
+            value: 0,
+        };
+        // SAFETY: riscv_hwprobe fills `pair`, an array of one element we own; no CPU set.
+        let rc = unsafe {
+            libc::syscall(
+                SYS_RISCV_HWPROBE,
+                &mut pair as *mut Pair,
+                1usize,
+                0usize,
+                std::ptr::null::<u8>(),
+                0u32,
+            )
+        };
+        rc == 0 && pair.key == KEY_IMA_EXT_0 && pair.value & IMA_V != 0
+    }
+    #[cfg(not(all(target_arch = "riscv64", target_os = "linux")))]
+    {
+        true
     }
 }
 
@@ -901,6 +949,11 @@ pub fn compile_app(
             anyhow!("--target {t}: {e}; use aarch64, riscv64gc, x86_64, pulley64 or pulley32")
         })?;
     }
+    let riscv = triple.as_deref().is_some_and(|t| t.starts_with("riscv64"));
+    if riscv && !target.cpu_features.iter().any(|f| f == "has_v") {
+        // See build_engine: without V, SIMD would crash Cranelift.
+        config.wasm_simd(false).wasm_relaxed_simd(false);
+    }
     for f in &target.cpu_features {
         // SAFETY: the user asserts the target CPU has this feature; Wasmtime refuses to load the
         // code on a host without it.
@@ -937,9 +990,7 @@ pub fn compile_app(
             continue;
         }
         let wasm = read_component(id, &c.source)?;
-        let code = engine
-            .precompile_component(&wasm)
-            .map_err(|e| anyhow!("{e:?}"))
+        let code = aot::precompile(&engine, &wasm)
             .with_context(|| format!("component `{id}`: cannot compile {}", c.source.display()))?;
         written.push(aot::write_precompiled(out_dir, id, &wasm, &code)?);
     }

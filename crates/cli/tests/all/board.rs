@@ -43,11 +43,9 @@ fn board_serves_routes_and_echoes() {
 #[test]
 fn board_pool_is_on_and_sized_to_fit() {
     let server = Server::start(&examples("hello"), &[]);
-    let log = server.wait_for_log("engine cranelift");
-    let line = log
-        .lines()
-        .find(|l| l.contains("engine cranelift"))
-        .unwrap();
+    // Cranelift on x86_64, aarch64 and riscv64; Pulley, picked by wms, elsewhere (armv7).
+    let log = server.wait_for_log("wms: engine ");
+    let line = log.lines().find(|l| l.contains("wms: engine ")).unwrap();
     assert!(
         line.contains("pooling allocator:"),
         "pooling is off: {line}"
@@ -137,4 +135,41 @@ fn board_limits_hold() {
         eprintln!("emulated: timings above are not performance figures");
     }
     let _ = artifacts::TESTKIT;
+}
+
+/// Regression: on riscv64 without the vector extension (VisionFive 2), Cranelift panicked
+/// compiling a component that uses 128-bit SIMD (the Spin SDK example does) and took the process
+/// down. Now such a component is either served or refused at start with a clear error, and the
+/// Pulley interpreter serves it on any CPU.
+#[test]
+fn board_simd_component_is_served_or_refused_clearly() {
+    let app = examples("spin-hello");
+    let (code, stdout, stderr) = crate::harness::wms_with_timeout(
+        &["up", app.to_str().unwrap(), "--listen", "127.0.0.1:0"],
+        std::time::Duration::from_secs(20) + slack() * 6,
+    );
+    assert!(!stderr.contains("panicked"), "wms crashed: {stderr}");
+    if code.is_some() {
+        // Refused at start: it must say why and what to do.
+        assert!(
+            stderr.contains("SIMD") && stderr.contains("--engine pulley"),
+            "{stderr}"
+        );
+    } else {
+        assert!(stdout.contains("Serving http://"), "{stdout}\n{stderr}");
+    }
+    let server = Server::start(&app, &["--engine", "pulley"]);
+    rt().block_on(async {
+        assert_eq!(
+            client()
+                .get(server.url("/"))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap(),
+            "Hello World!"
+        );
+    });
 }
