@@ -128,6 +128,19 @@ pub(crate) fn load(
     Ok((component, Origin::Compiled))
 }
 
+/// Cranelift cannot generate code for this component on this target (a missing CPU feature or a
+/// code generator bug); the Pulley interpreter can still run it.
+#[derive(Debug)]
+pub struct CodegenUnsupported(pub String);
+
+impl std::fmt::Display for CodegenUnsupported {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for CodegenUnsupported {}
+
 /// Compiles a component, turning a code generator panic into an error for this component
 /// instead of a crash of the whole process, and explaining validation errors about SIMD.
 pub(crate) fn precompile(engine: &Engine, wasm: &[u8]) -> anyhow::Result<Vec<u8>> {
@@ -139,9 +152,9 @@ pub(crate) fn precompile(engine: &Engine, wasm: &[u8]) -> anyhow::Result<Vec<u8>
         Ok(Err(e)) => {
             let text = format!("{e:#}");
             if text.contains("SIMD") || text.contains("simd") {
-                Err(anyhow!(
+                Err(anyhow::Error::new(CodegenUnsupported(format!(
                     "{text}\n  help: the component uses 128-bit SIMD, which Cranelift cannot compile for this CPU (riscv64 without the vector extension); serve it with `--engine pulley`, or build it without the simd128 target feature"
-                ))
+                ))))
             } else {
                 Err(anyhow!("{e:?}"))
             }
@@ -152,9 +165,9 @@ pub(crate) fn precompile(engine: &Engine, wasm: &[u8]) -> anyhow::Result<Vec<u8>
                 .map(|s| s.to_string())
                 .or_else(|| panic.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "unknown panic".into());
-            Err(anyhow!(
+            Err(anyhow::Error::new(CodegenUnsupported(format!(
                 "the code generator crashed ({what})\n  help: this is a Cranelift bug for this target; serve the component with `--engine pulley`"
-            ))
+            ))))
         }
     }
 }

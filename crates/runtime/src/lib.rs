@@ -220,6 +220,8 @@ impl wasmtime::ResourceLimiter for MemoryLimiter {
 /// A component ready to serve: its pre-instantiated code and everything each request needs.
 struct LoadedComponent {
     id: Arc<str>,
+    /// The engine its code was compiled for: the process's, or the Pulley fallback.
+    engine: Engine,
     kind: Kind,
     limits: wms_manifest::Limits,
     semaphore: Option<Arc<Semaphore>>,
@@ -241,7 +243,6 @@ enum Outcome {
 
 /// A loaded app, ready to serve requests.
 pub struct Runtime {
-    engine: Engine,
     components: IndexMap<Arc<LoadedComponent>>,
     global: Arc<Semaphore>,
     report: EngineReport,
@@ -274,15 +275,37 @@ impl Runtime {
         let mut components = Vec::new();
         let mut staging = Vec::new();
         let mut wagi_linker = None;
+        let mut fallback: Option<(Engine, Linker<HostState>)> = None;
         for (id, c) in &app.components {
+            let mut component_engine = engine.clone();
             let kind = match &c.executor {
-                wms_manifest::Executor::Http => Kind::Http(load_http(
-                    &engine,
-                    &linker,
-                    id,
-                    &c.source,
-                    options.precompiled.as_deref(),
-                )?),
+                wms_manifest::Executor::Http => {
+                    match load_http(
+                        &engine,
+                        &linker,
+                        id,
+                        &c.source,
+                        options.precompiled.as_deref(),
+                    ) {
+                        Ok(pre) => Kind::Http(pre),
+                        Err(e)
+                            if e.chain().any(|c| c.is::<aot::CodegenUnsupported>())
+                                && report.engine == EngineKind::Cranelift =>
+                        {
+                            tracing::warn!(
+                                component = %id,
+                                "Cranelift cannot compile this component for this CPU, so it runs in the Pulley interpreter: {e:#}"
+                            );
+                            if fallback.is_none() {
+                                fallback = Some(pulley_fallback()?);
+                            }
+                            let (pulley, pulley_linker) = fallback.as_ref().expect("just set");
+                            component_engine = pulley.clone();
+                            Kind::Http(load_http(pulley, pulley_linker, id, &c.source, None)?)
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
                 wms_manifest::Executor::Wagi { argv, entrypoint } => {
                     let linker = match &wagi_linker {
                         Some(l) => l,
@@ -313,6 +336,7 @@ impl Runtime {
                 id.clone(),
                 Arc::new(LoadedComponent {
                     id: Arc::from(id.as_str()),
+                    engine: component_engine,
                     kind,
                     limits: c.limits.clone(),
                     semaphore: c
@@ -331,7 +355,6 @@ impl Runtime {
         }
         Ok(Self {
             global: Arc::new(Semaphore::new(report.max_concurrent_requests)),
-            engine,
             components,
             report,
             _staging: staging,
@@ -386,7 +409,7 @@ impl Runtime {
             ),
         };
         if let Kind::Wagi(module) = &comp.kind {
-            return wagi::handle(&self.engine, module, comp.clone(), request, (global, local))
+            return wagi::handle(&comp.engine, module, comp.clone(), request, (global, local))
                 .await;
         }
         let request = request.map(|body| {
@@ -399,7 +422,7 @@ impl Runtime {
                 }
             })
         });
-        let store = new_store(&self.engine, &comp).map_err(|e| Failure::Internal {
+        let store = new_store(&comp.engine, &comp).map_err(|e| Failure::Internal {
             message: format!("{e:#}"),
         })?;
         run(comp, store, request, (global, local)).await
@@ -722,6 +745,28 @@ fn build_engine(
             Err(e) => bail!("cannot create the Wasmtime engine: {e:?}"),
         }
     }
+}
+
+/// A Pulley engine (on-demand allocation) for components Cranelift cannot compile on this CPU.
+fn pulley_fallback() -> anyhow::Result<(Engine, Linker<HostState>)> {
+    let mut config = Config::new();
+    config.epoch_interruption(true);
+    let t = if cfg!(target_pointer_width = "64") {
+        "pulley64"
+    } else {
+        "pulley32"
+    };
+    config.target(t).map_err(wt)?;
+    config.memory_reservation(wms_manifest::DEFAULT_MAX_MEMORY.next_power_of_two());
+    config.memory_guard_size(64 << 10);
+    let engine = Engine::new(&config)
+        .map_err(wt)
+        .context("create the Pulley fallback engine")?;
+    start_epoch_ticker(&engine);
+    let mut linker: Linker<HostState> = Linker::new(&engine);
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(wt)?;
+    wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker).map_err(wt)?;
+    Ok((engine, linker))
 }
 
 /// Whether this CPU has the RISC-V vector extension (asked with the `riscv_hwprobe` syscall);

@@ -186,46 +186,6 @@ pub fn wms(args: &[&str]) -> (i32, String, String) {
     )
 }
 
-/// Runs `wms ARGS...` for at most `limit`: `(Some(exit code), ..)` if it ended, `(None, ..)` if
-/// it was still running (then killed). Returns what it printed.
-pub fn wms_with_timeout(args: &[&str], limit: Duration) -> (Option<i32>, String, String) {
-    let mut child = wms_command()
-        .args(args)
-        .env("WMS_LOG", "info")
-        .env("WMS_CACHE_DIR", test_cache())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let start = Instant::now();
-    let code = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break Some(status.code().unwrap_or(-1));
-        }
-        if start.elapsed() > limit {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    let mut out = String::new();
-    let mut err = String::new();
-    child
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut out)
-        .unwrap();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
-    (code, out, err)
-}
-
 pub fn client() -> reqwest::Client {
     reqwest::Client::builder()
         .timeout(Duration::from_secs(60))
