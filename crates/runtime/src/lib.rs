@@ -253,15 +253,7 @@ impl Runtime {
     /// Builds the engine and loads every component of `app`. Fails, naming the component, if
     /// any cannot be read, compiled or linked as a `wasi:http` handler.
     pub fn new(app: &App, options: &RuntimeOptions) -> anyhow::Result<Self> {
-        let max_memory = app
-            .components
-            .values()
-            .map(|c| c.limits.max_memory)
-            .max()
-            .unwrap_or(wms_manifest::DEFAULT_MAX_MEMORY);
-        let wanted = u32::try_from(app.max_concurrent_requests)
-            .unwrap_or(u32::MAX)
-            .max(1);
+        let (wanted, max_memory) = pool_demand(app);
         let (engine, report) =
             build_engine(options, wanted, max_memory, app.max_concurrent_requests)?;
         let mut linker: Linker<HostState> = Linker::new(&engine);
@@ -960,6 +952,22 @@ fn compile(
     Ok(component)
 }
 
+/// What an app asks of the pool: instance slots (its process concurrency limit) and the largest
+/// memory limit of its components. `wms up` and `wms compile` must agree on it, since the memory
+/// layout compiled into code follows from it.
+fn pool_demand(app: &App) -> (u32, u64) {
+    let max_memory = app
+        .components
+        .values()
+        .map(|c| c.limits.max_memory)
+        .max()
+        .unwrap_or(wms_manifest::DEFAULT_MAX_MEMORY);
+    let slots = u32::try_from(app.max_concurrent_requests)
+        .unwrap_or(u32::MAX)
+        .max(1);
+    (slots, max_memory)
+}
+
 /// Where `wms compile` compiles for.
 #[derive(Debug, Clone)]
 pub struct CompileTarget {
@@ -1006,15 +1014,7 @@ pub fn compile_app(
             config.cranelift_flag_enable(f);
         }
     }
-    let max_memory = app
-        .components
-        .values()
-        .map(|c| c.limits.max_memory)
-        .max()
-        .unwrap_or(wms_manifest::DEFAULT_MAX_MEMORY);
-    let wanted = u32::try_from(app.max_concurrent_requests)
-        .unwrap_or(u32::MAX)
-        .max(1);
+    let (wanted, max_memory) = pool_demand(app);
     let address_space = match (target.address_space, &triple) {
         (Some(a), _) => a,
         (None, None) => pool::probe_address_space(),
