@@ -70,10 +70,17 @@ impl WasiView for P2State {
 
 /// Runs the command to completion.
 pub async fn run_command(options: &CommandOptions) -> anyhow::Result<CommandOutcome> {
-    let bytes = std::fs::read(&options.path)
-        .with_context(|| format!("cannot read {}", options.path.display()))?;
+    let bytes = std::fs::read(&options.path).with_context(|| {
+        format!(
+            "cannot read {}; check the path to the .wasm file",
+            options.path.display()
+        )
+    })?;
     if bytes.len() < 8 || bytes[..4] != *b"\0asm" {
-        bail!("{} is not a WebAssembly file", options.path.display());
+        bail!(
+            "{} is not a WebAssembly file; pass a .wasm module or component",
+            options.path.display()
+        );
     }
     let mut config = Config::new();
     config.epoch_interruption(true);

@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::harness::{Server, artifacts, client, emulated, examples, rt, slack, testkit_app};
+use crate::harness::{Server, client, emulated, examples, rt, slack, testkit_app};
 
 #[test]
 fn board_serves_routes_and_echoes() {
@@ -134,7 +134,6 @@ fn board_limits_hold() {
     if emulated() {
         eprintln!("emulated: timings above are not performance figures");
     }
-    let _ = artifacts::TESTKIT;
 }
 
 /// Regression: on riscv64 without the vector extension (VisionFive 2), Cranelift panicked

@@ -1,8 +1,6 @@
 //! What a working app looks like from the outside: translation of requests and responses,
 //! routing, streaming, concurrency, HTTP/2, capabilities.
 
-use std::time::Duration;
-
 use futures::StreamExt as _;
 
 use crate::harness::{Server, artifacts, client, examples, peak_rss, rt, testkit_app};
@@ -407,7 +405,6 @@ fn guest_output_goes_to_the_host_log_with_the_component_name() {
         line.contains("component=chatty") && line.contains("stream=\"stderr\""),
         "{line}"
     );
-    let _ = Duration::ZERO;
 }
 
 #[test]
