@@ -1,5 +1,7 @@
 //! `wms`: run WebAssembly microservices from an app manifest.
 
+mod oci;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -43,13 +45,28 @@ enum Command {
         #[arg(default_value = ".")]
         app: PathBuf,
     },
+    /// Publish an app (as a wms app image) or a single .wasm (as a wasm artifact) to an OCI
+    /// registry: `wms push [APP] REF`.
+    Push(oci::PushArgs),
+    /// Fetch an image into the local content store, verifying every blob.
+    Pull(oci::PullArgs),
+    /// Show what an image holds: media types, digests, sizes, components, WASI version, world.
+    Inspect(oci::InspectArgs),
+    /// Check and store credentials for a registry in the Docker config file.
+    Login(oci::LoginArgs),
+    /// Remove stored credentials for a registry.
+    Logout {
+        /// Registry host[:port].
+        registry: String,
+    },
 }
 
 #[derive(clap::Args)]
 struct UpArgs {
-    /// App directory or manifest file (wms.toml or spin.toml).
+    /// App directory, manifest file (wms.toml or spin.toml), or image reference
+    /// (`registry/repository:tag`, pulled when not in the local store).
     #[arg(default_value = ".")]
-    app: PathBuf,
+    app: String,
     /// Address to listen on; port 0 picks a free port (the bound address is printed).
     #[arg(long, env = ENV_LISTEN, default_value = "127.0.0.1:3000")]
     listen: SocketAddr,
@@ -75,6 +92,8 @@ struct UpArgs {
     /// Seconds in-flight requests may take to finish after SIGINT or SIGTERM.
     #[arg(long, default_value_t = wms_server::DEFAULT_SHUTDOWN_GRACE.as_secs())]
     shutdown_grace: u64,
+    #[command(flatten)]
+    image: oci::ImageArgs,
 }
 
 #[derive(clap::Args)]
@@ -117,8 +136,10 @@ struct RunArgs {
     /// Code generator: native code with Cranelift, or the portable Pulley interpreter.
     #[arg(long, value_enum, default_value_t = Engine::Cranelift)]
     engine: Engine,
-    /// The .wasm file to run.
-    file: PathBuf,
+    #[command(flatten)]
+    image: oci::ImageArgs,
+    /// The .wasm file to run, or an image reference of a wasm artifact.
+    file: String,
     /// Arguments for the guest (after the file name).
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     args: Vec<String>,
@@ -157,6 +178,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             build(&app)?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Push(args) => oci::push(args),
+        Command::Pull(args) => oci::pull(args),
+        Command::Inspect(args) => oci::inspect(args),
+        Command::Login(args) => oci::login(args),
+        Command::Logout { registry } => oci::logout(&registry),
     }
 }
 
@@ -164,7 +190,17 @@ fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
     if args.header_timeout == 0 {
         bail!("--header-timeout must be at least 1 second");
     }
-    let app = wms_manifest::load(&args.app)?;
+    let pulley = matches!(args.engine, Engine::Pulley);
+    let (app, image_precompiled) = match oci::app_source(&args.app)? {
+        oci::AppSource::Local(path) => (wms_manifest::load(&path)?, None),
+        oci::AppSource::Image(reference) => {
+            if args.build {
+                bail!("--build builds a local app; {reference} is an image");
+            }
+            let m = oci::resolve(&reference, &args.image, pulley)?;
+            (wms_manifest::load(&m.manifest_path)?, m.precompiled)
+        }
+    };
     if args.build {
         build(&app)?;
     }
@@ -178,7 +214,7 @@ fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
         } else {
             Allocation::Auto
         },
-        precompiled: args.precompiled.clone(),
+        precompiled: args.precompiled.clone().or(image_precompiled),
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -273,6 +309,18 @@ fn compile(args: CompileArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn run_command(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let file = match oci::app_source(&args.file)? {
+        oci::AppSource::Local(path) => path,
+        oci::AppSource::Image(reference) => oci::resolve(
+            &reference,
+            &args.image,
+            matches!(args.engine, Engine::Pulley),
+        )?
+        .wasm
+        .with_context(|| {
+            format!("{reference} is an app image; `wms run` runs a single wasm artifact (serve apps with `wms up`)")
+        })?,
+    };
     let mut env = Vec::new();
     for e in &args.env {
         let Some((k, v)) = e.split_once('=') else {
@@ -309,13 +357,13 @@ fn run_command(args: RunArgs) -> anyhow::Result<ExitCode> {
     let max_memory: bytesize::ByteSize = args.max_memory.parse().map_err(|e| {
         anyhow::anyhow!("--max-memory {:?}: {e}; write e.g. 64MiB", args.max_memory)
     })?;
-    let mut argv = vec![args.file.file_name().map_or_else(
-        || args.file.display().to_string(),
+    let mut argv = vec![file.file_name().map_or_else(
+        || file.display().to_string(),
         |n| n.to_string_lossy().into_owned(),
     )];
     argv.extend(args.args.iter().cloned());
     let options = wms_runtime::CommandOptions {
-        path: args.file.clone(),
+        path: file.clone(),
         args: argv,
         env,
         dirs,
@@ -333,20 +381,20 @@ fn run_command(args: RunArgs) -> anyhow::Result<ExitCode> {
     Ok(match outcome {
         wms_runtime::CommandOutcome::Exit(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
         wms_runtime::CommandOutcome::Trap(message) => {
-            eprintln!("error: {} trapped: {message}", args.file.display());
+            eprintln!("error: {} trapped: {message}", args.file);
             ExitCode::from(134)
         }
         wms_runtime::CommandOutcome::MemoryLimit(limit) => {
             eprintln!(
                 "error: {} exceeded its memory limit of {limit} bytes (--max-memory)",
-                args.file.display()
+                args.file
             );
             ExitCode::from(134)
         }
         wms_runtime::CommandOutcome::Timeout(t) => {
             eprintln!(
                 "error: {} did not finish within {t:?} (--timeout)",
-                args.file.display()
+                args.file
             );
             ExitCode::from(124)
         }

@@ -18,6 +18,7 @@
 //! ```
 
 mod error;
+pub mod files;
 pub mod outbound;
 pub mod routes;
 mod schema;

@@ -1062,57 +1062,13 @@ fn stage_files(
         .prefix(&format!("wms-{id}-files-"))
         .tempdir()
         .context("create a staging directory for files")?;
-    let excluded: Vec<glob::Pattern> = exclude
-        .iter()
-        .map(|p| {
-            glob::Pattern::new(p)
-                .with_context(|| format!("component `{id}`: bad exclude_files pattern `{p}`"))
-        })
-        .collect::<Result<_, _>>()?;
-    for pattern in patterns {
-        let full = app_dir.join(pattern);
-        let full = full.to_string_lossy();
-        let mut matched = 0;
-        for entry in glob::glob(&full)
-            .with_context(|| format!("component `{id}`: bad files pattern `{pattern}`"))?
-        {
-            let path = entry?;
-            let rel = path.strip_prefix(app_dir).unwrap_or(&path).to_path_buf();
-            if excluded.iter().any(|x| x.matches_path(&rel)) {
-                continue;
-            }
-            let dest = staging.path().join(&rel);
-            if path.is_dir() {
-                copy_dir(&path, &dest)?;
-            } else {
-                if let Some(parent) = dest.parent() {
-                    std::fs::create_dir_all(parent)?;
-                }
-                std::fs::copy(&path, &dest)
-                    .with_context(|| format!("component `{id}`: copy {}", path.display()))?;
-            }
-            matched += 1;
+    for f in wms_manifest::files::pattern_files(app_dir, id, patterns, exclude)? {
+        let dest = staging.path().join(f.guest.trim_start_matches('/'));
+        if let Some(parent) = dest.parent() {
+            std::fs::create_dir_all(parent)?;
         }
-        if matched == 0 {
-            bail!(
-                "component `{id}`: files pattern `{pattern}` matches nothing under {}\n  help: fix the pattern or remove it",
-                app_dir.display()
-            );
-        }
+        std::fs::copy(&f.host, &dest)
+            .with_context(|| format!("component `{id}`: copy {}", f.host.display()))?;
     }
     Ok(staging)
-}
-
-fn copy_dir(from: &Path, to: &Path) -> anyhow::Result<()> {
-    std::fs::create_dir_all(to)?;
-    for entry in std::fs::read_dir(from)? {
-        let entry = entry?;
-        let dest = to.join(entry.file_name());
-        if entry.file_type()?.is_dir() {
-            copy_dir(&entry.path(), &dest)?;
-        } else {
-            std::fs::copy(entry.path(), &dest)?;
-        }
-    }
-    Ok(())
 }

@@ -1,0 +1,514 @@
+//! wms apps and wasm components in OCI registries.
+//!
+//! Two image formats (docs/oci.md):
+//! - a single component as the CNCF TAG Runtime wasm artifact (config
+//!   `application/vnd.wasm.config.v0+json`, one `application/wasm` layer), as `wkg` and
+//!   runwasi's shims read and write it;
+//! - a whole app as a wms app image: OCI image config (architecture `wasm`), a layer per
+//!   component, a tar layer per component's files, optional precompiled code, and last the app
+//!   manifest whose `source`s name those layers by digest.
+//!
+//! Pulled content lands in a [`Store`] only after its digest and size check out; [`materialize`]
+//! turns a stored image into an app directory `wms up` loads like any other.
+
+pub mod auth;
+pub mod image;
+pub mod media;
+pub mod meta;
+pub mod registry;
+pub mod store;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, anyhow, bail};
+use oci_client::manifest::OciImageManifest;
+use serde::Serialize;
+
+pub use image::{ImageBuild, Precompiled};
+pub use oci_client::Reference;
+pub use registry::{Options, Registry, login, parse_reference};
+pub use store::Store;
+
+/// What an image holds, decided from its manifest before any layer is downloaded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ImageKind {
+    /// One wasm module or component (CNCF TAG Runtime wasm artifact, or a lone wasm layer).
+    Component,
+    /// A wms app image.
+    App,
+}
+
+impl ImageKind {
+    pub fn classify(m: &OciImageManifest) -> anyhow::Result<Self> {
+        let types: Vec<&str> = m.layers.iter().map(|l| l.media_type.as_str()).collect();
+        if types.contains(&media::APP_MANIFEST) {
+            return Ok(Self::App);
+        }
+        if types.contains(&media::SPIN_LOCKED_APP) {
+            bail!(
+                "this is a Spin app image ({}); wms does not read those yet\n  help: push the app with `wms push` from its spin.toml",
+                media::SPIN_LOCKED_APP
+            );
+        }
+        let wasm = types.iter().filter(|t| media::is_wasm_layer(t)).count();
+        if wasm == 1 && (m.config.media_type == media::WASM_CONFIG || types.len() == 1) {
+            return Ok(Self::Component);
+        }
+        bail!(
+            "not a wasm image: config {}, layers [{}]\n  help: wms runs wasm artifacts (an {} layer) and wms app images; container images run under a container runtime",
+            m.config.media_type,
+            types.join(", "),
+            media::WASM_LAYER
+        )
+    }
+}
+
+/// An image in the store, ready to run.
+#[derive(Debug, Clone)]
+pub struct Materialized {
+    /// The app manifest to load (`wms up`).
+    pub manifest_path: PathBuf,
+    /// For a single component: the wasm file (`wms run`).
+    pub wasm: Option<PathBuf>,
+    /// Precompiled code for the requested target, in the layout `wms up --precompiled` reads.
+    pub precompiled: Option<PathBuf>,
+}
+
+fn stored_manifest(store: &Store, digest: &str) -> anyhow::Result<OciImageManifest> {
+    let bytes = store.read_blob(digest)?;
+    serde_json::from_slice(&bytes)
+        .with_context(|| format!("stored manifest {digest} is not an image manifest"))
+}
+
+/// A component id derived from a repository name (`team/hello-api` -> `hello-api`).
+fn component_id(repository: &str) -> String {
+    let last = repository.rsplit('/').next().unwrap_or(repository);
+    let id: String = last
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    let id = id.trim_matches('-').to_string();
+    if id.is_empty() || !id.starts_with(|c: char| c.is_ascii_lowercase()) {
+        format!("app-{id}").trim_end_matches('-').to_string()
+    } else {
+        id
+    }
+}
+
+/// Builds (once) the app directory of stored image `digest`: a manifest whose sources are the
+/// verified blobs, the files extracted, and precompiled code for `precompiled_target`.
+pub fn materialize(
+    store: &Store,
+    reference: &Reference,
+    digest: &str,
+    precompiled_target: Option<&str>,
+) -> anyhow::Result<Materialized> {
+    let manifest = stored_manifest(store, digest)?;
+    let kind = ImageKind::classify(&manifest)?;
+    let dir = store.app_dir(digest)?;
+    let tmp = dir.with_extension(format!("tmp-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+    let layer_digests: Vec<&str> = manifest.layers.iter().map(|l| l.digest.as_str()).collect();
+    let mut wasm = None;
+    match kind {
+        ImageKind::Component => {
+            let layer = manifest
+                .layers
+                .iter()
+                .find(|l| media::is_wasm_layer(&l.media_type))
+                .context("no wasm layer")?;
+            verify_stored(store, &layer.digest)?;
+            let source = store.blob_path(&layer.digest)?;
+            let id = component_id(reference.repository());
+            let mut doc = toml_edit::DocumentMut::new();
+            doc["spin_manifest_version"] = toml_edit::value(2);
+            doc["application"]["name"] = toml_edit::value(id.clone());
+            let mut trigger = toml_edit::Table::new();
+            trigger["route"] = toml_edit::value("/...");
+            trigger["component"] = toml_edit::value(id.clone());
+            let mut triggers = toml_edit::ArrayOfTables::new();
+            triggers.push(trigger);
+            doc["trigger"]["http"] = toml_edit::Item::ArrayOfTables(triggers);
+            doc["component"][id.as_str()]["source"] =
+                toml_edit::value(source.to_string_lossy().into_owned());
+            if let Some(t) = doc["trigger"].as_table_mut() {
+                t.set_implicit(true);
+            }
+            if let Some(t) = doc["component"].as_table_mut() {
+                t.set_implicit(true);
+            }
+            std::fs::write(tmp.join("wms.toml"), doc.to_string())?;
+            wasm = Some(source);
+        }
+        ImageKind::App => {
+            let layer = manifest
+                .layers
+                .iter()
+                .find(|l| l.media_type == media::APP_MANIFEST)
+                .context("no app manifest layer")?;
+            let text = String::from_utf8(store.read_blob(&layer.digest)?)
+                .context("the app manifest layer is not UTF-8 text")?;
+            let mut doc: toml_edit::DocumentMut = text
+                .parse()
+                .context("the app manifest layer is not valid TOML")?;
+            let named = |value: Option<&toml_edit::Value>, what: &str| -> anyhow::Result<String> {
+                let d = value
+                    .and_then(|v| v.as_inline_table())
+                    .and_then(|t| t.get("digest"))
+                    .and_then(|d| d.as_str())
+                    .with_context(|| format!("{what}: expected `{{ digest = \"sha256:...\" }}`"))?;
+                if !layer_digests.contains(&d) {
+                    bail!("{what} names blob {d}, which is not a layer of this image");
+                }
+                Ok(d.to_string())
+            };
+            let components = doc
+                .get_mut("component")
+                .and_then(|c| c.as_table_like_mut())
+                .context("the app manifest has no components")?;
+            for (id, c) in components.iter_mut() {
+                let what = format!("image app manifest, component `{id}`");
+                let c = c
+                    .as_table_like_mut()
+                    .with_context(|| format!("{what}: not a table"))?;
+                let d = named(
+                    c.get("source").and_then(|s| s.as_value()),
+                    &format!("{what}, `source`"),
+                )?;
+                verify_stored(store, &d)?;
+                c.insert(
+                    "source",
+                    toml_edit::value(store.blob_path(&d)?.to_string_lossy().into_owned()),
+                );
+                if let Some(files) = c.get_mut("files").and_then(|f| f.as_array_mut()) {
+                    for f in files.iter_mut() {
+                        let t = f
+                            .as_inline_table_mut()
+                            .with_context(|| format!("{what}, `files`: expected inline tables"))?;
+                        let d = named(t.get("source"), &format!("{what}, `files`"))?;
+                        let out = tmp.join("files").join(store::digest_hex(&d)?);
+                        extract_tar(&store.read_blob(&d)?, &out)
+                            .with_context(|| format!("{what}: cannot unpack files layer {d}"))?;
+                        let final_path = dir.join("files").join(store::digest_hex(&d)?);
+                        t.insert("source", final_path.to_string_lossy().into_owned().into());
+                    }
+                }
+            }
+            std::fs::write(tmp.join("wms.toml"), doc.to_string())?;
+        }
+    }
+    let mut precompiled = None;
+    if let Some(target) = precompiled_target {
+        for l in &manifest.layers {
+            let ann = l.annotations.clone().unwrap_or_default();
+            if l.media_type != media::PRECOMPILED
+                || ann.get(media::ANN_TARGET).map(String::as_str) != Some(target)
+            {
+                continue;
+            }
+            let (Some(id), Some(wasm_digest)) = (
+                ann.get(media::ANN_COMPONENT),
+                ann.get(media::ANN_WASM_DIGEST),
+            ) else {
+                tracing::warn!(
+                    "precompiled layer {} lacks its component or wasm digest; ignored",
+                    l.digest
+                );
+                continue;
+            };
+            if !store.has_blob(&l.digest, l.size as u64) || id.contains('/') {
+                continue;
+            }
+            let out = tmp.join("precompiled");
+            std::fs::create_dir_all(&out)?;
+            std::fs::copy(store.blob_path(&l.digest)?, out.join(format!("{id}.cwasm")))?;
+            std::fs::write(
+                out.join(format!("{id}.wasm-sha256")),
+                store::digest_hex(wasm_digest)?,
+            )?;
+            precompiled = Some(dir.join("precompiled"));
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::rename(&tmp, &dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    Ok(Materialized {
+        manifest_path: dir.join("wms.toml"),
+        wasm,
+        precompiled,
+    })
+}
+
+/// Re-hashes a stored blob about to be run (catches damage on disk since the pull).
+fn verify_stored(store: &Store, digest: &str) -> anyhow::Result<()> {
+    use sha2::Digest as _;
+    let path = store.blob_path(digest)?;
+    let mut f = std::fs::File::open(&path)
+        .with_context(|| format!("blob {digest} is not in the store; pull the image again"))?;
+    let mut h = sha2::Sha256::new();
+    std::io::copy(&mut f, &mut h)?;
+    let found = format!("sha256:{}", store::hex(&h.finalize()));
+    if found != digest {
+        let _ = std::fs::remove_file(&path);
+        bail!(
+            "stored blob {} is damaged (content digest {found}); it was removed\n  help: pull the image again",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+/// Unpacks a files layer: regular files and directories only, never outside `out`.
+fn extract_tar(bytes: &[u8], out: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(out)?;
+    let mut archive = tar::Archive::new(bytes);
+    for entry in archive.entries()? {
+        let mut entry = entry?;
+        let path = entry.path()?.into_owned();
+        match entry.header().entry_type() {
+            tar::EntryType::Regular | tar::EntryType::Directory => {}
+            other => bail!(
+                "entry {} is a {other:?}; files layers hold only files and directories",
+                path.display()
+            ),
+        }
+        if path.is_absolute()
+            || path
+                .components()
+                .any(|c| matches!(c, std::path::Component::ParentDir))
+        {
+            bail!("entry {} leaves the files directory", path.display());
+        }
+        if !entry.unpack_in(out)? {
+            bail!("entry {} leaves the files directory", path.display());
+        }
+    }
+    Ok(())
+}
+
+/// What `wms inspect` shows.
+#[derive(Debug, Serialize)]
+pub struct Inspection {
+    pub reference: String,
+    pub digest: String,
+    pub kind: Option<ImageKind>,
+    pub config: Descriptor,
+    pub config_summary: BTreeMap<String, serde_json::Value>,
+    pub layers: Vec<Descriptor>,
+    pub components: Vec<ComponentSummary>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Descriptor {
+    pub media_type: String,
+    pub digest: String,
+    pub size: i64,
+    pub annotations: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ComponentSummary {
+    pub id: String,
+    pub digest: String,
+    pub size: i64,
+    pub wasi: Option<String>,
+    pub world: Option<String>,
+    pub imports: Vec<String>,
+    pub exports: Vec<String>,
+}
+
+/// Describes an image from its manifest and config (no layer is needed).
+pub fn describe(
+    reference: &Reference,
+    digest: &str,
+    manifest: &OciImageManifest,
+    config: &[u8],
+) -> Inspection {
+    let desc = |d: &oci_client::manifest::OciDescriptor| Descriptor {
+        media_type: d.media_type.clone(),
+        digest: d.digest.clone(),
+        size: d.size,
+        annotations: d.annotations.clone().unwrap_or_default(),
+    };
+    let kind = ImageKind::classify(manifest).ok();
+    let config_json: serde_json::Value = serde_json::from_slice(config).unwrap_or_default();
+    let mut config_summary = BTreeMap::new();
+    for key in ["architecture", "os", "created", "author"] {
+        if let Some(v) = config_json.get(key).filter(|v| !v.is_null()) {
+            config_summary.insert(key.to_string(), v.clone());
+        }
+    }
+    let mut components = Vec::new();
+    match kind {
+        Some(ImageKind::Component) => {
+            let wc: Option<image::WasmConfig> = serde_json::from_slice(config).ok();
+            if let Some(l) = manifest
+                .layers
+                .iter()
+                .find(|l| media::is_wasm_layer(&l.media_type))
+            {
+                let info = wc.as_ref().and_then(|c| c.component.clone());
+                components.push(ComponentSummary {
+                    id: component_id(reference.repository()),
+                    digest: l.digest.clone(),
+                    size: l.size,
+                    wasi: wc.as_ref().map(|c| c.os.clone()),
+                    world: info
+                        .as_ref()
+                        .and_then(|c| c.target.clone().or_else(|| meta::target_world(&c.exports))),
+                    imports: info.as_ref().map(|c| c.imports.clone()).unwrap_or_default(),
+                    exports: info.map(|c| c.exports).unwrap_or_default(),
+                });
+            }
+        }
+        Some(ImageKind::App) => {
+            for l in manifest
+                .layers
+                .iter()
+                .filter(|l| media::is_wasm_layer(&l.media_type))
+            {
+                let ann = l.annotations.clone().unwrap_or_default();
+                components.push(ComponentSummary {
+                    id: ann
+                        .get(media::ANN_COMPONENT)
+                        .cloned()
+                        .unwrap_or_else(|| "?".into()),
+                    digest: l.digest.clone(),
+                    size: l.size,
+                    wasi: ann.get(media::ANN_WASI).cloned(),
+                    world: ann.get(media::ANN_WORLD).cloned(),
+                    imports: Vec::new(),
+                    exports: Vec::new(),
+                });
+            }
+        }
+        None => {}
+    }
+    Inspection {
+        reference: reference.whole(),
+        digest: digest.to_string(),
+        kind,
+        config: desc(&manifest.config),
+        config_summary,
+        layers: manifest.layers.iter().map(desc).collect(),
+        components,
+    }
+}
+
+impl std::fmt::Display for Inspection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let size = |n: i64| bytesize_string(n.max(0) as u64);
+        writeln!(f, "Reference  {}", self.reference)?;
+        writeln!(f, "Digest     {}", self.digest)?;
+        let kind = match self.kind {
+            Some(ImageKind::Component) => "wasm component artifact (CNCF TAG Runtime)",
+            Some(ImageKind::App) => "wms app image",
+            None => "not a wasm image wms can run",
+        };
+        writeln!(f, "Kind       {kind}")?;
+        let summary: Vec<String> = self
+            .config_summary
+            .iter()
+            .map(|(k, v)| format!("{k}={}", v.as_str().map_or(v.to_string(), str::to_string)))
+            .collect();
+        writeln!(
+            f,
+            "Config     {} {} {}  {}",
+            self.config.media_type,
+            self.config.digest,
+            size(self.config.size),
+            summary.join(" ")
+        )?;
+        writeln!(f, "Layers")?;
+        for l in &self.layers {
+            let title = l
+                .annotations
+                .get(media::ANN_TITLE)
+                .map_or("", String::as_str);
+            writeln!(
+                f,
+                "  {:<46} {} {:>10}  {title}",
+                l.media_type,
+                l.digest,
+                size(l.size)
+            )?;
+        }
+        if !self.components.is_empty() {
+            writeln!(f, "Components")?;
+        }
+        for c in &self.components {
+            writeln!(
+                f,
+                "  {}  {}  WASI {}  world {}",
+                c.id,
+                size(c.size),
+                c.wasi.as_deref().unwrap_or("unknown"),
+                c.world.as_deref().unwrap_or("unknown")
+            )?;
+            if !c.imports.is_empty() {
+                writeln!(f, "    imports  {}", c.imports.join(", "))?;
+            }
+            if !c.exports.is_empty() {
+                writeln!(f, "    exports  {}", c.exports.join(", "))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn bytesize_string(n: u64) -> String {
+    if n < 1024 {
+        format!("{n} B")
+    } else if n < 1 << 20 {
+        format!("{:.1} KiB", n as f64 / 1024.0)
+    } else {
+        format!("{:.1} MiB", n as f64 / (1 << 20) as f64)
+    }
+}
+
+/// Reads a stored image for `wms inspect` without the network.
+pub fn describe_stored(store: &Store, reference: &Reference) -> anyhow::Result<Option<Inspection>> {
+    let Some(digest) = store.get_ref(reference) else {
+        return Ok(None);
+    };
+    let manifest = stored_manifest(store, &digest)?;
+    let config = store
+        .read_blob(&manifest.config.digest)
+        .map_err(|e| anyhow!("{e:#}"))?;
+    Ok(Some(describe(reference, &digest, &manifest, &config)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn component_ids_come_from_repository_names() {
+        assert_eq!(component_id("team/hello-api"), "hello-api");
+        assert_eq!(component_id("Shop_Front"), "shop-front");
+        assert_eq!(component_id("9lives"), "app-9lives");
+    }
+
+    #[test]
+    fn tar_entries_cannot_escape() {
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_size(1);
+        h.set_mode(0o644);
+        h.set_entry_type(tar::EntryType::Symlink);
+        h.set_link_name("/etc/passwd").unwrap();
+        b.append_data(&mut h, "link", &b"x"[..]).unwrap();
+        let bytes = b.into_inner().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let err = extract_tar(&bytes, dir.path()).unwrap_err().to_string();
+        assert!(err.contains("files layers hold only files"), "{err}");
+    }
+}
