@@ -7,7 +7,10 @@ use std::process::Command;
 const TARGET: &str = "wasm32-wasip2";
 
 fn main() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    // Read at run time, not with env!(): cargo reuses a compiled build script across checkouts
+    // that share a target directory, and a baked-in path would point at another checkout.
+    let manifest_dir = std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR");
+    let root = Path::new(&manifest_dir).join("../..");
     let root = root.canonicalize().expect("workspace root");
     let out_dir = PathBuf::from(std::env::var("OUT_DIR").unwrap());
     // The guests get their own target directory next to the host's, so both stay warm across

@@ -108,7 +108,8 @@ struct CompileArgs {
     #[arg(long = "cpu-feature", value_name = "FLAG")]
     cpu_features: Vec<String>,
     /// Address space of the target machine, which decides the memory layout compiled in
-    /// (default: probed on this host; 256GiB, a 39-bit board, for another target).
+    /// (default: probed on this host; 128TiB for x86_64; 256GiB, a 39-bit board, for another
+    /// target).
     #[arg(long, value_name = "SIZE")]
     address_space: Option<String>,
     /// Output directory (default: APP/.wms/precompiled/TARGET).

@@ -356,7 +356,9 @@ pub fn resolve(
             let options = args.net.options();
             let pulled = runtime()?.block_on(async {
                 let registry = Registry::connect(reference, &options).await?;
-                registry.pull(&store, target).await
+                // This host's precompiled code comes along even when not trusted yet, so
+                // trusting it later needs no second pull; it is used only when trusted.
+                registry.pull(&store, Some(host_target(pulley))).await
             })?;
             eprintln!("wms: pulled {reference} ({})", pulled.digest);
             pulled.digest

@@ -129,24 +129,14 @@ pub fn materialize(
             verify_stored(store, &layer.digest)?;
             let source = store.blob_path(&layer.digest)?;
             let id = component_id(reference.repository());
-            let mut doc = toml_edit::DocumentMut::new();
-            doc["spin_manifest_version"] = toml_edit::value(2);
-            doc["application"]["name"] = toml_edit::value(id.clone());
-            let mut trigger = toml_edit::Table::new();
-            trigger["route"] = toml_edit::value("/...");
-            trigger["component"] = toml_edit::value(id.clone());
-            let mut triggers = toml_edit::ArrayOfTables::new();
-            triggers.push(trigger);
-            doc["trigger"]["http"] = toml_edit::Item::ArrayOfTables(triggers);
-            doc["component"][id.as_str()]["source"] =
-                toml_edit::value(source.to_string_lossy().into_owned());
-            if let Some(t) = doc["trigger"].as_table_mut() {
-                t.set_implicit(true);
-            }
-            if let Some(t) = doc["component"].as_table_mut() {
-                t.set_implicit(true);
-            }
-            std::fs::write(tmp.join("wms.toml"), doc.to_string())?;
+            // JSON string syntax is valid TOML basic-string syntax.
+            let quote = |s: &str| serde_json::to_string(s).expect("strings serialize");
+            let text = format!(
+                "spin_manifest_version = 2\n\n[application]\nname = {id_q}\n\n[[trigger.http]]\nroute = \"/...\"\ncomponent = {id_q}\n\n[component.{id}]\nsource = {src}\n",
+                id_q = quote(&id),
+                src = quote(&source.to_string_lossy()),
+            );
+            std::fs::write(tmp.join("wms.toml"), text)?;
             wasm = Some(source);
         }
         ImageKind::App => {

@@ -96,6 +96,12 @@ pub struct PushReport {
     pub bytes: u64,
 }
 
+enum Fetched {
+    Done,
+    /// A resumed download did not verify; the partial file is gone.
+    BadResume,
+}
+
 /// A connection to the registry of one reference, with its credentials.
 pub struct Registry {
     client: Client,
@@ -174,6 +180,21 @@ impl Registry {
                 "{doing}: {} does not exist in registry {registry}\n  help: check the repository and tag; `wms push` publishes one",
                 self.reference
             ),
+            OciDistributionError::RequestError(r)
+                if r.status()
+                    .is_some_and(|s| s.as_u16() == 401 || s.as_u16() == 403) =>
+            {
+                anyhow!(
+                    "{doing}: registry {registry} refused {}\n  help: {}",
+                    self.auth_source,
+                    match self.auth {
+                        RegistryAuth::Anonymous => format!("log in first: `wms login {registry}`"),
+                        _ => format!(
+                            "check the user name and password, or log in again: `wms login {registry}`"
+                        ),
+                    }
+                )
+            }
             OciDistributionError::RequestError(r) if r.is_connect() || r.is_timeout() => {
                 let what = if r.is_timeout() {
                     format!("no answer within {:?}", self.options.timeout)
@@ -361,10 +382,36 @@ impl Registry {
         bar: &indicatif::ProgressBar,
         doing: &str,
     ) -> anyhow::Result<()> {
+        match self.fetch_blob_once(store, d, bar, doing, true).await? {
+            Fetched::Done => Ok(()),
+            Fetched::BadResume => {
+                // The bytes kept from an earlier attempt were not a prefix of this blob (or the
+                // registry changed it since): start again from nothing, once.
+                tracing::warn!(
+                    "blob {}: the resumed download did not verify; downloading it again from the start",
+                    d.digest
+                );
+                bar.set_position(0);
+                match self.fetch_blob_once(store, d, bar, doing, false).await? {
+                    Fetched::Done => Ok(()),
+                    Fetched::BadResume => unreachable!("no resume on a fresh download"),
+                }
+            }
+        }
+    }
+
+    async fn fetch_blob_once(
+        &self,
+        store: &Store,
+        d: &OciDescriptor,
+        bar: &indicatif::ProgressBar,
+        doing: &str,
+        may_resume: bool,
+    ) -> anyhow::Result<Fetched> {
         let size = d.size as u64;
         let partial = store.partial_path(&d.digest)?;
         let mut have = std::fs::metadata(&partial).map(|m| m.len()).unwrap_or(0);
-        if have > size {
+        if have > size || !may_resume {
             have = 0;
         }
         let mut hasher = Sha256::new();
@@ -456,6 +503,9 @@ impl Registry {
         let found = format!("sha256:{}", hex(&hasher.finalize()));
         if found != d.digest {
             let _ = std::fs::remove_file(&partial);
+            if resumed && have > 0 {
+                return Ok(Fetched::BadResume);
+            }
             return Err(anyhow::Error::from(VerificationError {
                 expected: d.digest.clone(),
                 found: format!("the registry sent {size} bytes with digest {found}"),
@@ -465,7 +515,7 @@ impl Registry {
         // The verifying stream of the client may flag the same mismatch; we checked ourselves.
         let path = store.blob_path(&d.digest)?;
         store.commit(&partial, &path)?;
-        Ok(())
+        Ok(Fetched::Done)
     }
 
     /// Pushes `image` under this reference: blobs the registry already has are skipped, then

@@ -977,7 +977,8 @@ pub struct CompileTarget {
     /// Cranelift ISA flags to enable, e.g. `has_zbb` (riscv64) or `has_lse` (aarch64).
     pub cpu_features: Vec<String>,
     /// Address space of the machine that will load the code, which decides the memory layout
-    /// compiled in (default: this host's, probed; 256 GiB, a 39-bit board, for other targets).
+    /// compiled in (default: this host's, probed; 128 TiB for x86_64; 256 GiB, a 39-bit board,
+    /// for other targets).
     pub address_space: Option<u64>,
 }
 
@@ -1018,6 +1019,9 @@ pub fn compile_app(
     let address_space = match (target.address_space, &triple) {
         (Some(a), _) => a,
         (None, None) => pool::probe_address_space(),
+        // x86_64 Linux gives every process 128 TiB (47 bits); the boards wms targets have 39-bit
+        // address spaces (256 GiB).
+        (None, Some(t)) if t.starts_with("x86_64") => 128 << 40,
         (None, Some(_)) => 256 << 30,
     };
     let plan = pool::plan(wanted, max_memory, address_space);

@@ -5,6 +5,7 @@ mod aot;
 mod board;
 mod harness;
 mod limits;
+mod oci;
 mod run;
 mod serving;
 mod startup;

@@ -1,0 +1,707 @@
+//! OCI distribution against real parts: Debian's `docker-registry` on a loopback port (with and
+//! without htpasswd auth), `skopeo`, and `wkg` from crates.io.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::harness::{Server, artifacts, client, examples, rt, wms_command};
+
+/// A `docker-registry` serving from a temporary directory; killed on drop.
+struct Registry {
+    child: Child,
+    addr: String,
+    dir: tempfile::TempDir,
+}
+
+impl Registry {
+    fn start() -> Registry {
+        Self::start_with(None)
+    }
+
+    /// With `user`/`password` as the only htpasswd entry (basic auth).
+    fn start_with(credentials: Option<(&str, &str)>) -> Registry {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = format!(
+            "version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:0\n",
+            dir.path().join("data").display()
+        );
+        if let Some((user, password)) = credentials {
+            let htpasswd = dir.path().join("htpasswd");
+            let hash = bcrypt::hash(password, 4).unwrap();
+            std::fs::write(&htpasswd, format!("{user}:{hash}\n")).unwrap();
+            config.push_str(&format!(
+                "auth:\n  htpasswd:\n    realm: wms-test\n    path: {}\n",
+                htpasswd.display()
+            ));
+        }
+        let cfg = dir.path().join("config.yml");
+        std::fs::write(&cfg, config).unwrap();
+        let mut child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(&cfg)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("docker-registry is not installed: apt-get install docker-registry");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if let Some(rest) = line.split("listening on ").nth(1) {
+                    let addr = rest.split(['"', ' ']).next().unwrap().to_string();
+                    let _ = tx.send(addr);
+                }
+            }
+        });
+        let addr = rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("docker-registry did not say where it listens");
+        Registry { child, addr, dir }
+    }
+
+    fn reference(&self, name: &str) -> String {
+        format!("{}/{name}", self.addr)
+    }
+
+    /// Where the registry keeps blob `digest` on disk.
+    fn blob_file(&self, digest: &str) -> PathBuf {
+        let hex = digest.strip_prefix("sha256:").unwrap();
+        self.dir
+            .path()
+            .join("data/docker/registry/v2/blobs/sha256")
+            .join(&hex[..2])
+            .join(hex)
+            .join("data")
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A user's environment: own content store (cache) and own Docker config.
+struct User {
+    cache: tempfile::TempDir,
+    docker: tempfile::TempDir,
+}
+
+impl User {
+    fn new() -> User {
+        User {
+            cache: tempfile::tempdir().unwrap(),
+            docker: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn env(&self) -> [(&'static str, &Path); 2] {
+        [
+            ("WMS_CACHE_DIR", self.cache.path()),
+            ("DOCKER_CONFIG", self.docker.path()),
+        ]
+    }
+
+    /// Runs `wms ARGS` as this user; returns (exit code, stdout, stderr).
+    fn wms(&self, args: &[&str]) -> (i32, String, String) {
+        self.wms_stdin(args, "")
+    }
+
+    fn wms_stdin(&self, args: &[&str], stdin: &str) -> (i32, String, String) {
+        use std::io::Write as _;
+        let mut child = wms_command()
+            .args(args)
+            .envs(self.env())
+            .env("WMS_LOG", "info")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(stdin.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let (code, out, err) = self.wms(args);
+        assert_eq!(code, 0, "wms {args:?} failed:\n{out}\n{err}");
+        out
+    }
+
+    fn serve(&self, reference: &str, args: &[&str]) -> Server {
+        Server::start_with_env(Path::new(reference), args, &self.env())
+    }
+
+    fn inspect(&self, reference: &str) -> serde_json::Value {
+        serde_json::from_str(&self.ok(&["inspect", "--json", reference])).unwrap()
+    }
+}
+
+fn sha256(bytes: &[u8]) -> String {
+    use sha2::Digest as _;
+    let d = sha2::Sha256::digest(bytes);
+    format!(
+        "sha256:{}",
+        d.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    )
+}
+
+fn get(url: String) -> (u16, String) {
+    rt().block_on(async {
+        let r = client().get(url).send().await.unwrap();
+        (r.status().as_u16(), r.text().await.unwrap())
+    })
+}
+
+/// `wkg` from crates.io (scripts/test installs it): `WMS_TEST_WKG`, else on PATH.
+fn wkg() -> Command {
+    let bin = std::env::var("WMS_TEST_WKG").unwrap_or_else(|_| "wkg".into());
+    let mut cmd = Command::new(bin);
+    cmd.env("HOME", std::env::temp_dir());
+    cmd
+}
+
+fn run_ok(cmd: &mut Command) -> String {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e} (scripts/test installs it)"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// An app with two components (testkit and the hello example), environment, and files given
+/// both as a pattern and as a directory mapping.
+fn multi_component_app() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::create_dir_all(d.join("static/sub")).unwrap();
+    std::fs::write(d.join("static/index.html"), "<h1>shop</h1>").unwrap();
+    std::fs::write(d.join("static/sub/data.txt"), "nested").unwrap();
+    std::fs::write(d.join("config.txt"), "mode=fast").unwrap();
+    std::fs::create_dir_all(d.join("conf")).unwrap();
+    std::fs::write(d.join("conf/app.ini"), "[app]").unwrap();
+    std::fs::write(d.join("conf/secret.key"), "never shipped").unwrap();
+    std::fs::write(
+        d.join("spin.toml"),
+        format!(
+            r#"spin_manifest_version = 2
+[application]
+name = "shop"
+version = "1.0.0"
+
+[[trigger.http]]
+route = "/kit/..."
+component = "kit"
+
+[[trigger.http]]
+route = "/hello/..."
+component = "hello"
+
+[component.kit]
+source = {testkit:?}
+environment = {{ GREETING = "hi" }}
+files = ["*.txt", "conf/*", {{ source = "static", destination = "/www" }}]
+exclude_files = ["conf/*.key"]
+[component.kit.build]
+command = "false"
+[component.kit.tool.wms]
+timeout = "5s"
+
+[component.hello]
+source = {hello:?}
+"#,
+            testkit = artifacts::TESTKIT,
+            hello = artifacts::HELLO,
+        ),
+    )
+    .unwrap();
+    dir
+}
+
+#[test]
+fn an_app_round_trips_through_a_registry_and_serves() {
+    let registry = Registry::start();
+    let app = multi_component_app();
+    let publisher = User::new();
+    let reference = registry.reference("shop:1.0");
+    let out = publisher.ok(&["push", app.path().to_str().unwrap(), &reference]);
+    assert!(
+        out.trim().starts_with(&format!("{reference}@sha256:")),
+        "{out}"
+    );
+
+    // Pushing the same app again uploads nothing but the manifest.
+    let (code, out, err) = publisher.wms(&["push", app.path().to_str().unwrap(), &reference]);
+    assert_eq!(code, 0, "{err}");
+    // Components and files are skipped; only the config (its creation time) is new.
+    assert!(err.contains("4 already in the registry"), "{err}");
+
+    // skopeo reads it as an image: architecture wasm, every layer.
+    let skopeo = run_ok(Command::new("skopeo").args([
+        "inspect",
+        "--tls-verify=false",
+        &format!("docker://{reference}"),
+    ]));
+    let skopeo: serde_json::Value = serde_json::from_str(&skopeo).unwrap();
+    assert_eq!(skopeo["Architecture"], "wasm", "{skopeo}");
+    assert_eq!(skopeo["Os"], "wasip2", "{skopeo}");
+
+    // Another machine pulls and serves it.
+    let consumer = User::new();
+    let inspect = consumer.inspect(&reference);
+    assert_eq!(inspect["kind"], "app", "{inspect}");
+    let layers = inspect["layers"].as_array().unwrap();
+    assert_eq!(
+        skopeo["Layers"].as_array().unwrap().len(),
+        layers.len(),
+        "{skopeo}"
+    );
+    let mut types: Vec<&str> = layers
+        .iter()
+        .map(|l| l["media_type"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        types.pop(),
+        Some("application/vnd.wms.app.manifest.v1+toml"),
+        "the app manifest is the last layer: {inspect}"
+    );
+    types.sort();
+    assert_eq!(
+        types,
+        [
+            "application/vnd.oci.image.layer.v1.tar",
+            "application/wasm",
+            "application/wasm"
+        ],
+        "{inspect}"
+    );
+    let testkit = std::fs::read(artifacts::TESTKIT).unwrap();
+    let hello = std::fs::read(artifacts::HELLO).unwrap();
+    let component = |id: &str| {
+        inspect["components"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["id"] == id)
+            .unwrap_or_else(|| panic!("no component {id}: {inspect}"))
+            .clone()
+    };
+    let kit = component("kit");
+    assert_eq!(kit["digest"], sha256(&testkit).as_str());
+    assert_eq!(kit["size"], testkit.len());
+    assert_eq!(kit["wasi"], "wasip2");
+    assert!(
+        kit["world"]
+            .as_str()
+            .unwrap()
+            .starts_with("wasi:http/proxy@0.2"),
+        "{inspect}"
+    );
+    assert_eq!(component("hello")["digest"], sha256(&hello).as_str());
+
+    let digest = consumer.ok(&["pull", &reference]);
+    let digest = digest.trim();
+    assert_eq!(digest, out.trim().rsplit('@').next().unwrap());
+    // The stored components are byte-identical to what was pushed.
+    let blob = |d: &str| {
+        consumer
+            .cache
+            .path()
+            .join("oci/blobs/sha256")
+            .join(d.strip_prefix("sha256:").unwrap())
+    };
+    assert_eq!(std::fs::read(blob(&sha256(&testkit))).unwrap(), testkit);
+    assert_eq!(std::fs::read(blob(&sha256(&hello))).unwrap(), hello);
+
+    let server = consumer.serve(&reference, &[]);
+    assert_eq!(get(server.url("/hello")).1, "Hello from wms!\n");
+    let (status, env) = get(server.url("/kit/env"));
+    assert_eq!(status, 200);
+    assert!(env.contains("GREETING=hi"), "{env}");
+    for (path, body) in [
+        ("/config.txt", "mode=fast"),
+        ("/conf/app.ini", "[app]"),
+        ("/www/index.html", "<h1>shop</h1>"),
+        ("/www/sub/data.txt", "nested"),
+    ] {
+        assert_eq!(
+            get(server.url(&format!("/kit/read?path={path}"))),
+            (200, body.to_string()),
+            "{path}"
+        );
+    }
+    // Excluded files were never packed.
+    assert_eq!(get(server.url("/kit/read?path=/conf/secret.key")).0, 404);
+    // The component's limits travelled with the manifest.
+    let started = Instant::now();
+    assert_eq!(get(server.url("/kit/loop")).0, 504);
+    assert!(started.elapsed() < Duration::from_secs(9));
+    drop(server);
+
+    // Offline: once pulled, `--pull never` serves from the store.
+    drop(registry);
+    let server = consumer.serve(&reference, &["--pull", "never"]);
+    assert_eq!(get(server.url("/hello")).1, "Hello from wms!\n");
+}
+
+#[test]
+fn wasm_artifacts_interoperate_with_wkg() {
+    let registry = Registry::start();
+    let user = User::new();
+    let insecure = ["--insecure", registry.addr.as_str()];
+
+    // Ours, read by wkg: the same bytes come back.
+    let ours = registry.reference("hello-ours:1");
+    user.ok(&["push", artifacts::HELLO, &ours]);
+    let out = tempfile::tempdir().unwrap();
+    let pulled = out.path().join("pulled.wasm");
+    run_ok(
+        wkg()
+            .args(["oci", "pull"])
+            .args(insecure)
+            .arg(&ours)
+            .arg("-o")
+            .arg(&pulled),
+    );
+    assert_eq!(
+        std::fs::read(&pulled).unwrap(),
+        std::fs::read(artifacts::HELLO).unwrap()
+    );
+    let raw = run_ok(Command::new("skopeo").args([
+        "inspect",
+        "--raw",
+        "--tls-verify=false",
+        &format!("docker://{ours}"),
+    ]));
+    let raw: serde_json::Value = serde_json::from_str(&raw).unwrap();
+    assert_eq!(
+        raw["config"]["mediaType"],
+        "application/vnd.wasm.config.v0+json"
+    );
+    assert_eq!(raw["layers"][0]["mediaType"], "application/wasm");
+    let config = run_ok(Command::new("skopeo").args([
+        "inspect",
+        "--config",
+        "--raw",
+        "--tls-verify=false",
+        &format!("docker://{ours}"),
+    ]));
+    let config: serde_json::Value = serde_json::from_str(&config).unwrap();
+    assert_eq!(config["architecture"], "wasm");
+    assert_eq!(config["os"], "wasip2");
+    assert_eq!(config["layerDigests"][0], raw["layers"][0]["digest"]);
+    assert!(
+        config["component"]["exports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e
+                .as_str()
+                .unwrap()
+                .starts_with("wasi:http/incoming-handler@")),
+        "{config}"
+    );
+
+    // wkg's, served by wms.
+    let theirs = registry.reference("hello-wkg:1");
+    run_ok(
+        wkg()
+            .args(["oci", "push"])
+            .args(insecure)
+            .arg(&theirs)
+            .arg(artifacts::HELLO),
+    );
+    let inspect = user.inspect(&theirs);
+    assert_eq!(inspect["kind"], "component", "{inspect}");
+    assert_eq!(inspect["components"][0]["wasi"], "wasip2");
+    assert!(
+        inspect["components"][0]["world"]
+            .as_str()
+            .unwrap()
+            .starts_with("wasi:http/proxy@"),
+        "{inspect}"
+    );
+    let server = user.serve(&theirs, &[]);
+    assert_eq!(get(server.url("/any/path")).1, "Hello from wms!\n");
+    drop(server);
+
+    // A command as an artifact runs with `wms run REF`.
+    let cmd = registry.reference("cmd:1");
+    run_ok(
+        wkg()
+            .args(["oci", "push"])
+            .args(insecure)
+            .arg(&cmd)
+            .arg(artifacts::CMD),
+    );
+    let (code, stdout, stderr) = user.wms(&["run", &cmd, "args", "from", "a", "registry"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(stdout.trim(), "from|a|registry", "{stderr}");
+}
+
+#[test]
+fn a_tampered_blob_is_rejected_and_nothing_is_stored() {
+    let registry = Registry::start();
+    let user = User::new();
+    let reference = registry.reference("hello:1");
+    user.ok(&["push", examples("hello").to_str().unwrap(), &reference]);
+    let hello = std::fs::read(artifacts::HELLO).unwrap();
+    let digest = sha256(&hello);
+    // Same size, one byte changed, in the registry's own storage.
+    let file = registry.blob_file(&digest);
+    let mut bytes = std::fs::read(&file).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(&file, &bytes).unwrap();
+
+    let consumer = User::new();
+    let (code, _, err) = consumer.wms(&["pull", &reference]);
+    assert_ne!(code, 0);
+    assert!(err.contains(&digest), "the error names the blob:\n{err}");
+    assert!(err.contains("failed verification"), "{err}");
+    let blobs = consumer.cache.path().join("oci/blobs/sha256");
+    assert!(!blobs.join(&digest[7..]).exists());
+    assert!(
+        !consumer
+            .cache
+            .path()
+            .join("oci/partial")
+            .join(&digest[7..])
+            .exists()
+    );
+    // `wms up` refuses it the same way, and serves nothing.
+    let (code, out, err) = consumer.wms(&["up", &reference, "--listen", "127.0.0.1:0"]);
+    assert_ne!(code, 0);
+    assert!(!out.contains("Serving"), "{out}");
+    assert!(err.contains(&digest), "{err}");
+}
+
+#[test]
+fn an_interrupted_pull_resumes_and_a_bad_partial_restarts() {
+    let registry = Registry::start();
+    let user = User::new();
+    let reference = registry.reference("hello:1");
+    user.ok(&["push", examples("hello").to_str().unwrap(), &reference]);
+    let hello = std::fs::read(artifacts::HELLO).unwrap();
+    let digest = sha256(&hello);
+
+    // What an interrupted pull leaves behind: the first part of the blob.
+    let consumer = User::new();
+    let partial_dir = consumer.cache.path().join("oci/partial");
+    std::fs::create_dir_all(&partial_dir).unwrap();
+    std::fs::write(partial_dir.join(&digest[7..]), &hello[..hello.len() / 2]).unwrap();
+    let (code, _, err) = consumer.wms(&["pull", &reference]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains(&format!(
+            "resuming blob {digest} at byte {}",
+            hello.len() / 2
+        )),
+        "{err}"
+    );
+    let stored = consumer
+        .cache
+        .path()
+        .join("oci/blobs/sha256")
+        .join(&digest[7..]);
+    assert_eq!(std::fs::read(&stored).unwrap(), hello);
+
+    // A partial file that is not a prefix of the blob: detected, started again, still right.
+    let other = User::new();
+    let partial_dir = other.cache.path().join("oci/partial");
+    std::fs::create_dir_all(&partial_dir).unwrap();
+    std::fs::write(partial_dir.join(&digest[7..]), vec![0u8; 1000]).unwrap();
+    let (code, _, err) = other.wms(&["pull", &reference]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("downloading it again from the start"), "{err}");
+    let stored = other
+        .cache
+        .path()
+        .join("oci/blobs/sha256")
+        .join(&digest[7..]);
+    assert_eq!(std::fs::read(&stored).unwrap(), hello);
+}
+
+#[test]
+fn basic_auth_uses_docker_credentials_and_wrong_ones_are_named() {
+    let registry = Registry::start_with(Some(("alice", "s3cret")));
+    let user = User::new();
+    let reference = registry.reference("private/hello:1");
+    let hello = examples("hello");
+
+    let (code, _, err) = user.wms(&["push", hello.to_str().unwrap(), &reference]);
+    assert_ne!(code, 0);
+    assert!(err.contains("refused anonymous access"), "{err}");
+    assert!(
+        err.contains(&format!("wms login {}", registry.addr)),
+        "{err}"
+    );
+
+    let (code, _, err) = user.wms_stdin(
+        &["login", &registry.addr, "-u", "alice", "--password-stdin"],
+        "wrong\n",
+    );
+    assert_ne!(code, 0);
+    assert!(err.contains("refused user `alice`"), "{err}");
+    assert!(!user.docker.path().join("config.json").exists());
+
+    let (code, _, err) = user.wms_stdin(
+        &["login", &registry.addr, "-u", "alice", "--password-stdin"],
+        "s3cret\n",
+    );
+    assert_eq!(code, 0, "{err}");
+    let config = std::fs::read_to_string(user.docker.path().join("config.json")).unwrap();
+    assert!(config.contains(&registry.addr), "{config}");
+    user.ok(&["push", hello.to_str().unwrap(), &reference]);
+    user.ok(&["pull", &reference]);
+
+    // Credentials as Docker wrote them, but stale: the error says whose and where from.
+    let other = User::new();
+    let auth = base64::Engine::encode(
+        &base64::engine::general_purpose::STANDARD,
+        "alice:old-password",
+    );
+    std::fs::write(
+        other.docker.path().join("config.json"),
+        format!(r#"{{"auths":{{"{}":{{"auth":"{auth}"}}}}}}"#, registry.addr),
+    )
+    .unwrap();
+    let (code, _, err) = other.wms(&["pull", &reference]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("refused the credentials of user `alice`"),
+        "{err}"
+    );
+    assert!(err.contains("config.json"), "{err}");
+
+    user.ok(&["logout", &registry.addr]);
+    let (code, _, err) = user.wms(&["pull", &reference, "--registry-timeout", "5"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("refused anonymous access"), "{err}");
+}
+
+#[test]
+fn an_unreachable_registry_fails_clearly_and_in_bounded_time() {
+    let user = User::new();
+    // Nothing listens: refused at once.
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let started = Instant::now();
+    let (code, _, err) = user.wms(&["pull", &format!("127.0.0.1:{port}/hello:1")]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains(&format!("cannot reach registry 127.0.0.1:{port}")),
+        "{err}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(10));
+
+    // Something accepts connections but never answers: bounded by --registry-timeout.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = silent.local_addr().unwrap();
+    let started = Instant::now();
+    let (code, _, err) = user.wms(&[
+        "up",
+        &format!("{addr}/hello:1"),
+        "--registry-timeout",
+        "2",
+        "--listen",
+        "127.0.0.1:0",
+    ]);
+    let took = started.elapsed();
+    assert_ne!(code, 0);
+    assert!(
+        err.contains(&format!("cannot reach registry {addr}")),
+        "{err}"
+    );
+    assert!(err.contains("no answer within 2s"), "{err}");
+    assert!(took < Duration::from_secs(15), "took {took:?}");
+    drop(silent);
+}
+
+#[test]
+fn precompiled_layers_are_used_only_when_trusted_and_matching() {
+    let registry = Registry::start();
+    let publisher = User::new();
+    let reference = registry.reference("hello-aot:1");
+    let host = match std::env::consts::ARCH {
+        "riscv64" => "riscv64gc",
+        a => a,
+    };
+    let other = if host == "aarch64" {
+        "x86_64"
+    } else {
+        "aarch64"
+    };
+    publisher.ok(&[
+        "push",
+        examples("hello").to_str().unwrap(),
+        &reference,
+        "--precompile",
+        host,
+        "--precompile",
+        other,
+    ]);
+    let consumer = User::new();
+    let inspect = consumer.inspect(&reference);
+    let targets: Vec<&str> = inspect["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|l| l["annotations"]["dev.wms.precompiled.target"].as_str())
+        .collect();
+    assert_eq!(targets, [host, other], "{inspect}");
+
+    // Not trusted: compiled here from the wasm.
+    let server = consumer.serve(&reference, &[]);
+    assert_eq!(get(server.url("/")).1, "Hello from wms!\n");
+    let log = server.log();
+    assert!(!log.contains("loaded precompiled code"), "{log}");
+    drop(server);
+
+    // Trusted by configuration: this host's code is loaded.
+    let server = Server::start_with_env(
+        Path::new(&reference),
+        &[],
+        &[
+            ("WMS_CACHE_DIR", consumer.cache.path()),
+            ("DOCKER_CONFIG", consumer.docker.path()),
+            ("WMS_TRUSTED_PUBLISHERS", Path::new(&registry.addr)),
+        ],
+    );
+    assert_eq!(get(server.url("/")).1, "Hello from wms!\n");
+    let log = server.log();
+    assert!(log.contains("loaded precompiled code"), "{log}");
+    drop(server);
+
+    // A wasm artifact cannot carry precompiled code (wkg and runwasi expect one layer).
+    let (code, _, err) = publisher.wms(&[
+        "push",
+        artifacts::HELLO,
+        &registry.reference("x:1"),
+        "--precompile",
+        host,
+    ]);
+    assert_ne!(code, 0);
+    assert!(err.contains("exactly one layer"), "{err}");
+}
