@@ -108,15 +108,29 @@ pub struct WasmConfig {
     pub component: Option<ComponentInfo>,
 }
 
-fn now_rfc3339() -> String {
-    humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
+/// The image's creation time: `SOURCE_DATE_EPOCH` when set, else the newest modification time
+/// of its inputs. Either way, pushing unchanged inputs again gives the same digests (nothing to
+/// upload, nothing for a fleet to redeploy).
+fn created_time(inputs: &[&Path]) -> String {
+    let time = std::env::var("SOURCE_DATE_EPOCH")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .map(|secs| std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs))
+        .or_else(|| {
+            inputs
+                .iter()
+                .filter_map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
+                .max()
+        })
+        .unwrap_or_else(std::time::SystemTime::now);
+    humantime::format_rfc3339_seconds(time).to_string()
 }
 
 /// A single wasm module or component as the CNCF TAG Runtime wasm artifact: one
 /// `application/wasm` layer, read by `wkg`, runwasi's shims and wms.
 pub fn component_artifact(wasm: Vec<u8>, file: &Path) -> anyhow::Result<ImageBuild> {
     let info = meta::inspect(&wasm, &file.display().to_string())?;
-    let created = now_rfc3339();
+    let created = created_time(&[file]);
     let layer = Blob::new(media::WASM_LAYER, wasm).annotate(
         media::ANN_TITLE,
         file.file_name().map_or("component.wasm".into(), |n| {
@@ -156,7 +170,8 @@ pub fn app_image(app: &App, precompiled: &[Precompiled]) -> anyhow::Result<Image
     let mut doc: toml_edit::DocumentMut = text
         .parse()
         .with_context(|| format!("cannot parse {}", app.manifest_path.display()))?;
-    let created = now_rfc3339();
+    let mut inputs: Vec<&Path> = vec![&app.manifest_path];
+    inputs.extend(app.components.values().map(|c| c.source.as_path()));
     let mut layers: Vec<Blob> = Vec::new();
     let push_layer = |layers: &mut Vec<Blob>, blob: Blob| -> String {
         let digest = blob.digest();
@@ -166,6 +181,7 @@ pub fn app_image(app: &App, precompiled: &[Precompiled]) -> anyhow::Result<Image
         digest
     };
     let mut wasi = "wasip2";
+    let mut file_times = Vec::new();
     for (id, c) in &app.components {
         let wasm = std::fs::read(&c.source).with_context(|| {
             format!(
@@ -203,6 +219,11 @@ pub fn app_image(app: &App, precompiled: &[Precompiled]) -> anyhow::Result<Image
         table.remove("exclude_files");
         table.remove("files");
         let files = wms_manifest::files::guest_files(&app.dir, c)?;
+        file_times.extend(
+            files
+                .iter()
+                .filter_map(|f| std::fs::metadata(&f.host).and_then(|m| m.modified()).ok()),
+        );
         if !files.is_empty() {
             let tar = files_tar(&files)?;
             let digest = push_layer(
@@ -240,6 +261,14 @@ pub fn app_image(app: &App, precompiled: &[Precompiled]) -> anyhow::Result<Image
                 .map_or("wms.toml".into(), |n| n.to_string_lossy().into_owned()),
         ),
     );
+    let mut created = created_time(&inputs);
+    if std::env::var_os("SOURCE_DATE_EPOCH").is_none()
+        && let Some(newest) = file_times.into_iter().max()
+    {
+        let newest = humantime::format_rfc3339_seconds(newest).to_string();
+        // RFC 3339 UTC timestamps of one format order as strings.
+        created = created.max(newest);
+    }
     let config = serde_json::json!({
         "created": created,
         "architecture": "wasm",
