@@ -42,14 +42,14 @@ printf '{"schemaVersion":2,"manifests":[{"mediaType":"application/vnd.oci.image.
 cat > "$WORK/registry.yml" <<EOF
 version: 0.1
 log:
-  level: error
+  level: info
 storage:
   filesystem:
     rootdirectory: $WORK/registry
 http:
   addr: 127.0.0.1:0
 EOF
-docker-registry serve "$WORK/registry.yml" 2> "$WORK/registry.log" &
+docker-registry serve "$WORK/registry.yml" > /dev/null 2> "$WORK/registry.log" &
 REG_PID=$!
 until grep -q "listening on" "$WORK/registry.log" 2>/dev/null; do sleep 0.05; done
 R=$(grep -o 'listening on [0-9.:]*' "$WORK/registry.log" | cut -d' ' -f3)

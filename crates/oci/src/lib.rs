@@ -103,8 +103,10 @@ fn component_id(repository: &str) -> String {
     }
 }
 
-/// Builds (once) the app directory of stored image `digest`: a manifest whose sources are the
-/// verified blobs, the files extracted, and precompiled code for `precompiled_target`.
+/// Prepares stored image `digest` to run: checks its wasm blobs again, and builds (once; a
+/// directory another process is using is never replaced) its app directory, holding a manifest
+/// whose sources are the verified blobs and the extracted files, and for `precompiled_target`
+/// a directory of trusted precompiled code.
 pub fn materialize(
     store: &Store,
     reference: &Reference,
@@ -113,12 +115,74 @@ pub fn materialize(
 ) -> anyhow::Result<Materialized> {
     let manifest = stored_manifest(store, digest)?;
     let kind = ImageKind::classify(&manifest)?;
+    for l in manifest
+        .layers
+        .iter()
+        .filter(|l| media::is_wasm_layer(&l.media_type))
+    {
+        verify_stored(store, &l.digest)?;
+    }
     let dir = store.app_dir(digest)?;
+    let wasm = match kind {
+        ImageKind::Component => manifest
+            .layers
+            .iter()
+            .find(|l| media::is_wasm_layer(&l.media_type))
+            .map(|l| store.blob_path(&l.digest))
+            .transpose()?,
+        ImageKind::App => None,
+    };
+    if !dir.join("wms.toml").exists() {
+        build_once(&dir, |tmp| {
+            build_app_dir(store, reference, &manifest, kind, tmp, &dir)
+        })?;
+    }
+    let mut precompiled = None;
+    if let Some(target) = precompiled_target {
+        let pdir = dir.with_extension(format!("precompiled-{target}"));
+        if !pdir.exists() {
+            build_once(&pdir, |tmp| precompiled_dir(store, &manifest, target, tmp))?;
+        }
+        if std::fs::read_dir(&pdir).is_ok_and(|mut d| d.next().is_some()) {
+            precompiled = Some(pdir);
+        }
+    }
+    Ok(Materialized {
+        manifest_path: dir.join("wms.toml"),
+        wasm,
+        precompiled,
+    })
+}
+
+/// Fills a private temporary directory with `fill` and renames it to `dir`; when another process
+/// got there first, theirs is kept.
+fn build_once(dir: &Path, fill: impl FnOnce(&Path) -> anyhow::Result<()>) -> anyhow::Result<()> {
     let tmp = dir.with_extension(format!("tmp-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+    let filled = fill(&tmp);
+    if let Err(e) = filled {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(e);
+    }
+    if let Err(e) = std::fs::rename(&tmp, dir) {
+        let _ = std::fs::remove_dir_all(&tmp);
+        if !dir.exists() {
+            return Err(e).with_context(|| format!("cannot create {}", dir.display()));
+        }
+    }
+    Ok(())
+}
+
+fn build_app_dir(
+    store: &Store,
+    reference: &Reference,
+    manifest: &OciImageManifest,
+    kind: ImageKind,
+    tmp: &Path,
+    dir: &Path,
+) -> anyhow::Result<()> {
     let layer_digests: Vec<&str> = manifest.layers.iter().map(|l| l.digest.as_str()).collect();
-    let mut wasm = None;
     match kind {
         ImageKind::Component => {
             let layer = manifest
@@ -126,7 +190,6 @@ pub fn materialize(
                 .iter()
                 .find(|l| media::is_wasm_layer(&l.media_type))
                 .context("no wasm layer")?;
-            verify_stored(store, &layer.digest)?;
             let source = store.blob_path(&layer.digest)?;
             let id = component_id(reference.repository());
             // JSON string syntax is valid TOML basic-string syntax.
@@ -137,7 +200,6 @@ pub fn materialize(
                 src = quote(&source.to_string_lossy()),
             );
             std::fs::write(tmp.join("wms.toml"), text)?;
-            wasm = Some(source);
         }
         ImageKind::App => {
             let layer = manifest
@@ -174,7 +236,6 @@ pub fn materialize(
                     c.get("source").and_then(|s| s.as_value()),
                     &format!("{what}, `source`"),
                 )?;
-                verify_stored(store, &d)?;
                 c.insert(
                     "source",
                     toml_edit::value(store.blob_path(&d)?.to_string_lossy().into_owned()),
@@ -196,8 +257,17 @@ pub fn materialize(
             std::fs::write(tmp.join("wms.toml"), doc.to_string())?;
         }
     }
-    let mut precompiled = None;
-    if let Some(target) = precompiled_target {
+    Ok(())
+}
+
+/// Writes this target's precompiled layers in the layout `wms up --precompiled` reads.
+fn precompiled_dir(
+    store: &Store,
+    manifest: &OciImageManifest,
+    target: &str,
+    out: &Path,
+) -> anyhow::Result<()> {
+    {
         for l in &manifest.layers {
             let ann = l.annotations.clone().unwrap_or_default();
             if l.media_type != media::PRECOMPILED
@@ -218,23 +288,14 @@ pub fn materialize(
             if !store.has_blob(&l.digest, l.size as u64) || id.contains('/') {
                 continue;
             }
-            let out = tmp.join("precompiled");
-            std::fs::create_dir_all(&out)?;
             std::fs::copy(store.blob_path(&l.digest)?, out.join(format!("{id}.cwasm")))?;
             std::fs::write(
                 out.join(format!("{id}.wasm-sha256")),
                 store::digest_hex(wasm_digest)?,
             )?;
-            precompiled = Some(dir.join("precompiled"));
         }
     }
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::rename(&tmp, &dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    Ok(Materialized {
-        manifest_path: dir.join("wms.toml"),
-        wasm,
-        precompiled,
-    })
+    Ok(())
 }
 
 /// Re-hashes a stored blob about to be run (catches damage on disk since the pull).

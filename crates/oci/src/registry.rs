@@ -44,10 +44,68 @@ impl Default for Options {
 /// Parses an image reference (`registry/repository[:tag][@digest]`).
 pub fn parse_reference(s: &str) -> anyhow::Result<Reference> {
     let s = s.strip_prefix("oci://").unwrap_or(s);
+    if let Some(r) = parse_explicit(s) {
+        return Ok(r);
+    }
     s.parse::<Reference>().map_err(|e| {
         anyhow!(
             "`{s}` is not an image reference: {e}\n  help: write REGISTRY/REPOSITORY[:TAG], e.g. localhost:5000/shop:1.0"
         )
+    })
+}
+
+/// Parses the common form `host[:port]/repo/path[:tag][@sha256:hex]` (a host with a dot, a port
+/// or `localhost`) without oci-spec's reference regex, whose compilation costs tens of
+/// milliseconds per process (far more on a board). Anything else goes to the full parser.
+fn parse_explicit(s: &str) -> Option<Reference> {
+    let (registry, rest) = s.split_once('/')?;
+    if !(registry.contains('.') || registry.contains(':') || registry == "localhost")
+        || registry.is_empty()
+        || !registry
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
+    {
+        return None;
+    }
+    let (name, digest) = match rest.split_once('@') {
+        Some((n, d)) => (n, Some(d)),
+        None => (rest, None),
+    };
+    let (repository, tag) = match name.rsplit_once(':') {
+        Some((r, t)) if !t.contains('/') => (r, Some(t)),
+        _ => (name, None),
+    };
+    let component_ok = |c: &str| {
+        !c.is_empty()
+            && c.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
+            && c.starts_with(|ch: char| ch.is_ascii_alphanumeric())
+            && c.ends_with(|ch: char| ch.is_ascii_alphanumeric())
+    };
+    if repository.len() > 255 || !repository.split('/').all(component_ok) {
+        return None;
+    }
+    if let Some(t) = tag
+        && (t.is_empty()
+            || t.len() > 128
+            || t.starts_with(['.', '-'])
+            || !t
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)))
+    {
+        return None;
+    }
+    if let Some(d) = digest {
+        digest_hex(d).ok()?;
+    }
+    let (registry, repository) = (registry.to_string(), repository.to_string());
+    Some(match (tag, digest) {
+        (Some(t), Some(d)) => {
+            Reference::with_tag_and_digest(registry, repository, t.to_string(), d.to_string())
+        }
+        (None, Some(d)) => Reference::with_digest(registry, repository, d.to_string()),
+        (Some(t), None) => Reference::with_tag(registry, repository, t.to_string()),
+        (None, None) => Reference::with_tag(registry, repository, "latest".to_string()),
     })
 }
 
@@ -700,6 +758,31 @@ mod tests {
             ..o
         };
         assert_eq!(scheme("10.0.0.1:5000", &insecure), "http");
+    }
+
+    #[test]
+    fn explicit_references_parse_like_the_full_parser() {
+        for r in [
+            "localhost:5000/shop:1.0",
+            "127.0.0.1:5000/team/hello-api",
+            "registry.example.com/a/b/c:v1.2_3",
+            "ghcr.io/org/app@sha256:0000000000000000000000000000000000000000000000000000000000000000",
+            "ghcr.io/org/app:1@sha256:0000000000000000000000000000000000000000000000000000000000000000",
+        ] {
+            let fast = parse_explicit(r).unwrap_or_else(|| panic!("{r} not parsed"));
+            let full: Reference = r.parse().unwrap();
+            assert_eq!(fast, full, "{r}");
+        }
+        // Left to the full parser (which accepts or rejects them with its own message).
+        for r in [
+            "nginx",
+            "library/nginx:1",
+            "Localhost:5000/Shop",
+            "host.io/a//b",
+            "host.io/a:",
+        ] {
+            assert!(parse_explicit(r).is_none(), "{r}");
+        }
     }
 
     #[test]

@@ -257,6 +257,12 @@ fn an_app_round_trips_through_a_registry_and_serves() {
         "{err}"
     );
     assert_eq!(again, out);
+    // Not a terminal: no progress bar, one summary line.
+    assert!(!err.contains('\r') && !err.contains('\x1b'), "{err:?}");
+    assert_eq!(
+        err.lines().filter(|l| l.starts_with("wms: pushed")).count(),
+        1
+    );
 
     // skopeo reads it as an image: architecture wasm, every layer.
     let skopeo = run_ok(Command::new("skopeo").args([
