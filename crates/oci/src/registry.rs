@@ -440,6 +440,35 @@ impl Registry {
         bar: &indicatif::ProgressBar,
         doing: &str,
     ) -> anyhow::Result<()> {
+        // One download of a blob at a time across processes (a service and an operator pulling
+        // the same image): the others wait, then find the blob stored.
+        let lock_path = store.partial_path(&d.digest)?.with_extension("lock");
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .with_context(|| format!("cannot create {}", lock_path.display()))?;
+        let lock = tokio::task::spawn_blocking(move || lock.lock().map(|()| lock))
+            .await
+            .context("lock task failed")?
+            .with_context(|| format!("cannot lock {}", lock_path.display()))?;
+        if store.has_blob(&d.digest, d.size as u64) {
+            bar.inc(d.size as u64);
+            return Ok(());
+        }
+        let fetched = self.fetch_blob_locked(store, d, bar, doing).await;
+        drop(lock);
+        fetched
+    }
+
+    async fn fetch_blob_locked(
+        &self,
+        store: &Store,
+        d: &OciDescriptor,
+        bar: &indicatif::ProgressBar,
+        doing: &str,
+    ) -> anyhow::Result<()> {
         match self.fetch_blob_once(store, d, bar, doing, true).await? {
             Fetched::Done => Ok(()),
             Fetched::BadResume => {

@@ -146,6 +146,21 @@ impl User {
         Server::start_with_env(Path::new(reference), args, &self.env())
     }
 
+    /// Where this user's store keeps blob `digest`.
+    fn blob(&self, digest: &str) -> PathBuf {
+        self.cache
+            .path()
+            .join("oci/blobs/sha256")
+            .join(digest.strip_prefix("sha256:").unwrap())
+    }
+
+    /// Leaves `bytes` as the partial download of blob `digest`, as an interrupted pull does.
+    fn seed_partial(&self, digest: &str, bytes: &[u8]) {
+        let dir = self.cache.path().join("oci/partial");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(digest.strip_prefix("sha256:").unwrap()), bytes).unwrap();
+    }
+
     fn inspect(&self, reference: &str) -> serde_json::Value {
         serde_json::from_str(&self.ok(&["inspect", "--json", reference])).unwrap()
     }
@@ -331,15 +346,14 @@ fn an_app_round_trips_through_a_registry_and_serves() {
     let digest = digest.trim();
     assert_eq!(digest, out.trim().rsplit('@').next().unwrap());
     // The stored components are byte-identical to what was pushed.
-    let blob = |d: &str| {
-        consumer
-            .cache
-            .path()
-            .join("oci/blobs/sha256")
-            .join(d.strip_prefix("sha256:").unwrap())
-    };
-    assert_eq!(std::fs::read(blob(&sha256(&testkit))).unwrap(), testkit);
-    assert_eq!(std::fs::read(blob(&sha256(&hello))).unwrap(), hello);
+    assert_eq!(
+        std::fs::read(consumer.blob(&sha256(&testkit))).unwrap(),
+        testkit
+    );
+    assert_eq!(
+        std::fs::read(consumer.blob(&sha256(&hello))).unwrap(),
+        hello
+    );
 
     let server = consumer.serve(&reference, &[]);
     assert_eq!(get(server.url("/hello")).1, "Hello from wms!\n");
@@ -487,8 +501,7 @@ fn a_tampered_blob_is_rejected_and_nothing_is_stored() {
     assert_ne!(code, 0);
     assert!(err.contains(&digest), "the error names the blob:\n{err}");
     assert!(err.contains("failed verification"), "{err}");
-    let blobs = consumer.cache.path().join("oci/blobs/sha256");
-    assert!(!blobs.join(&digest[7..]).exists());
+    assert!(!consumer.blob(&digest).exists());
     assert!(
         !consumer
             .cache
@@ -515,9 +528,7 @@ fn an_interrupted_pull_resumes_and_a_bad_partial_restarts() {
 
     // What an interrupted pull leaves behind: the first part of the blob.
     let consumer = User::new();
-    let partial_dir = consumer.cache.path().join("oci/partial");
-    std::fs::create_dir_all(&partial_dir).unwrap();
-    std::fs::write(partial_dir.join(&digest[7..]), &hello[..hello.len() / 2]).unwrap();
+    consumer.seed_partial(&digest, &hello[..hello.len() / 2]);
     let (code, _, err) = consumer.wms(&["pull", &reference]);
     assert_eq!(code, 0, "{err}");
     assert!(
@@ -527,27 +538,38 @@ fn an_interrupted_pull_resumes_and_a_bad_partial_restarts() {
         )),
         "{err}"
     );
-    let stored = consumer
-        .cache
-        .path()
-        .join("oci/blobs/sha256")
-        .join(&digest[7..]);
-    assert_eq!(std::fs::read(&stored).unwrap(), hello);
+    assert_eq!(std::fs::read(consumer.blob(&digest)).unwrap(), hello);
 
     // A partial file that is not a prefix of the blob: detected, started again, still right.
     let other = User::new();
-    let partial_dir = other.cache.path().join("oci/partial");
-    std::fs::create_dir_all(&partial_dir).unwrap();
-    std::fs::write(partial_dir.join(&digest[7..]), vec![0u8; 1000]).unwrap();
+    other.seed_partial(&digest, &[0u8; 1000]);
     let (code, _, err) = other.wms(&["pull", &reference]);
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("downloading it again from the start"), "{err}");
-    let stored = other
-        .cache
-        .path()
-        .join("oci/blobs/sha256")
-        .join(&digest[7..]);
-    assert_eq!(std::fs::read(&stored).unwrap(), hello);
+    assert_eq!(std::fs::read(other.blob(&digest)).unwrap(), hello);
+
+    // Several processes pulling into one store at once (a service and an operator) all succeed.
+    let shared = User::new();
+    let pulls: Vec<_> = (0..4)
+        .map(|_| {
+            wms_command()
+                .args(["pull", &reference])
+                .envs(shared.env())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for p in pulls {
+        let out = p.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert_eq!(std::fs::read(shared.blob(&digest)).unwrap(), hello);
 }
 
 #[test]
