@@ -252,11 +252,17 @@ pub fn inspect(args: InspectArgs) -> anyhow::Result<ExitCode> {
         Some(i) => i,
         None => {
             let options = args.net.options();
-            let (digest, manifest, config) = runtime()?.block_on(async {
+            let d = runtime()?.block_on(async {
                 let registry = Registry::connect(&reference, &options).await?;
                 registry.describe().await
             })?;
-            wms_oci::describe(&reference, &digest, &manifest, &config)
+            wms_oci::describe(
+                &reference,
+                &d.digest,
+                &d.manifest,
+                &d.config,
+                d.app_manifest.as_deref(),
+            )
         }
     };
     if args.json {

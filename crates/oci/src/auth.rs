@@ -73,7 +73,7 @@ fn write_config(
     use std::os::unix::fs::OpenOptionsExt as _;
     let dir = path.parent().context("config path has no directory")?;
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let tmp = path.with_extension("json.wms-tmp");
+    let tmp = path.with_extension(format!("json.wms-tmp-{}", std::process::id()));
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create(true)

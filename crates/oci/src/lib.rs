@@ -374,14 +374,66 @@ pub struct ComponentSummary {
     pub world: Option<String>,
     pub imports: Vec<String>,
     pub exports: Vec<String>,
+    /// What the app manifest grants the component (deny-by-default: empty means nothing).
+    pub allowed_outbound_hosts: Vec<String>,
+    /// Names of the environment variables it is given (values not shown).
+    pub environment: Vec<String>,
+    /// Guest paths where files are mounted.
+    pub files: Vec<String>,
 }
 
-/// Describes an image from its manifest and config (no layer is needed).
+/// The capabilities the app manifest layer grants component `id`.
+fn capabilities(app_manifest: Option<&str>, id: &str) -> (Vec<String>, Vec<String>, Vec<String>) {
+    let Some(doc) = app_manifest.and_then(|t| t.parse::<toml_edit::DocumentMut>().ok()) else {
+        return Default::default();
+    };
+    let Some(c) = doc
+        .get("component")
+        .and_then(|c| c.get(id))
+        .and_then(|c| c.as_table_like())
+    else {
+        return Default::default();
+    };
+    let strings = |key: &str| -> Vec<String> {
+        c.get(key)
+            .and_then(|v| v.as_array())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let env = c
+        .get("environment")
+        .and_then(|e| e.as_table_like())
+        .map(|t| t.iter().map(|(k, _)| k.to_string()).collect())
+        .unwrap_or_default();
+    let files = c
+        .get("files")
+        .and_then(|f| f.as_array())
+        .map(|a| {
+            a.iter()
+                .filter_map(|f| {
+                    f.as_inline_table()?
+                        .get("destination")?
+                        .as_str()
+                        .map(str::to_string)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    (strings("allowed_outbound_hosts"), env, files)
+}
+
+/// Describes an image from its manifest and config, and for an app image its manifest layer
+/// (no component needs to be downloaded).
 pub fn describe(
     reference: &Reference,
     digest: &str,
     manifest: &OciImageManifest,
     config: &[u8],
+    app_manifest: Option<&str>,
 ) -> Inspection {
     let desc = |d: &oci_client::manifest::OciDescriptor| Descriptor {
         media_type: d.media_type.clone(),
@@ -417,6 +469,9 @@ pub fn describe(
                         .and_then(|c| c.target.clone().or_else(|| meta::target_world(&c.exports))),
                     imports: info.as_ref().map(|c| c.imports.clone()).unwrap_or_default(),
                     exports: info.map(|c| c.exports).unwrap_or_default(),
+                    allowed_outbound_hosts: Vec::new(),
+                    environment: Vec::new(),
+                    files: Vec::new(),
                 });
             }
         }
@@ -427,11 +482,16 @@ pub fn describe(
                 .filter(|l| media::is_wasm_layer(&l.media_type))
             {
                 let ann = l.annotations.clone().unwrap_or_default();
+                let id = ann
+                    .get(media::ANN_COMPONENT)
+                    .cloned()
+                    .unwrap_or_else(|| "?".into());
+                let (allowed_outbound_hosts, environment, files) = capabilities(app_manifest, &id);
                 components.push(ComponentSummary {
-                    id: ann
-                        .get(media::ANN_COMPONENT)
-                        .cloned()
-                        .unwrap_or_else(|| "?".into()),
+                    id,
+                    allowed_outbound_hosts,
+                    environment,
+                    files,
                     digest: l.digest.clone(),
                     size: l.size,
                     wasi: ann.get(media::ANN_WASI).cloned(),
@@ -510,6 +570,16 @@ impl std::fmt::Display for Inspection {
             if !c.exports.is_empty() {
                 writeln!(f, "    exports  {}", c.exports.join(", "))?;
             }
+            let or_none = |v: &[String]| {
+                if v.is_empty() {
+                    "none".to_string()
+                } else {
+                    v.join(", ")
+                }
+            };
+            writeln!(f, "    outbound {}", or_none(&c.allowed_outbound_hosts))?;
+            writeln!(f, "    env      {}", or_none(&c.environment))?;
+            writeln!(f, "    files    {}", or_none(&c.files))?;
         }
         Ok(())
     }
@@ -534,7 +604,21 @@ pub fn describe_stored(store: &Store, reference: &Reference) -> anyhow::Result<O
     let config = store
         .read_blob(&manifest.config.digest)
         .map_err(|e| anyhow!("{e:#}"))?;
-    Ok(Some(describe(reference, &digest, &manifest, &config)))
+    let app_manifest = match manifest
+        .layers
+        .iter()
+        .find(|l| l.media_type == media::APP_MANIFEST)
+    {
+        Some(l) => Some(String::from_utf8_lossy(&store.read_blob(&l.digest)?).into_owned()),
+        None => None,
+    };
+    Ok(Some(describe(
+        reference,
+        &digest,
+        &manifest,
+        &config,
+        app_manifest.as_deref(),
+    )))
 }
 
 #[cfg(test)]

@@ -145,6 +145,15 @@ pub struct Pulled {
     pub downloaded: u64,
 }
 
+/// An image's manifest, config and (for an app image) app manifest, read without its layers.
+#[derive(Debug, Clone)]
+pub struct Described {
+    pub digest: String,
+    pub manifest: OciImageManifest,
+    pub config: Vec<u8>,
+    pub app_manifest: Option<String>,
+}
+
 /// What a push did.
 #[derive(Debug, Clone)]
 pub struct PushReport {
@@ -361,23 +370,55 @@ impl Registry {
     }
 
     /// Reads an image's manifest and config without downloading its layers.
-    pub async fn describe(&self) -> anyhow::Result<(String, OciImageManifest, Vec<u8>)> {
+    pub async fn describe(&self) -> anyhow::Result<Described> {
         let doing = format!("cannot inspect {}", self.reference);
         self.authorize(RegistryOperation::Pull, &doing).await?;
         let (_, digest, manifest) = self.fetch_manifest(&self.reference, &doing).await?;
-        let mut config = Vec::new();
+        let config = self.small_blob(&manifest.config, &doing).await?;
+        let app_manifest = match manifest
+            .layers
+            .iter()
+            .find(|l| l.media_type == media::APP_MANIFEST)
+        {
+            Some(l) => {
+                Some(String::from_utf8_lossy(&self.small_blob(l, &doing).await?).into_owned())
+            }
+            None => None,
+        };
+        Ok(Described {
+            digest,
+            manifest,
+            config,
+            app_manifest,
+        })
+    }
+
+    /// Fetches a small blob (config, app manifest) into memory, verified.
+    async fn small_blob(&self, d: &OciDescriptor, doing: &str) -> anyhow::Result<Vec<u8>> {
+        if d.size < 0 || d.size > 4 << 20 {
+            bail!(
+                "{doing}: blob {} is listed with {} bytes; configs and manifests are small",
+                d.digest,
+                d.size
+            );
+        }
+        let mut bytes = Vec::new();
         self.client
-            .pull_blob(&self.reference, &manifest.config, &mut config)
+            .pull_blob(&self.reference, d, &mut bytes)
             .await
-            .map_err(|e| self.explain(e, &doing))?;
-        if sha256_digest(&config) != manifest.config.digest {
+            .map_err(|e| self.explain(e, doing))?;
+        let found = sha256_digest(&bytes);
+        if found != d.digest || bytes.len() as i64 != d.size {
             return Err(VerificationError {
-                expected: manifest.config.digest.clone(),
-                found: "its content differs".into(),
+                expected: d.digest.clone(),
+                found: format!(
+                    "the registry sent {} bytes with digest {found}",
+                    bytes.len()
+                ),
             }
             .into());
         }
-        Ok((digest, manifest, config))
+        Ok(bytes)
     }
 
     /// Pulls the image into `store`: manifest, config and layers, each verified before it is

@@ -41,6 +41,15 @@ pub fn digest_hex(digest: &str) -> anyhow::Result<&str> {
     Ok(hex)
 }
 
+/// `PATH.tmp-PID-N`: a temporary name no other process or thread uses.
+fn unique_tmp(path: &Path) -> PathBuf {
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".tmp-{}-{n}", std::process::id()));
+    path.with_file_name(name)
+}
+
 /// A blob whose content did not match its digest or size.
 #[derive(Debug, thiserror::Error)]
 #[error(
@@ -121,13 +130,16 @@ impl Store {
         if path.exists() {
             return Ok(path);
         }
-        let partial = self.partial_path(digest)?;
-        let mut f = std::fs::File::create(&partial)
-            .with_context(|| format!("cannot write {}", partial.display()))?;
+        // A name of this process's own: other processes may store the same blob at the same time.
+        let tmp = unique_tmp(&self.partial_path(digest)?);
+        let mut f = std::fs::File::create(&tmp)
+            .with_context(|| format!("cannot write {}", tmp.display()))?;
         f.write_all(bytes)?;
         f.sync_all()?;
         drop(f);
-        self.commit(&partial, &path)?;
+        let committed = self.commit(&tmp, &path);
+        let _ = std::fs::remove_file(&tmp);
+        committed?;
         Ok(path)
     }
 
@@ -167,7 +179,7 @@ impl Store {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
         }
-        let tmp = path.with_extension("tmp");
+        let tmp = unique_tmp(&path);
         std::fs::write(&tmp, format!("{manifest_digest}\n"))?;
         std::fs::rename(&tmp, &path)
             .with_context(|| format!("cannot record {reference} in {}", path.display()))

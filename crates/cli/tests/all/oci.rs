@@ -234,6 +234,7 @@ component = "hello"
 [component.kit]
 source = {testkit:?}
 environment = {{ GREETING = "hi" }}
+allowed_outbound_hosts = ["https://api.example.com"]
 files = ["*.txt", "conf/*", {{ source = "static", destination = "/www" }}]
 exclude_files = ["conf/*.key"]
 [component.kit.build]
@@ -330,6 +331,21 @@ fn an_app_round_trips_through_a_registry_and_serves() {
             .clone()
     };
     let kit = component("kit");
+    // What the image would be allowed to do, before it runs.
+    assert_eq!(
+        kit["environment"],
+        serde_json::json!(["GREETING"]),
+        "{inspect}"
+    );
+    assert_eq!(kit["files"], serde_json::json!(["/"]), "{inspect}");
+    assert_eq!(
+        kit["allowed_outbound_hosts"],
+        serde_json::json!(["https://api.example.com"])
+    );
+    assert_eq!(
+        component("hello")["allowed_outbound_hosts"],
+        serde_json::json!([])
+    );
     assert_eq!(kit["digest"], sha256(&testkit).as_str());
     assert_eq!(kit["size"], testkit.len());
     assert_eq!(kit["wasi"], "wasip2");
@@ -550,7 +566,7 @@ fn an_interrupted_pull_resumes_and_a_bad_partial_restarts() {
 
     // Several processes pulling into one store at once (a service and an operator) all succeed.
     let shared = User::new();
-    let pulls: Vec<_> = (0..4)
+    let pulls: Vec<_> = (0..6)
         .map(|_| {
             wms_command()
                 .args(["pull", &reference])
