@@ -752,3 +752,77 @@ fn precompiled_layers_are_used_only_when_trusted_and_matching() {
     assert_ne!(code, 0);
     assert!(err.contains("exactly one layer"), "{err}");
 }
+
+#[test]
+fn a_multi_platform_index_is_followed_to_its_wasm_entry() {
+    let registry = Registry::start();
+    let user = User::new();
+    // Two manifests in one repository: a wasm artifact, and another image standing in for the
+    // native build of the same service.
+    let wasm = user.ok(&["push", artifacts::HELLO, &registry.reference("svc:wasm")]);
+    let other = user.ok(&[
+        "push",
+        examples("multi").to_str().unwrap(),
+        &registry.reference("svc:native"),
+    ]);
+    let entry = |pushed: &str, os: &str, arch: &str| {
+        let digest = pushed.trim().rsplit('@').next().unwrap().to_string();
+        let raw = run_ok(Command::new("skopeo").args([
+            "inspect",
+            "--raw",
+            "--tls-verify=false",
+            &format!("docker://{}@{digest}", registry.reference("svc")),
+        ]));
+        serde_json::json!({
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": digest,
+            "size": raw.len(),
+            "platform": { "os": os, "architecture": arch },
+        })
+    };
+    let put_index = |tag: &str, entries: Vec<serde_json::Value>| {
+        let index = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "manifests": entries,
+        });
+        let url = format!("http://{}/v2/svc/manifests/{tag}", registry.addr);
+        let status = rt().block_on(async {
+            client()
+                .put(url)
+                .header("content-type", "application/vnd.oci.image.index.v1+json")
+                .body(serde_json::to_vec(&index).unwrap())
+                .send()
+                .await
+                .unwrap()
+                .status()
+        });
+        assert!(status.is_success(), "{status}");
+    };
+    put_index(
+        "1",
+        vec![
+            entry(&other, "linux", "amd64"),
+            entry(&wasm, "wasip2", "wasm"),
+        ],
+    );
+    put_index("native-only", vec![entry(&other, "linux", "amd64")]);
+
+    let inspect = user.inspect(&registry.reference("svc:1"));
+    assert_eq!(inspect["kind"], "component", "{inspect}");
+    assert_eq!(
+        inspect["digest"].as_str(),
+        wasm.trim().rsplit('@').next(),
+        "{inspect}"
+    );
+    let server = user.serve(&registry.reference("svc:1"), &[]);
+    assert_eq!(get(server.url("/")).1, "Hello from wms!\n");
+    drop(server);
+
+    let (code, _, err) = user.wms(&["pull", &registry.reference("svc:native-only")]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("without a wasm entry (it has linux/amd64)"),
+        "{err}"
+    );
+}
