@@ -310,17 +310,30 @@ fn compile(args: CompileArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn run_command(args: RunArgs) -> anyhow::Result<ExitCode> {
-    let file = match oci::app_source(&args.file)? {
-        oci::AppSource::Local(path) => path,
-        oci::AppSource::Image(reference) => oci::resolve(
-            &reference,
-            &args.image,
-            matches!(args.engine, Engine::Pulley),
-        )?
-        .wasm
-        .with_context(|| {
-            format!("{reference} is an app image; `wms run` runs a single wasm artifact (serve apps with `wms up`)")
-        })?,
+    // The guest's argv[0]: the file name, or for an image the repository's last segment (the
+    // stored blob is named by its digest).
+    let (file, program) = match oci::app_source(&args.file)? {
+        oci::AppSource::Local(path) => {
+            let program = path.file_name().map_or_else(
+                || path.display().to_string(),
+                |n| n.to_string_lossy().into_owned(),
+            );
+            (path, program)
+        }
+        oci::AppSource::Image(reference) => {
+            let wasm = oci::resolve(&reference, &args.image, matches!(args.engine, Engine::Pulley))?
+                .wasm
+                .with_context(|| {
+                    format!("{reference} is an app image; `wms run` runs a single wasm artifact (serve apps with `wms up`)")
+                })?;
+            let program = reference
+                .repository()
+                .rsplit('/')
+                .next()
+                .unwrap_or_default()
+                .to_string();
+            (wasm, program)
+        }
     };
     let mut env = Vec::new();
     for e in &args.env {
@@ -358,10 +371,7 @@ fn run_command(args: RunArgs) -> anyhow::Result<ExitCode> {
     let max_memory: bytesize::ByteSize = args.max_memory.parse().map_err(|e| {
         anyhow::anyhow!("--max-memory {:?}: {e}; write e.g. 64MiB", args.max_memory)
     })?;
-    let mut argv = vec![file.file_name().map_or_else(
-        || file.display().to_string(),
-        |n| n.to_string_lossy().into_owned(),
-    )];
+    let mut argv = vec![program];
     argv.extend(args.args.iter().cloned());
     let options = wms_runtime::CommandOptions {
         path: file.clone(),

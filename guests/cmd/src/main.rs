@@ -8,6 +8,7 @@ fn main() {
     let action = args.get(1).map(String::as_str).unwrap_or("");
     match action {
         "args" => println!("{}", args[2..].join("|")),
+        "argv0" => println!("{}", args[0]),
         "exit" => std::process::exit(args[2].parse().unwrap()),
         "env" => {
             let mut vars: Vec<String> = std::env::vars().map(|(k, v)| format!("{k}={v}")).collect();

@@ -495,6 +495,10 @@ fn wasm_artifacts_interoperate_with_wkg() {
     let (code, stdout, stderr) = user.wms(&["run", &cmd, "args", "from", "a", "registry"]);
     assert_eq!(code, 0, "{stderr}");
     assert_eq!(stdout.trim(), "from|a|registry", "{stderr}");
+    // argv[0] is the repository's name, not the stored blob's digest.
+    let (code, stdout, stderr) = user.wms(&["run", &cmd, "argv0"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(stdout.trim(), "cmd", "{stderr}");
 }
 
 #[test]
