@@ -154,11 +154,19 @@ impl User {
             .join(digest.strip_prefix("sha256:").unwrap())
     }
 
+    /// Where this user's store keeps the partial download of blob `digest`.
+    fn partial(&self, digest: &str) -> PathBuf {
+        self.cache
+            .path()
+            .join("oci/partial")
+            .join(digest.strip_prefix("sha256:").unwrap())
+    }
+
     /// Leaves `bytes` as the partial download of blob `digest`, as an interrupted pull does.
     fn seed_partial(&self, digest: &str, bytes: &[u8]) {
-        let dir = self.cache.path().join("oci/partial");
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join(digest.strip_prefix("sha256:").unwrap()), bytes).unwrap();
+        let path = self.partial(digest);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, bytes).unwrap();
     }
 
     fn inspect(&self, reference: &str) -> serde_json::Value {
@@ -501,14 +509,20 @@ fn wasm_artifacts_interoperate_with_wkg() {
     assert_eq!(stdout.trim(), "cmd", "{stderr}");
 }
 
-#[test]
-fn a_tampered_blob_is_rejected_and_nothing_is_stored() {
+/// A registry holding examples/hello as `hello:1`, with the reference, the component's bytes and
+/// their digest.
+fn published_hello() -> (Registry, String, Vec<u8>, String) {
     let registry = Registry::start();
-    let user = User::new();
     let reference = registry.reference("hello:1");
-    user.ok(&["push", examples("hello").to_str().unwrap(), &reference]);
+    User::new().ok(&["push", examples("hello").to_str().unwrap(), &reference]);
     let hello = std::fs::read(artifacts::HELLO).unwrap();
     let digest = sha256(&hello);
+    (registry, reference, hello, digest)
+}
+
+#[test]
+fn a_tampered_blob_is_rejected_and_nothing_is_stored() {
+    let (registry, reference, _, digest) = published_hello();
     // Same size, one byte changed, in the registry's own storage.
     let file = registry.blob_file(&digest);
     let mut bytes = std::fs::read(&file).unwrap();
@@ -522,14 +536,7 @@ fn a_tampered_blob_is_rejected_and_nothing_is_stored() {
     assert!(err.contains(&digest), "the error names the blob:\n{err}");
     assert!(err.contains("failed verification"), "{err}");
     assert!(!consumer.blob(&digest).exists());
-    assert!(
-        !consumer
-            .cache
-            .path()
-            .join("oci/partial")
-            .join(&digest[7..])
-            .exists()
-    );
+    assert!(!consumer.partial(&digest).exists());
     // `wms up` refuses it the same way, and serves nothing.
     let (code, out, err) = consumer.wms(&["up", &reference, "--listen", "127.0.0.1:0"]);
     assert_ne!(code, 0);
@@ -539,12 +546,8 @@ fn a_tampered_blob_is_rejected_and_nothing_is_stored() {
 
 #[test]
 fn an_interrupted_pull_resumes_and_a_bad_partial_restarts() {
-    let registry = Registry::start();
-    let user = User::new();
-    let reference = registry.reference("hello:1");
-    user.ok(&["push", examples("hello").to_str().unwrap(), &reference]);
-    let hello = std::fs::read(artifacts::HELLO).unwrap();
-    let digest = sha256(&hello);
+    // `_registry` keeps it serving to the end of the test.
+    let (_registry, reference, hello, digest) = published_hello();
 
     // What an interrupted pull leaves behind: the first part of the blob.
     let consumer = User::new();
