@@ -289,7 +289,7 @@ pub fn login(args: LoginArgs) -> anyhow::Result<ExitCode> {
         bail!("no password: pass --password-stdin and pipe it in");
     };
     if password.is_empty() {
-        bail!("the password is empty");
+        bail!("the password is empty; pipe it in with --password-stdin");
     }
     let options = args.net.options();
     let path = runtime()?.block_on(wms_oci::login(
@@ -370,8 +370,16 @@ pub fn resolve(
             pulled.digest
         }
     };
-    let m = wms_oci::materialize(&store, reference, &digest, target)
-        .map_err(|e| anyhow!("cannot prepare {reference}: {e:#}"))?;
+    let m = wms_oci::materialize(&store, reference, &digest, target).map_err(|e| {
+        let e = format!("{e:#}");
+        if e.contains("help:") {
+            anyhow!("cannot prepare {reference}: {e}")
+        } else {
+            anyhow!(
+                "cannot prepare {reference}: {e}\n  help: the image is not one wms can run as is; `wms inspect {reference}` shows what it holds; ask its publisher to push it again"
+            )
+        }
+    })?;
     if target.is_some() && m.precompiled.is_none() {
         tracing::info!(
             "{reference} has no precompiled code for {}; compiling from the wasm",

@@ -19,11 +19,25 @@ pub fn docker_config_path() -> anyhow::Result<PathBuf> {
 }
 
 /// Credentials for `registry` and a description of where they came from (for errors).
-pub(crate) async fn lookup(registry: &str) -> (RegistryAuth, String) {
+/// A credential helper (`docker-credential-*`) that does not answer within `timeout` (one waiting
+/// for a desktop keyring prompt, say) is given up on with a warning.
+pub(crate) async fn lookup(registry: &str, timeout: std::time::Duration) -> (RegistryAuth, String) {
     let server = registry.to_string();
-    let found = tokio::task::spawn_blocking(move || docker_credential::get_credential(&server))
-        .await
-        .ok();
+    // A thread of its own, not `spawn_blocking`: the runtime waits for blocking tasks when it
+    // shuts down, so a hung helper would hold the process after the pull is done.
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(docker_credential::get_credential(&server));
+    });
+    let found = match tokio::time::timeout(timeout, rx).await {
+        Ok(joined) => joined.ok(),
+        Err(_) => {
+            tracing::warn!(
+                "the credential helper for {registry} did not answer within {timeout:?}; trying anonymously"
+            );
+            None
+        }
+    };
     let path = docker_config_path()
         .map(|p| p.display().to_string())
         .unwrap_or_else(|_| "the Docker config".into());

@@ -20,13 +20,18 @@ pub struct Blob {
     pub media_type: String,
     pub data: Bytes,
     pub annotations: BTreeMap<String, String>,
+    /// sha256 of `data`, computed once (components are megabytes; the digest is asked for by
+    /// deduplication, the descriptor, the config and the push).
+    digest: String,
 }
 
 impl Blob {
     pub fn new(media_type: &str, data: impl Into<Bytes>) -> Self {
+        let data = data.into();
         Self {
             media_type: media_type.to_string(),
-            data: data.into(),
+            digest: sha256_digest(&data),
+            data,
             annotations: BTreeMap::new(),
         }
     }
@@ -37,7 +42,7 @@ impl Blob {
     }
 
     pub fn digest(&self) -> String {
-        sha256_digest(&self.data)
+        self.digest.clone()
     }
 
     pub fn descriptor(&self) -> OciDescriptor {

@@ -163,6 +163,13 @@ pub struct PushReport {
     pub bytes: u64,
 }
 
+/// An image wms cannot read: says so, and what to do.
+fn malformed(doing: &str, reference: &Reference, what: &str) -> anyhow::Error {
+    anyhow!(
+        "{doing}: {reference} is not a well-formed image: {what}\n  help: `wms inspect --remote {reference}` shows what it holds; ask its publisher to push it again"
+    )
+}
+
 enum Fetched {
     Done,
     /// A resumed download did not verify; the partial file is gone.
@@ -197,7 +204,7 @@ impl Registry {
         };
         let client = Client::try_from(config)
             .map_err(|e| anyhow!("cannot set up an HTTP client for {registry}: {e}"))?;
-        let (auth, auth_source) = crate::auth::lookup(&registry).await;
+        let (auth, auth_source) = crate::auth::lookup(&registry, options.timeout).await;
         Ok(Self {
             client,
             auth,
@@ -221,47 +228,38 @@ impl Registry {
             cause = s.to_string();
             source = s.source();
         }
-        match &e {
+        // The client reports a refusal or a missing image in several shapes (typed errors,
+        // registry error codes, bare HTTP statuses); each kind gets one message.
+        let refused = matches!(
+            &e,
             OciDistributionError::UnauthorizedError { .. }
-            | OciDistributionError::AuthenticationFailure(_) => {
-                let help = match self.auth {
-                    RegistryAuth::Anonymous => format!("log in first: `wms login {registry}`"),
-                    _ => format!(
-                        "check the user name and password, or log in again: `wms login {registry}`"
-                    ),
-                };
-                anyhow!(
-                    "{doing}: registry {registry} refused {}\n  help: {help}",
-                    self.auth_source
-                )
-            }
-            _ if text.contains("UNAUTHORIZED") || text.contains("DENIED") => anyhow!(
-                "{doing}: registry {registry} refused {}\n  help: check the credentials, or log in again: `wms login {registry}`",
+                | OciDistributionError::AuthenticationFailure(_)
+        ) || text.contains("UNAUTHORIZED")
+            || text.contains("DENIED")
+            || matches!(&e, OciDistributionError::RequestError(r)
+                if r.status().is_some_and(|s| s.as_u16() == 401 || s.as_u16() == 403));
+        let missing = matches!(&e, OciDistributionError::ImageManifestNotFoundError(_))
+            || text.contains("MANIFEST_UNKNOWN")
+            || text.contains("NAME_UNKNOWN");
+        if refused {
+            let help = match self.auth {
+                RegistryAuth::Anonymous => format!("log in first: `wms login {registry}`"),
+                _ => format!(
+                    "check the user name and password, or log in again: `wms login {registry}`"
+                ),
+            };
+            return anyhow!(
+                "{doing}: registry {registry} refused {}\n  help: {help}",
                 self.auth_source
-            ),
-            OciDistributionError::ImageManifestNotFoundError(_) => anyhow!(
+            );
+        }
+        if missing {
+            return anyhow!(
                 "{doing}: {} does not exist in registry {registry}\n  help: check the repository and tag; `wms push` publishes one",
                 self.reference
-            ),
-            _ if text.contains("MANIFEST_UNKNOWN") || text.contains("NAME_UNKNOWN") => anyhow!(
-                "{doing}: {} does not exist in registry {registry}\n  help: check the repository and tag; `wms push` publishes one",
-                self.reference
-            ),
-            OciDistributionError::RequestError(r)
-                if r.status()
-                    .is_some_and(|s| s.as_u16() == 401 || s.as_u16() == 403) =>
-            {
-                anyhow!(
-                    "{doing}: registry {registry} refused {}\n  help: {}",
-                    self.auth_source,
-                    match self.auth {
-                        RegistryAuth::Anonymous => format!("log in first: `wms login {registry}`"),
-                        _ => format!(
-                            "check the user name and password, or log in again: `wms login {registry}`"
-                        ),
-                    }
-                )
-            }
+            );
+        }
+        match &e {
             OciDistributionError::RequestError(r) if r.is_connect() || r.is_timeout() => {
                 let what = if r.is_timeout() {
                     format!("no answer within {:?}", self.options.timeout)
@@ -327,16 +325,20 @@ impl Registry {
             .into());
         }
         let value: serde_json::Value = serde_json::from_slice(&bytes)
-            .with_context(|| format!("{doing}: the manifest of {reference} is not JSON"))?;
+            .map_err(|e| malformed(doing, reference, &format!("its manifest is not JSON ({e})")))?;
         if value.get("manifests").is_some() {
             if reference.digest().is_some()
                 && reference.tag().is_none()
                 && reference.digest() != Some(digest.as_str())
             {
-                bail!("{doing}: image index loop at {reference}");
+                return Err(malformed(
+                    doing,
+                    reference,
+                    "an image index points at another index",
+                ));
             }
             let index: OciImageIndex = serde_json::from_value(value)
-                .with_context(|| format!("{doing}: bad image index at {reference}"))?;
+                .map_err(|e| malformed(doing, reference, &format!("bad image index ({e})")))?;
             let entry = index
                 .manifests
                 .iter()
@@ -365,7 +367,7 @@ impl Registry {
             return Ok((bytes, digest, manifest));
         }
         let manifest: OciImageManifest = serde_json::from_value(value)
-            .with_context(|| format!("{doing}: bad image manifest at {reference}"))?;
+            .map_err(|e| malformed(doing, reference, &format!("bad image manifest ({e})")))?;
         Ok((bytes.to_vec(), digest, manifest))
     }
 
@@ -443,9 +445,14 @@ impl Registry {
                 })
         }));
         for d in &wanted {
-            digest_hex(&d.digest).with_context(|| format!("{doing}: bad layer descriptor"))?;
+            digest_hex(&d.digest)
+                .map_err(|e| malformed(&doing, &self.reference, &format!("{e:#}")))?;
             if d.size < 0 {
-                bail!("{doing}: blob {} has a negative size", d.digest);
+                return Err(malformed(
+                    &doing,
+                    &self.reference,
+                    &format!("blob {} has a negative size", d.digest),
+                ));
             }
         }
         let missing: Vec<&OciDescriptor> = wanted
@@ -544,8 +551,10 @@ impl Registry {
         }
         let mut hasher = Sha256::new();
         if have > 0 {
-            let existing = std::fs::read(&partial)?;
-            hasher.update(&existing[..have as usize]);
+            // Streamed, not read whole: a partial download may be most of a large blob.
+            use std::io::Read as _;
+            let mut f = std::fs::File::open(&partial)?.take(have);
+            std::io::copy(&mut f, &mut hasher)?;
         }
         let (stream, resumed) = if have > 0 && have < size {
             match self

@@ -833,3 +833,36 @@ fn a_multi_platform_index_is_followed_to_its_wasm_entry() {
         "{err}"
     );
 }
+
+#[test]
+fn a_credential_helper_that_never_answers_is_given_up_on_in_bounded_time() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let (_registry, reference, _, _) = published_hello();
+    let user = User::new();
+    // A credential store whose helper hangs, like one waiting for a desktop keyring prompt.
+    let bin = tempfile::tempdir().unwrap();
+    let helper = bin.path().join("docker-credential-hang");
+    std::fs::write(&helper, "#!/bin/sh\nsleep 60\n").unwrap();
+    std::fs::set_permissions(&helper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::write(
+        user.docker.path().join("config.json"),
+        r#"{"credsStore":"hang"}"#,
+    )
+    .unwrap();
+    let path = format!(
+        "{}:{}",
+        bin.path().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let started = Instant::now();
+    let out = wms_command()
+        .args(["pull", &reference, "--registry-timeout", "2"])
+        .envs(user.env())
+        .env("PATH", path)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("did not answer within 2s"), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(20), "{err}");
+}
