@@ -199,7 +199,7 @@ fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
                 bail!("--build builds a local app; {reference} is an image");
             }
             let m = oci::resolve(&reference, &args.image, pulley)?;
-            (wms_manifest::load(&m.manifest_path)?, m.precompiled)
+            (m.app, m.precompiled)
         }
     };
     if args.build {

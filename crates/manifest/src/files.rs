@@ -24,6 +24,9 @@ pub struct FilesError {
 
 /// Expands the `files` patterns (relative to `app_dir`) of component `id`, without the
 /// `exclude_files` matches. A pattern matching nothing is an error: it is almost always a typo.
+/// Every match, and every file under a matched directory, must stay inside the app directory
+/// once symbolic links are resolved: a `..` that a wildcard matched or a link that leaves the
+/// app is refused, naming it, and so is a link loop.
 pub fn pattern_files(
     app_dir: &Path,
     id: &str,
@@ -47,6 +50,12 @@ pub fn pattern_files(
         })
         .collect::<Result<_, _>>()?;
     let is_excluded = |rel: &Path| excluded.iter().any(|x| x.matches_path(rel));
+    let root = app_dir.canonicalize().map_err(|e| {
+        err(
+            format!("cannot read the app directory {}: {e}", app_dir.display()),
+            "check that it exists and is readable",
+        )
+    })?;
     let mut out = Vec::new();
     for pattern in patterns {
         let full = app_dir.join(pattern);
@@ -65,15 +74,34 @@ pub fn pattern_files(
                 )
             })?;
             let rel = path.strip_prefix(app_dir).unwrap_or(&path).to_path_buf();
+            if rel.is_absolute()
+                || rel
+                    .components()
+                    .any(|c| matches!(c, std::path::Component::ParentDir))
+            {
+                return Err(err(
+                    format!(
+                        "files pattern `{pattern}` matches {}, outside the app directory",
+                        path.display()
+                    ),
+                    "write a pattern whose matches stay under the manifest's directory",
+                ));
+            }
             if is_excluded(&rel) {
                 continue;
             }
             matched += 1;
+            inside(&root, &path).map_err(|m| {
+                err(
+                    m,
+                    "copy the file into the app directory instead of linking to it",
+                )
+            })?;
             if path.is_dir() {
-                for f in walk(&path).map_err(|e| {
+                for f in walk(&root, &path).map_err(|m| {
                     err(
-                        format!("cannot read {}: {e}", path.display()),
-                        "check the permissions",
+                        m,
+                        "copy the files into the app directory instead of linking to them",
                     )
                 })? {
                     let rel = rel.join(&f);
@@ -115,11 +143,15 @@ pub fn guest_files(app_dir: &Path, c: &Component) -> Result<Vec<GuestFile>, File
                 source,
                 destination,
             } => {
-                let files = walk(source).map_err(|e| FilesError {
-                    component: c.id.clone(),
-                    message: format!("cannot read {}: {e}", source.display()),
-                    help: "check that the directory exists and is readable".into(),
-                })?;
+                let files = source
+                    .canonicalize()
+                    .map_err(|e| format!("cannot read {}: {e}", source.display()))
+                    .and_then(|root| walk(&root, source))
+                    .map_err(|message| FilesError {
+                        component: c.id.clone(),
+                        message,
+                        help: "check that the directory exists and is readable, and that no symbolic link in it leaves it".into(),
+                    })?;
                 out.extend(files.into_iter().map(|rel| GuestFile {
                     guest: guest_path(destination, &rel),
                     host: source.join(rel),
@@ -135,19 +167,46 @@ pub fn guest_files(app_dir: &Path, c: &Component) -> Result<Vec<GuestFile>, File
     Ok(out)
 }
 
-/// Regular files under `dir`, as paths relative to it, sorted (symbolic links are followed).
-fn walk(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+/// Fails naming `path` unless it resolves (symbolic links followed) to a place under `root`
+/// (canonical).
+fn inside(root: &Path, path: &Path) -> Result<(), String> {
+    let real = path
+        .canonicalize()
+        .map_err(|e| format!("cannot resolve {}: {e}", path.display()))?;
+    if real.starts_with(root) {
+        Ok(())
+    } else {
+        Err(format!(
+            "{} leads to {}, outside {}",
+            path.display(),
+            real.display(),
+            root.display()
+        ))
+    }
+}
+
+/// Regular files under `dir`, as paths relative to it, sorted. Symbolic links are followed
+/// only while they stay under `root`; a link leaving it, or a loop, is an error naming it.
+fn walk(root: &Path, dir: &Path) -> Result<Vec<PathBuf>, String> {
     let mut out = Vec::new();
-    let mut stack = vec![PathBuf::new()];
-    while let Some(rel) = stack.pop() {
-        for entry in std::fs::read_dir(dir.join(&rel))? {
-            let entry = entry?;
-            let rel = rel.join(entry.file_name());
-            if std::fs::metadata(entry.path())?.is_dir() {
-                stack.push(rel);
-            } else {
-                out.push(rel);
-            }
+    for entry in walkdir::WalkDir::new(dir).follow_links(true).min_depth(1) {
+        let entry = entry.map_err(|e| match e.loop_ancestor() {
+            Some(a) => format!(
+                "symbolic link loop: {} leads back to {}",
+                e.path().map_or(dir, |p| p).display(),
+                a.display()
+            ),
+            None => format!("cannot read {}: {e}", e.path().map_or(dir, |p| p).display()),
+        })?;
+        if entry.path_is_symlink() {
+            inside(root, entry.path())?;
+        }
+        if !entry.file_type().is_dir() {
+            let rel = entry
+                .path()
+                .strip_prefix(dir)
+                .expect("walkdir yields paths under its root");
+            out.push(rel.to_path_buf());
         }
     }
     out.sort();
@@ -185,5 +244,50 @@ mod tests {
         assert_eq!(guest, ["/static/css/a.css", "/static/index.html"]);
         let err = pattern_files(dir.path(), "web", &["nope/*".to_string()], &[]).unwrap_err();
         assert!(err.to_string().contains("`web`"), "{err}");
+    }
+
+    /// An app directory `app` with a sibling `other/secret` outside it.
+    fn app_with_sibling() -> (tempfile::TempDir, PathBuf) {
+        let root = tempfile::tempdir().unwrap();
+        let app = root.path().join("app");
+        std::fs::create_dir_all(app.join("static")).unwrap();
+        std::fs::write(app.join("static/ok.txt"), "ok").unwrap();
+        std::fs::create_dir_all(root.path().join("other")).unwrap();
+        std::fs::write(root.path().join("other/secret"), "secret").unwrap();
+        (root, app)
+    }
+
+    #[test]
+    fn a_wildcard_matching_dot_dot_is_refused() {
+        let (_root, app) = app_with_sibling();
+        let err = pattern_files(&app, "web", &[".?/other/*".to_string()], &[]).unwrap_err();
+        assert!(
+            err.to_string().contains("outside the app directory"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn links_leaving_the_app_or_looping_are_refused() {
+        let (root, app) = app_with_sibling();
+        std::os::unix::fs::symlink(root.path().join("other"), app.join("static/out")).unwrap();
+        let err = pattern_files(&app, "web", &["static".to_string()], &[]).unwrap_err();
+        assert!(err.to_string().contains("static/out leads to"), "{err}");
+        let err = pattern_files(&app, "web", &["static/out".to_string()], &[]).unwrap_err();
+        assert!(err.to_string().contains("outside"), "{err}");
+        std::fs::remove_file(app.join("static/out")).unwrap();
+
+        std::fs::create_dir_all(app.join("static/a")).unwrap();
+        std::os::unix::fs::symlink(app.join("static"), app.join("static/a/up")).unwrap();
+        let err = pattern_files(&app, "web", &["static".to_string()], &[]).unwrap_err();
+        assert!(err.to_string().contains("loop"), "{err}");
+        std::fs::remove_file(app.join("static/a/up")).unwrap();
+
+        // A link that stays inside is followed.
+        std::os::unix::fs::symlink(app.join("static/ok.txt"), app.join("static/a/alias.txt"))
+            .unwrap();
+        let files = pattern_files(&app, "web", &["static".to_string()], &[]).unwrap();
+        let guest: Vec<&str> = files.iter().map(|f| f.guest.as_str()).collect();
+        assert_eq!(guest, ["/static/a/alias.txt", "/static/ok.txt"]);
     }
 }

@@ -43,6 +43,31 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_MAX_MEMORY: u64 = 128 << 20;
 /// Process-wide concurrent request limit when the application sets none.
 pub const DEFAULT_MAX_CONCURRENT_REQUESTS: usize = 1000;
+/// The longest `timeout` a component may set.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+/// The largest `max_memory` a component may set: the whole 32-bit wasm address space.
+pub const MAX_MEMORY: u64 = 4 << 30;
+/// The largest `max_concurrent_requests` (process or component): each request is a live instance.
+pub const MAX_CONCURRENT_REQUESTS: usize = 65_536;
+
+/// The layers of the image an app manifest came from, as that manifest may name them
+/// (`{ digest = "sha256:..." }`). The implementation decides which digests are layers of the
+/// image and of which kind; an error says why a digest may not be used.
+pub trait ImageLayers {
+    /// The verified wasm blob of component layer `digest`.
+    fn component(&self, digest: &str) -> Result<PathBuf, String>;
+    /// The directory where files layer `digest` is unpacked.
+    fn files(&self, digest: &str) -> Result<PathBuf, String>;
+}
+
+/// Where a manifest comes from, which decides what it may name.
+#[derive(Clone, Copy)]
+enum Origin<'a> {
+    /// A local manifest the operator pointed at: trusted, paths relative to its directory.
+    Local,
+    /// An image's app manifest: untrusted data that can name only the image's own layers.
+    Image(&'a dyn ImageLayers),
+}
 
 /// A validated application.
 #[derive(Debug, Clone)]
@@ -191,8 +216,35 @@ pub fn load(path: &Path) -> Result<App, ManifestError> {
 
 /// Validates manifest text; `file` is used for error messages and to resolve relative paths.
 pub fn parse(file: &Path, text: &str) -> Result<App, ManifestError> {
+    let dir = file
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let dir = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
     Parser {
         file,
+        dir,
+        origin: Origin::Local,
+        locator: Locator::new(text),
+    }
+    .parse(text)
+}
+
+/// Validates the app manifest of an image. It is data from an untrusted publisher: a component's
+/// `source` and its files can only be layers of the image, named by digest and resolved by
+/// `layers`; a host path in any form (string source, file pattern, directory mapping), build
+/// steps and `exclude_files` are refused. `label` names the manifest in errors; `dir` is the
+/// directory the image was prepared in.
+pub fn parse_image(
+    label: &Path,
+    dir: &Path,
+    text: &str,
+    layers: &dyn ImageLayers,
+) -> Result<App, ManifestError> {
+    Parser {
+        file: label,
+        dir: dir.to_path_buf(),
+        origin: Origin::Image(layers),
         locator: Locator::new(text),
     }
     .parse(text)
@@ -200,8 +252,14 @@ pub fn parse(file: &Path, text: &str) -> Result<App, ManifestError> {
 
 struct Parser<'a> {
     file: &'a Path,
+    /// The directory relative paths are resolved against.
+    dir: PathBuf,
+    origin: Origin<'a>,
     locator: Locator<'a>,
 }
+
+/// The help line for a host path found in an image's manifest.
+const IMAGE_PATH_HELP: &str = "an image's manifest can name only the image's own layers, as `{ digest = \"sha256:...\" }`; ask the publisher to push the app again with `wms push`";
 
 impl Parser<'_> {
     fn err_at(&self, span: std::ops::Range<usize>, message: impl Into<String>) -> ManifestError {
@@ -243,18 +301,7 @@ impl Parser<'_> {
             }
         }
         let m: schema::Manifest = toml::from_str(text).map_err(|e| self.toml_error(&e))?;
-        let dir = self
-            .file
-            .parent()
-            .map(|p| {
-                if p.as_os_str().is_empty() {
-                    Path::new(".")
-                } else {
-                    p
-                }
-            })
-            .unwrap_or(Path::new("."));
-        let dir = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
+        let dir = self.dir.clone();
 
         self.unsupported(&m.variables, "`variables` (application variables)",
             "remove the [variables] table and pass settings through `environment`; variables are planned")?;
@@ -292,7 +339,7 @@ impl Parser<'_> {
             .as_ref()
             .and_then(|t| t.get_ref().max_concurrent_requests.as_ref())
         {
-            max_concurrent = self.positive(n, "max_concurrent_requests")?;
+            max_concurrent = self.count(n, "max_concurrent_requests")?;
         }
 
         let mut components = IndexMap::new();
@@ -517,13 +564,38 @@ impl Parser<'_> {
                 .help("rename it to `allowed_outbound_hosts` and write each entry as `https://host[:port]`"));
         }
 
-        let source = match c.source.get_ref() {
-            toml::Value::String(s) => dir.join(s),
-            toml::Value::Table(_) => {
+        let source = match (c.source.get_ref(), self.origin) {
+            (toml::Value::String(s), Origin::Local) => dir.join(s),
+            (toml::Value::String(s), Origin::Image(_)) => {
+                return Err(self
+                    .err_at(
+                        c.source.span(),
+                        feature(&format!("`source` names the host path `{s}`")),
+                    )
+                    .help(IMAGE_PATH_HELP));
+            }
+            (toml::Value::Table(t), Origin::Image(layers)) => {
+                let digest = match t.get("digest") {
+                    Some(toml::Value::String(d)) if t.len() == 1 => d,
+                    _ => {
+                        return Err(self
+                            .err_at(
+                                c.source.span(),
+                                feature("`source` must be `{ digest = \"sha256:...\" }`"),
+                            )
+                            .help(IMAGE_PATH_HELP));
+                    }
+                };
+                layers.component(digest).map_err(|e| {
+                    self.err_at(c.source.span(), feature(&format!("`source`: {e}")))
+                        .help(IMAGE_PATH_HELP)
+                })?
+            }
+            (toml::Value::Table(_), Origin::Local) => {
                 return Err(self.err_at(c.source.span(), feature("remote `source` (url and digest) is not supported"))
                     .help("download the .wasm and point `source` at the local file, or publish the app to a registry"));
             }
-            _ => {
+            (_, _) => {
                 return Err(self
                     .err_at(
                         c.source.span(),
@@ -544,24 +616,94 @@ impl Parser<'_> {
             allowed.push(a);
         }
 
+        if let Origin::Image(_) = self.origin {
+            if let Some(b) = &c.build {
+                return Err(self
+                    .err_at(b.span(), feature("an image's manifest has no build steps"))
+                    .help(IMAGE_PATH_HELP));
+            }
+            if let Some(x) = c.exclude_files.first() {
+                return Err(self
+                    .err_at(x.span(), feature("`exclude_files` names host files"))
+                    .help(IMAGE_PATH_HELP));
+            }
+        }
         let mut files = Vec::new();
         for f in &c.files {
-            match f.get_ref() {
-                schema::FileEntry::Pattern(p) => {
+            match (f.get_ref(), self.origin) {
+                (schema::FileEntry::Pattern(p), Origin::Image(_)) => {
+                    return Err(self
+                        .err_at(
+                            f.span(),
+                            feature(&format!("file pattern `{p}` names host files")),
+                        )
+                        .help(IMAGE_PATH_HELP));
+                }
+                (
+                    schema::FileEntry::Mapping {
+                        source: schema::FileSource::Path(source),
+                        ..
+                    },
+                    Origin::Image(_),
+                ) => {
+                    return Err(self
+                        .err_at(
+                            f.span(),
+                            feature(&format!("file source `{source}` is a host path")),
+                        )
+                        .help(IMAGE_PATH_HELP));
+                }
+                (
+                    schema::FileEntry::Mapping {
+                        source: schema::FileSource::Layer(layer),
+                        destination,
+                    },
+                    Origin::Image(layers),
+                ) => {
+                    let destination = self.guest_destination(f.span(), &feature, destination)?;
+                    let source = layers.files(&layer.digest).map_err(|e| {
+                        self.err_at(f.span(), feature(&format!("`files`: {e}")))
+                            .help(IMAGE_PATH_HELP)
+                    })?;
+                    files.push(FileMount::Directory {
+                        source,
+                        destination,
+                    });
+                }
+                (
+                    schema::FileEntry::Mapping {
+                        source: schema::FileSource::Layer(layer),
+                        ..
+                    },
+                    Origin::Local,
+                ) => {
+                    return Err(self
+                        .err_at(
+                            f.span(),
+                            feature(&format!(
+                                "file source `{{ digest = \"{}\" }}` names an image layer",
+                                layer.digest
+                            )),
+                        )
+                        .help(
+                            "in a local manifest, `source` is a directory relative to the manifest",
+                        ));
+                }
+                (schema::FileEntry::Pattern(p), Origin::Local) => {
                     if Path::new(p).is_absolute() || p.split('/').any(|s| s == "..") {
                         return Err(self.err_at(f.span(), feature(&format!("file pattern `{p}` leaves the app directory")))
                             .help("use a pattern relative to the manifest, or `{ source = \"DIR\", destination = \"/PATH\" }`"));
                     }
                     files.push(FileMount::Pattern { pattern: p.clone() });
                 }
-                schema::FileEntry::Mapping {
-                    source,
-                    destination,
-                } => {
-                    if !destination.starts_with('/') {
-                        return Err(self.err_at(f.span(), feature(&format!("file destination `{destination}` must be absolute")))
-                            .help("write the guest path from the root, e.g. `destination = \"/static\"`"));
-                    }
+                (
+                    schema::FileEntry::Mapping {
+                        source: schema::FileSource::Path(source),
+                        destination,
+                    },
+                    Origin::Local,
+                ) => {
+                    let destination = self.guest_destination(f.span(), &feature, destination)?;
                     let src = dir.join(source);
                     if !src.is_dir() {
                         return Err(self.err_at(f.span(), feature(&format!("file source `{source}` is not a directory")))
@@ -569,7 +711,7 @@ impl Parser<'_> {
                     }
                     files.push(FileMount::Directory {
                         source: src,
-                        destination: destination.clone(),
+                        destination,
                     });
                 }
             }
@@ -578,6 +720,7 @@ impl Parser<'_> {
         let build = match &c.build {
             None => None,
             Some(b) => {
+                let b = b.get_ref();
                 let command = match b.command.get_ref() {
                     toml::Value::String(s) if !s.trim().is_empty() => vec![s.clone()],
                     toml::Value::Array(a) if !a.is_empty() && a.iter().all(|v| v.is_str()) => {
@@ -608,9 +751,15 @@ impl Parser<'_> {
                     )
                     .help("write a duration such as \"500ms\", \"30s\" or \"2m\"")
                 })?;
-                if d.is_zero() {
+                if d < Duration::from_millis(1) || d > MAX_TIMEOUT {
                     return Err(self
-                        .err_at(t.span(), feature("timeout must be greater than zero"))
+                        .err_at(
+                            t.span(),
+                            feature(&format!(
+                                "timeout `{}` is outside the allowed range (1ms to 24h)",
+                                t.get_ref()
+                            )),
+                        )
                         .help("a timeout is always in force; write e.g. \"30s\""));
                 }
                 limits.timeout = d;
@@ -623,21 +772,21 @@ impl Parser<'_> {
                     )
                     .help("write a size such as \"64MiB\" or \"1GiB\"")
                 })?;
-                if size.as_u64() < 64 * 1024 {
+                if size.as_u64() < 64 * 1024 || size.as_u64() > MAX_MEMORY {
                     return Err(self
                         .err_at(
                             m.span(),
                             feature(&format!(
-                                "max_memory `{}` is smaller than one 64KiB wasm page",
+                                "max_memory `{}` is outside the allowed range (one 64KiB wasm page to 4GiB)",
                                 m.get_ref()
                             )),
                         )
-                        .help("write a size of at least \"1MiB\""));
+                        .help("write a size such as \"64MiB\" or \"1GiB\""));
                 }
                 limits.max_memory = size.as_u64();
             }
             if let Some(n) = &t.max_concurrent_requests {
-                limits.max_concurrent_requests = Some(self.positive(n, "max_concurrent_requests")?);
+                limits.max_concurrent_requests = Some(self.count(n, "max_concurrent_requests")?);
             }
         }
 
@@ -647,7 +796,11 @@ impl Parser<'_> {
             description: c.description.clone(),
             environment: c.environment.clone(),
             files,
-            exclude_files: c.exclude_files.clone(),
+            exclude_files: c
+                .exclude_files
+                .iter()
+                .map(|x| x.get_ref().clone())
+                .collect(),
             allowed_outbound_hosts: allowed,
             build,
             limits,
@@ -655,16 +808,40 @@ impl Parser<'_> {
         })
     }
 
-    fn positive(&self, n: &Spanned<i64>, what: &str) -> Result<usize, ManifestError> {
+    /// A request count in `1..=MAX_CONCURRENT_REQUESTS`.
+    fn count(&self, n: &Spanned<i64>, what: &str) -> Result<usize, ManifestError> {
         match usize::try_from(*n.get_ref()) {
-            Ok(v) if v > 0 => Ok(v),
+            Ok(v) if (1..=MAX_CONCURRENT_REQUESTS).contains(&v) => Ok(v),
             _ => Err(self
                 .err_at(
                     n.span(),
-                    format!("`{what}` must be a positive integer, not {}", n.get_ref()),
+                    format!(
+                        "`{what}` must be between 1 and {MAX_CONCURRENT_REQUESTS}, not {}",
+                        n.get_ref()
+                    ),
                 )
                 .help("write a number of requests such as 100")),
         }
+    }
+
+    /// A `destination`: an absolute guest path that does not climb with `..`.
+    fn guest_destination(
+        &self,
+        span: std::ops::Range<usize>,
+        feature: &dyn Fn(&str) -> String,
+        destination: &str,
+    ) -> Result<String, ManifestError> {
+        if !destination.starts_with('/') || destination.split('/').any(|s| s == "..") {
+            return Err(self
+                .err_at(
+                    span,
+                    feature(&format!(
+                        "file destination `{destination}` must be an absolute guest path without `..`"
+                    )),
+                )
+                .help("write the guest path from the root, e.g. `destination = \"/static\"`"));
+        }
+        Ok(destination.to_string())
     }
 
     fn toml_error(&self, e: &toml::de::Error) -> ManifestError {

@@ -144,13 +144,13 @@ pub struct Component {
     #[serde(default)]
     pub files: Vec<Spanned<FileEntry>>,
     #[serde(default)]
-    pub exclude_files: Vec<String>,
+    pub exclude_files: Vec<Spanned<String>>,
     #[serde(default)]
     pub allowed_outbound_hosts: Vec<Spanned<String>>,
     #[serde(default)]
     pub allowed_http_hosts: Raw,
     #[serde(default)]
-    pub build: Option<Build>,
+    pub build: Option<Spanned<Build>>,
     #[serde(default)]
     pub tool: ComponentTools,
     #[serde(default)]
@@ -173,7 +173,26 @@ pub struct Component {
 #[serde(untagged)]
 pub enum FileEntry {
     Pattern(String),
-    Mapping { source: String, destination: String },
+    Mapping {
+        source: FileSource,
+        destination: String,
+    },
+}
+
+/// Where a `{ source, destination }` mapping's files come from: a directory (local manifests)
+/// or a files layer of the image the manifest came from.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum FileSource {
+    Path(String),
+    Layer(LayerRef),
+}
+
+/// `{ digest = "sha256:..." }`: a layer of the image holding the manifest.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LayerRef {
+    pub digest: String,
 }
 
 #[derive(Debug, Deserialize)]

@@ -22,7 +22,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, anyhow, bail};
-use oci_client::manifest::OciImageManifest;
+use oci_client::manifest::{OciDescriptor, OciImageManifest};
 use serde::Serialize;
 
 pub use image::{ImageBuild, Precompiled};
@@ -68,8 +68,9 @@ impl ImageKind {
 /// An image in the store, ready to run.
 #[derive(Debug, Clone)]
 pub struct Materialized {
-    /// The app manifest to load (`wms up`).
-    pub manifest_path: PathBuf,
+    /// The app, from the image's manifest read as untrusted data: its components and files are
+    /// the image's own verified layers and nothing else (`wms up`).
+    pub app: wms_manifest::App,
     /// For a single component: the wasm file (`wms run`).
     pub wasm: Option<PathBuf>,
     /// Precompiled code for the requested target, in the layout `wms up --precompiled` reads.
@@ -123,6 +124,7 @@ pub fn materialize(
         verify_stored(store, &l.digest)?;
     }
     let dir = store.app_dir(digest)?;
+    let app_manifest = app_manifest_text(store, reference, &manifest, kind)?;
     let wasm = match kind {
         ImageKind::Component => manifest
             .layers
@@ -132,11 +134,20 @@ pub fn materialize(
             .transpose()?,
         ImageKind::App => None,
     };
-    if !dir.join("wms.toml").exists() {
-        build_once(&dir, |tmp| {
-            build_app_dir(store, reference, &manifest, kind, tmp, &dir)
-        })?;
+    if !dir.exists() {
+        build_once(&dir, |tmp| unpack_files(store, &manifest, tmp))?;
     }
+    let layers = LayerSet {
+        manifest: &manifest,
+        place: &|layer: &OciDescriptor| {
+            if layer.media_type == media::FILES_TAR {
+                Ok(dir.join("files").join(store::digest_hex(&layer.digest)?))
+            } else {
+                store.blob_path(&layer.digest)
+            }
+        },
+    };
+    let app = app_manifest.parse(&dir, &layers)?;
     let mut precompiled = None;
     if let Some(target) = precompiled_target {
         let pdir = dir.with_extension(format!("precompiled-{target}"));
@@ -148,7 +159,7 @@ pub fn materialize(
         }
     }
     Ok(Materialized {
-        manifest_path: dir.join("wms.toml"),
+        app,
         wasm,
         precompiled,
     })
@@ -174,15 +185,49 @@ fn build_once(dir: &Path, fill: impl FnOnce(&Path) -> anyhow::Result<()>) -> any
     Ok(())
 }
 
-fn build_app_dir(
+/// Unpacks every files layer of an image into `out/files/HEX`, where its manifest's
+/// `{ digest }` file sources find them.
+fn unpack_files(store: &Store, manifest: &OciImageManifest, out: &Path) -> anyhow::Result<()> {
+    for l in manifest
+        .layers
+        .iter()
+        .filter(|l| l.media_type == media::FILES_TAR)
+    {
+        let to = out.join("files").join(store::digest_hex(&l.digest)?);
+        if to.exists() {
+            continue;
+        }
+        extract_tar(&store.read_blob(&l.digest)?, &to)
+            .with_context(|| format!("cannot unpack files layer {}", l.digest))?;
+    }
+    Ok(())
+}
+
+/// An image's app manifest: the publisher's text for an app image, or one written here for a
+/// single component (a catch-all route to its one wasm layer).
+struct AppManifestText {
+    label: PathBuf,
+    text: String,
+}
+
+impl AppManifestText {
+    /// Reads it into the typed app model as untrusted data: only `layers` can be named.
+    fn parse(&self, dir: &Path, layers: &LayerSet<'_>) -> anyhow::Result<wms_manifest::App> {
+        Ok(wms_manifest::parse_image(
+            &self.label,
+            dir,
+            &self.text,
+            layers,
+        )?)
+    }
+}
+
+fn app_manifest_text(
     store: &Store,
     reference: &Reference,
     manifest: &OciImageManifest,
     kind: ImageKind,
-    tmp: &Path,
-    dir: &Path,
-) -> anyhow::Result<()> {
-    let layer_digests: Vec<&str> = manifest.layers.iter().map(|l| l.digest.as_str()).collect();
+) -> anyhow::Result<AppManifestText> {
     match kind {
         ImageKind::Component => {
             let layer = manifest
@@ -190,16 +235,10 @@ fn build_app_dir(
                 .iter()
                 .find(|l| media::is_wasm_layer(&l.media_type))
                 .context("no wasm layer")?;
-            let source = store.blob_path(&layer.digest)?;
-            let id = component_id(reference.repository());
-            // JSON string syntax is valid TOML basic-string syntax.
-            let quote = |s: &str| serde_json::to_string(s).expect("strings serialize");
-            let text = format!(
-                "spin_manifest_version = 2\n\n[application]\nname = {id_q}\n\n[[trigger.http]]\nroute = \"/...\"\ncomponent = {id_q}\n\n[component.{id}]\nsource = {src}\n",
-                id_q = quote(&id),
-                src = quote(&source.to_string_lossy()),
-            );
-            std::fs::write(tmp.join("wms.toml"), text)?;
+            Ok(AppManifestText {
+                label: PathBuf::from(format!("{} (wasm artifact)", reference.whole())),
+                text: component_manifest(reference, &layer.digest),
+            })
         }
         ImageKind::App => {
             let layer = manifest
@@ -209,55 +248,64 @@ fn build_app_dir(
                 .context("no app manifest layer")?;
             let text = String::from_utf8(store.read_blob(&layer.digest)?)
                 .context("the app manifest layer is not UTF-8 text")?;
-            let mut doc: toml_edit::DocumentMut = text
-                .parse()
-                .context("the app manifest layer is not valid TOML")?;
-            let named = |value: Option<&toml_edit::Value>, what: &str| -> anyhow::Result<String> {
-                let d = value
-                    .and_then(|v| v.as_inline_table())
-                    .and_then(|t| t.get("digest"))
-                    .and_then(|d| d.as_str())
-                    .with_context(|| format!("{what}: expected `{{ digest = \"sha256:...\" }}`"))?;
-                if !layer_digests.contains(&d) {
-                    bail!("{what} names blob {d}, which is not a layer of this image");
-                }
-                Ok(d.to_string())
-            };
-            let components = doc
-                .get_mut("component")
-                .and_then(|c| c.as_table_like_mut())
-                .context("the app manifest has no components")?;
-            for (id, c) in components.iter_mut() {
-                let what = format!("image app manifest, component `{id}`");
-                let c = c
-                    .as_table_like_mut()
-                    .with_context(|| format!("{what}: not a table"))?;
-                let d = named(
-                    c.get("source").and_then(|s| s.as_value()),
-                    &format!("{what}, `source`"),
-                )?;
-                c.insert(
-                    "source",
-                    toml_edit::value(store.blob_path(&d)?.to_string_lossy().into_owned()),
-                );
-                if let Some(files) = c.get_mut("files").and_then(|f| f.as_array_mut()) {
-                    for f in files.iter_mut() {
-                        let t = f
-                            .as_inline_table_mut()
-                            .with_context(|| format!("{what}, `files`: expected inline tables"))?;
-                        let d = named(t.get("source"), &format!("{what}, `files`"))?;
-                        let out = tmp.join("files").join(store::digest_hex(&d)?);
-                        extract_tar(&store.read_blob(&d)?, &out)
-                            .with_context(|| format!("{what}: cannot unpack files layer {d}"))?;
-                        let final_path = dir.join("files").join(store::digest_hex(&d)?);
-                        t.insert("source", final_path.to_string_lossy().into_owned().into());
-                    }
-                }
-            }
-            std::fs::write(tmp.join("wms.toml"), doc.to_string())?;
+            Ok(AppManifestText {
+                label: PathBuf::from(format!("{} (app manifest layer)", reference.whole())),
+                text,
+            })
         }
     }
-    Ok(())
+}
+
+/// The manifest of a single-component artifact: its one wasm layer on every path.
+fn component_manifest(reference: &Reference, digest: &str) -> String {
+    let id = component_id(reference.repository());
+    // JSON string syntax is valid TOML basic-string syntax.
+    let quote = |s: &str| serde_json::to_string(s).expect("strings serialize");
+    format!(
+        "spin_manifest_version = 2\n\n[application]\nname = {id_q}\n\n[[trigger.http]]\nroute = \"/...\"\ncomponent = {id_q}\n\n[component.{id}]\nsource = {{ digest = {d} }}\n",
+        id_q = quote(&id),
+        d = quote(digest),
+    )
+}
+
+/// The layers an image's app manifest may name, and where each is found on this host. Both
+/// `wms up` and `wms inspect` resolve through it, so what inspect shows is what is mounted.
+struct LayerSet<'a> {
+    manifest: &'a OciImageManifest,
+    place: &'a dyn Fn(&OciDescriptor) -> anyhow::Result<PathBuf>,
+}
+
+impl LayerSet<'_> {
+    fn find(
+        &self,
+        digest: &str,
+        kind: &str,
+        wanted: impl Fn(&str) -> bool,
+    ) -> Result<PathBuf, String> {
+        let layer = self
+            .manifest
+            .layers
+            .iter()
+            .find(|l| l.digest == digest)
+            .ok_or_else(|| format!("blob {digest} is not a layer of this image"))?;
+        if !wanted(&layer.media_type) {
+            return Err(format!(
+                "layer {digest} is {}, not {kind}",
+                layer.media_type
+            ));
+        }
+        (self.place)(layer).map_err(|e| format!("{e:#}"))
+    }
+}
+
+impl wms_manifest::ImageLayers for LayerSet<'_> {
+    fn component(&self, digest: &str) -> Result<PathBuf, String> {
+        self.find(digest, "a wasm layer", media::is_wasm_layer)
+    }
+
+    fn files(&self, digest: &str) -> Result<PathBuf, String> {
+        self.find(digest, "a files layer", |t| t == media::FILES_TAR)
+    }
 }
 
 /// Writes this target's precompiled layers in the layout `wms up --precompiled` reads.
@@ -355,6 +403,8 @@ pub struct Inspection {
     pub config_summary: BTreeMap<String, serde_json::Value>,
     pub layers: Vec<Descriptor>,
     pub components: Vec<ComponentSummary>,
+    /// Why the image's app manifest would be refused by `wms up`, if it would.
+    pub refused: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -380,50 +430,15 @@ pub struct ComponentSummary {
     pub environment: Vec<String>,
     /// Guest paths where files are mounted.
     pub files: Vec<String>,
+    /// What is mounted where: each guest path and the files layer it shows.
+    pub mounts: Vec<Mount>,
 }
 
-/// The capabilities the app manifest layer grants component `id`.
-fn capabilities(app_manifest: Option<&str>, id: &str) -> (Vec<String>, Vec<String>, Vec<String>) {
-    let Some(doc) = app_manifest.and_then(|t| t.parse::<toml_edit::DocumentMut>().ok()) else {
-        return Default::default();
-    };
-    let Some(c) = doc
-        .get("component")
-        .and_then(|c| c.get(id))
-        .and_then(|c| c.as_table_like())
-    else {
-        return Default::default();
-    };
-    let strings = |key: &str| -> Vec<String> {
-        c.get(key)
-            .and_then(|v| v.as_array())
-            .map(|a| {
-                a.iter()
-                    .filter_map(|v| v.as_str().map(str::to_string))
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
-    let env = c
-        .get("environment")
-        .and_then(|e| e.as_table_like())
-        .map(|t| t.iter().map(|(k, _)| k.to_string()).collect())
-        .unwrap_or_default();
-    let files = c
-        .get("files")
-        .and_then(|f| f.as_array())
-        .map(|a| {
-            a.iter()
-                .filter_map(|f| {
-                    f.as_inline_table()?
-                        .get("destination")?
-                        .as_str()
-                        .map(str::to_string)
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    (strings("allowed_outbound_hosts"), env, files)
+/// A files layer mounted at a guest path.
+#[derive(Debug, Serialize)]
+pub struct Mount {
+    pub destination: String,
+    pub layer: String,
 }
 
 /// Describes an image from its manifest and config, and for an app image its manifest layer
@@ -450,6 +465,7 @@ pub fn describe(
         }
     }
     let mut components = Vec::new();
+    let mut refused = None;
     match kind {
         Some(ImageKind::Component) => {
             let wc: Option<image::WasmConfig> = serde_json::from_slice(config).ok();
@@ -472,33 +488,68 @@ pub fn describe(
                     allowed_outbound_hosts: Vec::new(),
                     environment: Vec::new(),
                     files: Vec::new(),
+                    mounts: Vec::new(),
                 });
             }
         }
         Some(ImageKind::App) => {
-            for l in manifest
-                .layers
-                .iter()
-                .filter(|l| media::is_wasm_layer(&l.media_type))
-            {
-                let ann = l.annotations.clone().unwrap_or_default();
-                let id = ann
-                    .get(media::ANN_COMPONENT)
-                    .cloned()
-                    .unwrap_or_else(|| "?".into());
-                let (allowed_outbound_hosts, environment, files) = capabilities(app_manifest, &id);
-                components.push(ComponentSummary {
-                    id,
-                    allowed_outbound_hosts,
-                    environment,
-                    files,
-                    digest: l.digest.clone(),
-                    size: l.size,
-                    wasi: ann.get(media::ANN_WASI).cloned(),
-                    world: ann.get(media::ANN_WORLD).cloned(),
-                    imports: Vec::new(),
-                    exports: Vec::new(),
-                });
+            // The same parse `wms up` runs, with each layer standing for itself instead of a
+            // file in the store: what is listed here is what would be mounted.
+            let place = |l: &OciDescriptor| Ok(PathBuf::from(&l.digest));
+            let layers = LayerSet {
+                manifest,
+                place: &place,
+            };
+            let parsed = AppManifestText {
+                label: PathBuf::from(format!("{} (app manifest layer)", reference.whole())),
+                text: app_manifest.unwrap_or_default().to_string(),
+            }
+            .parse(Path::new("/"), &layers);
+            match parsed {
+                Ok(app) => {
+                    for (id, c) in &app.components {
+                        let digest = c.source.to_string_lossy().into_owned();
+                        let layer = manifest.layers.iter().find(|l| l.digest == digest);
+                        let ann = layer
+                            .and_then(|l| l.annotations.clone())
+                            .unwrap_or_default();
+                        let mounts: Vec<Mount> = c
+                            .files
+                            .iter()
+                            .map(|f| match f {
+                                wms_manifest::FileMount::Directory {
+                                    source,
+                                    destination,
+                                } => Mount {
+                                    destination: destination.clone(),
+                                    layer: source.to_string_lossy().into_owned(),
+                                },
+                                wms_manifest::FileMount::Pattern { pattern } => Mount {
+                                    destination: pattern.clone(),
+                                    layer: String::new(),
+                                },
+                            })
+                            .collect();
+                        components.push(ComponentSummary {
+                            id: id.clone(),
+                            allowed_outbound_hosts: c
+                                .allowed_outbound_hosts
+                                .iter()
+                                .map(ToString::to_string)
+                                .collect(),
+                            environment: c.environment.keys().cloned().collect(),
+                            files: mounts.iter().map(|m| m.destination.clone()).collect(),
+                            mounts,
+                            size: layer.map_or(0, |l| l.size),
+                            digest,
+                            wasi: ann.get(media::ANN_WASI).cloned(),
+                            world: ann.get(media::ANN_WORLD).cloned(),
+                            imports: Vec::new(),
+                            exports: Vec::new(),
+                        });
+                    }
+                }
+                Err(e) => refused = Some(format!("{e:#}")),
             }
         }
         None => {}
@@ -511,6 +562,7 @@ pub fn describe(
         config_summary,
         layers: manifest.layers.iter().map(desc).collect(),
         components,
+        refused,
     }
 }
 
@@ -579,7 +631,18 @@ impl std::fmt::Display for Inspection {
             };
             writeln!(f, "    outbound {}", or_none(&c.allowed_outbound_hosts))?;
             writeln!(f, "    env      {}", or_none(&c.environment))?;
-            writeln!(f, "    files    {}", or_none(&c.files))?;
+            let mounts: Vec<String> = c
+                .mounts
+                .iter()
+                .map(|m| format!("{} <- files layer {}", m.destination, m.layer))
+                .collect();
+            writeln!(f, "    files    {}", or_none(&mounts))?;
+        }
+        if let Some(why) = &self.refused {
+            writeln!(f, "Refused    wms will not run this image:")?;
+            for line in why.lines() {
+                writeln!(f, "  {line}")?;
+            }
         }
         Ok(())
     }

@@ -448,6 +448,11 @@ fn parse_head(head: &[u8]) -> Result<CgiHead, String> {
             }
             "location" => location = true,
             "content-type" => content_type = true,
+            // Framing and connection management are the server's: a module that sets them
+            // could make the client read the rest of its output as another response. wms
+            // frames the body itself.
+            "content-length" | "transfer-encoding" | "connection" | "keep-alive"
+            | "proxy-connection" | "te" | "trailer" | "upgrade" => continue,
             _ => {}
         }
         let header = HeaderName::try_from(name.as_str())
@@ -485,6 +490,9 @@ mod tests {
         assert!(parse_head(b"hello world").is_err());
         assert!(parse_head(b"x-only: 1").is_err());
         assert!(parse_head(b"status: abc").is_err());
+        let h = parse_head(b"content-type: text/plain\ncontent-length: 2\nConnection: close\nTransfer-Encoding: chunked\nupgrade: h2c").unwrap();
+        let names: Vec<&str> = h.headers.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["content-type"]);
         assert_eq!(find_head_end(b"a: b\n\nbody"), Some((4, 6)));
         assert_eq!(find_head_end(b"a: b\r\n\r\nbody"), Some((5, 8)));
         assert_eq!(find_head_end(b"a: b\r\n"), None);

@@ -866,3 +866,192 @@ fn a_credential_helper_that_never_answers_is_given_up_on_in_bounded_time() {
     assert!(err.contains("did not answer within 2s"), "{err}");
     assert!(started.elapsed() < Duration::from_secs(20), "{err}");
 }
+
+/// Publishes, next to the image `base` (a wms app image), an image `tag` whose app manifest
+/// layer is `manifest(wasm_digest)`: what a hostile publisher can push. Returns its reference.
+fn republish_with_app_manifest(
+    registry: &Registry,
+    base: &str,
+    tag: &str,
+    manifest: impl Fn(&str) -> String,
+) -> String {
+    let repo = base.split('/').nth(1).unwrap().split(':').next().unwrap();
+    let raw = run_ok(Command::new("skopeo").args([
+        "inspect",
+        "--raw",
+        "--tls-verify=false",
+        &format!("docker://{base}"),
+    ]));
+    let mut image: serde_json::Value = serde_json::from_str(&raw).unwrap();
+    let wasm = image["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["mediaType"] == "application/wasm")
+        .unwrap()["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let text = manifest(&wasm);
+    let digest = sha256(text.as_bytes());
+    rt().block_on(async {
+        let c = client();
+        let r = c
+            .post(format!("http://{}/v2/{repo}/blobs/uploads/", registry.addr))
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "{}", r.status());
+        let location = r.headers()["location"].to_str().unwrap().to_string();
+        let location = if location.starts_with('/') {
+            format!("http://{}{location}", registry.addr)
+        } else {
+            location
+        };
+        let sep = if location.contains('?') { '&' } else { '?' };
+        let r = c
+            .put(format!("{location}{sep}digest={digest}"))
+            .header("content-type", "application/octet-stream")
+            .body(text.clone())
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "{}", r.status());
+        for l in image["layers"].as_array_mut().unwrap() {
+            if l["mediaType"] == "application/vnd.wms.app.manifest.v1+toml" {
+                l["digest"] = digest.clone().into();
+                l["size"] = text.len().into();
+            }
+        }
+        let r = c
+            .put(format!(
+                "http://{}/v2/{repo}/manifests/{tag}",
+                registry.addr
+            ))
+            .header("content-type", "application/vnd.oci.image.manifest.v1+json")
+            .body(serde_json::to_vec(&image).unwrap())
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "{}", r.status());
+    });
+    registry.reference(&format!("{repo}:{tag}"))
+}
+
+/// `wms ARGS` that must end by itself within `limit` (a server that starts is killed and fails
+/// the test); returns (exit code, stdout, stderr).
+fn wms_bounded(user: &User, args: &[&str], limit: Duration) -> (i32, String, String) {
+    let mut child = wms_command()
+        .args(args)
+        .envs(user.env())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "wms {args:?} still running after {limit:?}:\n{}\n{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn an_image_manifest_can_name_only_its_own_layers_never_a_host_path() {
+    let registry = Registry::start();
+    let publisher = User::new();
+    let app = tempfile::tempdir().unwrap();
+    std::fs::write(
+        app.path().join("wms.toml"),
+        format!(
+            "spin_manifest_version = 2\n[application]\nname = \"kit\"\n[[trigger.http]]\nroute = \"/...\"\ncomponent = \"c\"\n[component.c]\nsource = {:?}\n",
+            artifacts::TESTKIT
+        ),
+    )
+    .unwrap();
+    let base = registry.reference("kit:base");
+    publisher.ok(&["push", app.path().to_str().unwrap(), &base]);
+    let head = "spin_manifest_version = 2\n[application]\nname = \"kit\"\n[[trigger.http]]\nroute = \"/...\"\ncomponent = \"c\"\n[component.c]\n";
+    // Each hostile manifest (`WASM` stands for the digest of the image's wasm layer), and what
+    // the refusal must name.
+    let zeros = format!("sha256:{}", "0".repeat(64));
+    let cases = [
+        (
+            "table-files",
+            "source = { digest = \"WASM\" }\n[[component.c.files]]\nsource = \"/etc\"\ndestination = \"/etc\"\n".to_string(),
+            "file source `/etc` is a host path",
+        ),
+        (
+            "inline-files",
+            "source = { digest = \"WASM\" }\nfiles = [{ source = \"../../..\", destination = \"/\" }]\n".to_string(),
+            "is a host path",
+        ),
+        (
+            "pattern",
+            "source = { digest = \"WASM\" }\nfiles = [\"/etc/passwd\"]\n".to_string(),
+            "file pattern `/etc/passwd` names host files",
+        ),
+        (
+            "host-source",
+            "source = \"/bin/true\"\n".to_string(),
+            "`source` names the host path `/bin/true`",
+        ),
+        (
+            "foreign-digest",
+            format!("source = {{ digest = \"WASM\" }}\nfiles = [{{ source = {{ digest = \"{zeros}\" }}, destination = \"/etc\" }}]\n"),
+            "is not a layer of this image",
+        ),
+        (
+            "wasm-as-files",
+            "source = { digest = \"WASM\" }\nfiles = [{ source = { digest = \"WASM\" }, destination = \"/etc\" }]\n".to_string(),
+            "not a files layer",
+        ),
+        (
+            "build",
+            "source = { digest = \"WASM\" }\n[component.c.build]\ncommand = \"touch /tmp/owned\"\n".to_string(),
+            "has no build steps",
+        ),
+    ];
+    let user = User::new();
+    for (tag, component, expected) in &cases {
+        let reference = republish_with_app_manifest(&registry, &base, tag, |wasm| {
+            format!("{head}{}", component.replace("WASM", wasm))
+        });
+        // inspect shows the refusal, from the same parse `wms up` runs.
+        let inspect = user.inspect(&reference);
+        let refused = inspect["refused"].as_str().unwrap_or_default();
+        assert!(refused.contains(expected), "{tag}: {inspect}");
+        assert!(refused.contains("component `c`"), "{tag}: {refused}");
+        let text = user.ok(&["inspect", "--remote", &reference]);
+        assert!(text.contains("Refused"), "{tag}: {text}");
+        // wms up refuses to start; it never serves the host's files.
+        let (code, out, err) = wms_bounded(
+            &user,
+            &["up", &reference, "--listen", "127.0.0.1:0"],
+            Duration::from_secs(60),
+        );
+        assert_ne!(code, 0, "{tag}: {out}\n{err}");
+        assert!(!out.contains("Serving"), "{tag}: {out}");
+        assert!(err.contains(expected), "{tag}: {err}");
+        assert!(err.contains("help:"), "{tag}: {err}");
+    }
+    // The publisher's own image still runs, and its guest sees no host file.
+    let inspect = user.inspect(&base);
+    assert!(inspect["refused"].is_null(), "{inspect}");
+    let server = user.serve(&base, &[]);
+    let (status, body) = get(server.url("/read?path=/etc/passwd"));
+    assert_eq!(status, 404, "{body}");
+}

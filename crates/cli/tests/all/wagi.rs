@@ -204,3 +204,76 @@ fn a_component_under_the_wagi_executor_is_rejected_at_start() {
         "{stderr}"
     );
 }
+
+/// Reads one HTTP/1.1 response (head and body, framed by content-length or chunked) from `r`.
+fn read_response(r: &mut impl std::io::BufRead) -> (String, Vec<u8>) {
+    let mut head = String::new();
+    loop {
+        let mut line = String::new();
+        assert!(
+            r.read_line(&mut line).unwrap() > 0,
+            "connection closed in a head: {head}"
+        );
+        if line == "\r\n" {
+            break;
+        }
+        head.push_str(&line);
+    }
+    let lower = head.to_ascii_lowercase();
+    let mut body = Vec::new();
+    if let Some(n) = lower
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+    {
+        body.resize(n.trim().parse().unwrap(), 0);
+        r.read_exact(&mut body).unwrap();
+    } else {
+        assert!(lower.contains("transfer-encoding: chunked"), "{head}");
+        loop {
+            let mut size = String::new();
+            r.read_line(&mut size).unwrap();
+            let n = usize::from_str_radix(size.trim(), 16).unwrap();
+            let mut chunk = vec![0; n + 2];
+            r.read_exact(&mut chunk).unwrap();
+            if n == 0 {
+                break;
+            }
+            body.extend_from_slice(&chunk[..n]);
+        }
+    }
+    (head, body)
+}
+
+#[test]
+fn cgi_framing_headers_cannot_smuggle_a_response() {
+    use std::io::Write as _;
+    let server = wagi_app("");
+    let mut stream = std::net::TcpStream::connect(server.addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    // Two pipelined requests on one keep-alive connection.
+    stream
+        .write_all(
+            b"GET /rust/smuggle HTTP/1.1\r\nhost: x\r\n\r\nGET /rust/after HTTP/1.1\r\nhost: x\r\n\r\n",
+        )
+        .unwrap();
+    let mut reader = std::io::BufReader::new(stream);
+    let (head, body) = read_response(&mut reader);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    // wms frames the whole output itself: the module's content-length is not believed.
+    assert_eq!(
+        String::from_utf8_lossy(&body),
+        "okHTTP/1.1 200 OK\r\ncontent-length: 8\r\n\r\nsmuggled"
+    );
+    let lower = head.to_ascii_lowercase();
+    assert!(!lower.contains("content-length: 2"), "{head}");
+    assert!(!lower.contains("transfer-encoding: identity"), "{head}");
+    // The second response is the one for the second request.
+    let (head, body) = read_response(&mut reader);
+    assert!(
+        head.to_ascii_lowercase().contains("x-path-info: /after"),
+        "{head}"
+    );
+    assert_eq!(String::from_utf8_lossy(&body), "rust wagi got 0 bytes: ");
+}
