@@ -176,6 +176,7 @@ impl Drop for Server {
 pub fn wms(args: &[&str]) -> (i32, String, String) {
     let out = wms_command()
         .args(args)
+        .env("WMS_CACHE_DIR", test_cache())
         .env("WMS_LOG", "info")
         .output()
         .unwrap();

@@ -159,3 +159,76 @@ fn component_built_against_a_newer_wasi_minor_version_links() {
     });
     assert_eq!(body, "Hello from wms!\n");
 }
+
+#[test]
+fn manifest_numbers_out_of_range_are_refused_at_start_naming_the_key() {
+    // Each of these panicked in the runtime (on every request, or at start) before they were
+    // bounded at parse time.
+    let cases = [
+        (
+            format!(
+                "{}[component.web.tool.wms]\ntimeout = \"5000000000000000h\"\n",
+                app_with_source(artifacts::TESTKIT)
+            ),
+            "timeout `5000000000000000h` is outside the allowed range (1ms to 24h)",
+        ),
+        (
+            app_with_source(artifacts::TESTKIT).replace(
+                "name = \"bad\"\n",
+                "name = \"bad\"\n[application.tool.wms]\nmax_concurrent_requests = 9223372036854775807\n",
+            ),
+            "`max_concurrent_requests` must be between 1 and 65536",
+        ),
+    ];
+    for (manifest, expected) in cases {
+        let dir = write_app(&manifest);
+        let (code, out, stderr) = wms(&[
+            "up",
+            dir.path().to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+        ]);
+        assert_eq!(code, 1, "{out}\n{stderr}");
+        assert!(stderr.contains(expected), "{stderr}");
+        assert!(stderr.contains("wms.toml:"), "{stderr}");
+    }
+}
+
+#[test]
+fn file_patterns_and_links_cannot_leave_the_app_directory() {
+    let root = tempfile::tempdir().unwrap();
+    let app = root.path().join("app");
+    std::fs::create_dir_all(app.join("static")).unwrap();
+    std::fs::write(app.join("static/ok.txt"), "ok").unwrap();
+    std::fs::create_dir_all(root.path().join("other")).unwrap();
+    std::fs::write(root.path().join("other/secret"), "secret").unwrap();
+    let manifest = |files: &str| {
+        std::fs::write(
+            app.join("wms.toml"),
+            format!("{}files = {files}\n", app_with_source(artifacts::TESTKIT)),
+        )
+        .unwrap();
+    };
+    let up = || wms(&["up", app.to_str().unwrap(), "--listen", "127.0.0.1:0"]);
+    // A wildcard that matches `..`.
+    manifest(r#"[".?/other/*"]"#);
+    let (code, _, stderr) = up();
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("outside the app directory"), "{stderr}");
+    assert!(!root.path().join("secret").exists());
+    // A link to a directory outside, inside a mounted directory: refused by up and by push.
+    std::os::unix::fs::symlink(root.path().join("other"), app.join("static/ssh")).unwrap();
+    manifest(r#"["static"]"#);
+    let (code, _, stderr) = up();
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("static/ssh leads to"), "{stderr}");
+    let (code, _, stderr) = wms(&["push", app.to_str().unwrap(), "127.0.0.1:9/never:1"]);
+    assert_ne!(code, 0, "{stderr}");
+    assert!(stderr.contains("static/ssh leads to"), "{stderr}");
+    std::fs::remove_file(app.join("static/ssh")).unwrap();
+    // A link loop fails at once instead of hanging start-up.
+    std::os::unix::fs::symlink(app.join("static"), app.join("static/again")).unwrap();
+    let (code, _, stderr) = up();
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("symbolic link loop"), "{stderr}");
+}
