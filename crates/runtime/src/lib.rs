@@ -536,11 +536,14 @@ where
         let _ = done_tx.send(matches!(outcome, Outcome::Failed(_)));
         outcome
     });
+    // If the client goes away (this future or the response body is dropped), so does the guest.
+    let guest = GuestTask::new(&task, &comp.id);
     match rx.await {
         Ok(Ok(response)) => Ok(response.map(|b| {
             GuardedBody {
                 inner: b.map_err(|e| Box::new(e) as BoxError).boxed_unsync(),
                 done: Some(done_rx),
+                _guest: guest,
             }
             .boxed_unsync()
         })),
@@ -568,8 +571,35 @@ where
 /// (trap, timeout) after it has sent the response head: the client must not mistake a cut-off
 /// body for a complete one. On HTTP/1.1 the connection is closed.
 pub(crate) struct GuardedBody {
-    inner: ResponseBody,
-    done: Option<tokio::sync::oneshot::Receiver<bool>>,
+    pub(crate) inner: ResponseBody,
+    pub(crate) done: Option<tokio::sync::oneshot::Receiver<bool>>,
+    /// The guest producing the body: cancelled when the body is dropped before the end.
+    pub(crate) _guest: GuestTask,
+}
+
+/// A running guest, cancelled when this is dropped: a guest whose client went away stops at
+/// its next yield (at most one epoch tick later) and releases its instance and permits.
+pub(crate) struct GuestTask {
+    handle: tokio::task::AbortHandle,
+    component: Arc<str>,
+}
+
+impl GuestTask {
+    pub(crate) fn new<T>(task: &tokio::task::JoinHandle<T>, component: &Arc<str>) -> Self {
+        Self {
+            handle: task.abort_handle(),
+            component: component.clone(),
+        }
+    }
+}
+
+impl Drop for GuestTask {
+    fn drop(&mut self) {
+        if !self.handle.is_finished() {
+            tracing::info!(component = %self.component, "client went away; guest cancelled");
+            self.handle.abort();
+        }
+    }
 }
 
 impl http_body::Body for GuardedBody {

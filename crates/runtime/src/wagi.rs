@@ -294,6 +294,7 @@ where
         let _ = done_tx.send(matches!(outcome, Outcome::Failed(_)));
         outcome
     });
+    let guest = crate::GuestTask::new(&task, &comp.id);
     let outcome_of = |task: tokio::task::JoinHandle<Outcome>| async move {
         match task.await {
             Ok(outcome) => outcome,
@@ -383,6 +384,7 @@ where
     let body = GuardedBody {
         inner: body.boxed_unsync(),
         done: Some(done_rx),
+        _guest: guest,
     }
     .boxed_unsync();
     Ok(response

@@ -3,6 +3,7 @@
 
 mod aot;
 mod board;
+mod hardening;
 mod harness;
 mod limits;
 mod oci;
