@@ -86,12 +86,23 @@ struct UpArgs {
     /// Largest request body accepted, in bytes (larger requests get 413).
     #[arg(long, default_value_t = wms_server::DEFAULT_MAX_BODY)]
     max_body: u64,
-    /// Seconds a client may take to send its request headers.
-    #[arg(long, default_value_t = wms_server::DEFAULT_HEADER_READ_TIMEOUT.as_secs())]
-    header_timeout: u64,
-    /// Seconds in-flight requests may take to finish after SIGINT or SIGTERM.
-    #[arg(long, default_value_t = wms_server::DEFAULT_SHUTDOWN_GRACE.as_secs())]
-    shutdown_grace: u64,
+    /// How long a client may take from connecting, or from its previous response, to a
+    /// complete request head (seconds, or a duration such as `500ms`).
+    #[arg(long, value_parser = timeout_arg, default_value = "10s")]
+    header_timeout: Duration,
+    /// How long a connection may stay open with no request in flight.
+    #[arg(long, value_parser = timeout_arg, default_value = "60s")]
+    idle_timeout: Duration,
+    /// How long a client may pause while sending a request body before the request fails.
+    #[arg(long, value_parser = timeout_arg, default_value = "10s")]
+    body_idle_timeout: Duration,
+    /// Open connections at most; more wait until one closes (default: 1024, or a quarter of
+    /// the descriptor limit if that is lower).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    max_connections: Option<u32>,
+    /// How long in-flight requests may take to finish after SIGINT or SIGTERM.
+    #[arg(long, value_parser = grace_arg, default_value = "30s")]
+    shutdown_grace: Duration,
     #[command(flatten)]
     image: oci::ImageArgs,
 }
@@ -128,9 +139,9 @@ struct RunArgs {
     /// Directory for the guest, writable: `HOST::GUEST`.
     #[arg(long = "dir-rw", value_name = "HOST::GUEST")]
     dirs_rw: Vec<String>,
-    /// Stop the guest after this long (e.g. `30s`, `5m`); no limit by default.
-    #[arg(long)]
-    timeout: Option<String>,
+    /// Stop the guest after this long (e.g. `30s`, `5m`, at most 24h); no limit by default.
+    #[arg(long, value_parser = timeout_arg)]
+    timeout: Option<Duration>,
     /// Largest linear memory the guest may grow to.
     #[arg(long, default_value = "128MiB")]
     max_memory: String,
@@ -187,10 +198,86 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
-    if args.header_timeout == 0 {
-        bail!("--header-timeout must be at least 1 second");
+/// Upper bound of every duration flag: past it `Instant` arithmetic can overflow, and no
+/// request or drain needs a day.
+const MAX_FLAG_DURATION: Duration = Duration::from_secs(24 * 3600);
+
+/// A duration flag: plain seconds (`10`) or a duration (`500ms`, `2m`), up to 24h.
+fn duration_arg(s: &str) -> Result<Duration, String> {
+    let d = match s.trim().parse::<u64>() {
+        Ok(secs) => Duration::from_secs(secs),
+        Err(_) => humantime::parse_duration(s.trim())
+            .map_err(|e| format!("{e}; write seconds or a duration such as 500ms, 30s or 5m"))?,
+    };
+    if d > MAX_FLAG_DURATION {
+        return Err("at most 24h".to_string());
     }
+    Ok(d)
+}
+
+/// A duration flag that must not be zero (a timeout always in force).
+fn timeout_arg(s: &str) -> Result<Duration, String> {
+    let d = duration_arg(s)?;
+    if d < Duration::from_millis(1) {
+        return Err("must be at least 1ms".to_string());
+    }
+    Ok(d)
+}
+
+/// The shutdown grace may be zero (stop at once).
+fn grace_arg(s: &str) -> Result<Duration, String> {
+    duration_arg(s)
+}
+
+/// Raises the soft descriptor limit to the hard one (the kernel default soft limit, 1024, is
+/// smaller than a server needs) and returns it.
+fn raise_descriptor_limit() -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid pointer to an rlimit struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return 1024;
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                lim.rlim_cur = lim.rlim_max;
+            }
+        }
+    }
+    #[allow(
+        clippy::unnecessary_cast,
+        reason = "rlim_t is u32 on 32-bit boards (armv7) and u64 elsewhere"
+    )]
+    let limit = lim.rlim_cur as u64;
+    limit
+}
+
+fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
+    // Descriptors are split: a quarter for client connections, half for guests (the runtime
+    // takes its share from the same limit), the rest for the server itself.
+    let descriptors = raise_descriptor_limit();
+    let connection_share = usize::try_from(descriptors / 4)
+        .unwrap_or(usize::MAX)
+        .max(16);
+    let max_connections = match args.max_connections {
+        Some(n) => {
+            let n = n as usize;
+            if n > connection_share {
+                tracing::warn!(
+                    "--max-connections {n} is more than a quarter of the descriptor limit ({descriptors}): enough idle clients can then starve guests of descriptors"
+                );
+            }
+            n
+        }
+        None => wms_server::DEFAULT_MAX_CONNECTIONS.min(connection_share),
+    };
     let pulley = matches!(args.engine, Engine::Pulley);
     let (app, image_precompiled) = match oci::app_source(&args.app)? {
         oci::AppSource::Local(path) => (wms_manifest::load(&path)?, None),
@@ -255,9 +342,18 @@ fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
         }
         let server_options = ServerOptions {
             max_body: args.max_body,
-            header_read_timeout: Duration::from_secs(args.header_timeout),
-            shutdown_grace: Duration::from_secs(args.shutdown_grace),
+            header_read_timeout: args.header_timeout,
+            idle_timeout: args.idle_timeout,
+            body_idle_timeout: args.body_idle_timeout,
+            max_connections,
+            shutdown_grace: args.shutdown_grace,
         };
+        tracing::info!(
+            "clients: at most {max_connections} connections (descriptor limit {descriptors}), request head within {:?}, idle connections closed after {:?}, request bodies stalled for {:?} fail",
+            args.header_timeout,
+            args.idle_timeout,
+            args.body_idle_timeout
+        );
         let clean = wms_server::serve(
             Arc::new(app),
             Arc::new(runtime),
@@ -361,13 +457,7 @@ fn run_command(args: RunArgs) -> anyhow::Result<ExitCode> {
             writable,
         });
     }
-    let timeout = match &args.timeout {
-        None => None,
-        Some(t) => Some(
-            humantime::parse_duration(t)
-                .map_err(|e| anyhow::anyhow!("--timeout {t:?}: {e}; write e.g. 30s or 5m"))?,
-        ),
-    };
+    let timeout = args.timeout;
     let max_memory: bytesize::ByteSize = args.max_memory.parse().map_err(|e| {
         anyhow::anyhow!("--max-memory {:?}: {e}; write e.g. 64MiB", args.max_memory)
     })?;

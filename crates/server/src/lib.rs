@@ -1,21 +1,34 @@
 //! The HTTP front end of wms: accepts HTTP/1.1 (keep-alive) and cleartext HTTP/2 connections,
 //! routes each request to a component with Spin's semantics, adds the `spin-*` headers Spin's
-//! HTTP trigger adds, enforces the body size limit and the header read timeout, turns runtime
-//! failures into 503/504/500 answers, and shuts down gracefully.
+//! HTTP trigger adds, turns runtime failures into 503/504/500 answers, and shuts down
+//! gracefully.
+//!
+//! Clients are untrusted, so everything a connection can hold is bounded: the number of open
+//! connections (`max_connections`), the time from connecting to the first request and between
+//! requests (`header_read_timeout`, `idle_timeout`, for HTTP/1 and HTTP/2 alike, with HTTP/2
+//! pings to find dead peers), the request body's size (`max_body`) and how long a client may
+//! stall while sending it (`body_idle_timeout`), and a request whose client goes away cancels
+//! its guest.
+
+mod body;
+mod conn;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Request, Response, StatusCode, header};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use wms_manifest::App;
 use wms_runtime::{Failure, ResponseBody, Runtime};
 
@@ -25,12 +38,29 @@ pub const DEFAULT_MAX_BODY: u64 = 1 << 30;
 pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long in-flight requests may take to finish after a shutdown signal.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+/// How long a connection may stay open without a request in flight.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a client may go without sending any of a request body it has started.
+pub const DEFAULT_BODY_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Open connections at most, unless the descriptor limit calls for fewer.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+/// HTTP/2: how often an idle peer is pinged, and how long it has to answer.
+const H2_PING_INTERVAL: Duration = Duration::from_secs(20);
+const H2_PING_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long a connection asked to close for idleness may take before it is dropped.
+const IDLE_CLOSE_GRACE: Duration = Duration::from_secs(1);
 
 /// Settings of the HTTP front end.
 #[derive(Debug, Clone)]
 pub struct ServerOptions {
     pub max_body: u64,
+    /// From accept to a complete request head, for the first request and each later one.
     pub header_read_timeout: Duration,
+    /// Between requests on a connection.
+    pub idle_timeout: Duration,
+    /// While a request body is being received, between two pieces of it.
+    pub body_idle_timeout: Duration,
+    pub max_connections: usize,
     pub shutdown_grace: Duration,
 }
 
@@ -39,6 +69,9 @@ impl Default for ServerOptions {
         Self {
             max_body: DEFAULT_MAX_BODY,
             header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            body_idle_timeout: DEFAULT_BODY_IDLE_TIMEOUT,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
         }
     }
@@ -60,12 +93,49 @@ pub async fn serve(
         .keep_alive(true)
         .timer(TokioTimer::new())
         .header_read_timeout(options.header_read_timeout);
-    builder.http2().timer(TokioTimer::new());
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Some(H2_PING_INTERVAL))
+        .keep_alive_timeout(H2_PING_TIMEOUT);
     let builder = Arc::new(builder);
-    let graceful = GracefulShutdown::new();
+    let bounds = conn::Bounds {
+        first_request: options.header_read_timeout,
+        idle: options.idle_timeout,
+        close_grace: IDLE_CLOSE_GRACE,
+    };
+    let closing = CancellationToken::new();
+    let connections = TaskTracker::new();
+    let slots = Arc::new(Semaphore::new(options.max_connections));
+    let mut saturated = false;
     let options = Arc::new(options);
     tokio::pin!(shutdown);
     loop {
+        // A connection slot first: at the cap, new clients wait in the kernel's backlog
+        // until a connection closes (idle ones close within their bounds), instead of wms
+        // running out of descriptors and refusing everyone.
+        let slot = match slots.clone().try_acquire_owned() {
+            Ok(slot) => slot,
+            Err(_) => {
+                if !saturated {
+                    tracing::warn!(
+                        "connection limit of {} reached: new connections wait until one closes (silent or idle ones close after {:?} / {:?}); raise --max-connections or the descriptor limit if this is real load",
+                        options.max_connections,
+                        options.header_read_timeout,
+                        options.idle_timeout
+                    );
+                    saturated = true;
+                }
+                tokio::select! {
+                    slot = slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
+                    () = &mut shutdown => break,
+                }
+            }
+        };
+        if saturated && slots.available_permits() > options.max_connections / 10 {
+            tracing::info!("open connections below the limit again");
+            saturated = false;
+        }
         let (stream, client) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
@@ -79,23 +149,33 @@ pub async fn serve(
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
+        let activity = conn::Activity::new();
         let front = Front {
             app: app.clone(),
             runtime: runtime.clone(),
             options: options.clone(),
             client,
         };
+        let busy_on = activity.clone();
         let service = hyper::service::service_fn(move |req| {
             let front = front.clone();
-            async move { Ok::<_, Infallible>(front.handle(req).await) }
+            // Counted from here: dropped with the response body, or with this future if the
+            // client leaves first.
+            let busy = busy_on.begin();
+            async move { Ok::<_, Infallible>(front.handle(req, busy).await) }
         });
         let conn = builder
             .serve_connection(TokioIo::new(stream), service)
             .into_owned();
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(%client, "connection ended: {e}");
+        let closing = closing.clone();
+        // Boxed as a trait object: rustc cannot prove the connection future `Send` for every
+        // lifetime when it is driven from inside a generic async fn.
+        let conn: Pin<Box<dyn conn::Conn>> = Box::pin(conn);
+        connections.spawn(async move {
+            let _slot = slot;
+            let end = conn::watch(conn, &activity, bounds, &closing).await;
+            if end == conn::End::Idle {
+                tracing::debug!(%client, "closed a silent or idle connection");
             }
         });
     }
@@ -104,7 +184,9 @@ pub async fn serve(
         "shutting down: waiting up to {:?} for in-flight requests",
         options.shutdown_grace
     );
-    match tokio::time::timeout(options.shutdown_grace, graceful.shutdown()).await {
+    closing.cancel();
+    connections.close();
+    match tokio::time::timeout(options.shutdown_grace, connections.wait()).await {
         Ok(()) => true,
         Err(_) => {
             tracing::warn!(
@@ -125,7 +207,13 @@ struct Front {
 }
 
 impl Front {
-    async fn handle(&self, mut req: Request<Incoming>) -> Response<ResponseBody> {
+    async fn handle(&self, req: Request<Incoming>, busy: conn::Busy) -> Response<ResponseBody> {
+        let response = self.route(req).await;
+        // The connection counts as busy until the response body is done or dropped.
+        response.map(|b| body::WithGuard::new(b, busy).boxed_unsync())
+    }
+
+    async fn route(&self, mut req: Request<Incoming>) -> Response<ResponseBody> {
         let start = Instant::now();
         let method = req.method().clone();
         let path = req.uri().path().to_string();
@@ -197,11 +285,30 @@ impl Front {
         }
 
         let max_body = usize::try_from(self.options.max_body).unwrap_or(usize::MAX);
-        let req = req.map(|body| Limited::new(body, max_body));
+        let (parts, incoming) = req.into_parts();
+        let body = body::GuardedBody::new(incoming, max_body, self.options.body_idle_timeout);
+        let over_limit = body.over_limit.clone();
+        let req = Request::from_parts(parts, body);
         let response = match self.runtime.handle(&component, req).await {
             Ok(resp) => resp,
             Err(failure) => failure_response(&component, &failure),
         };
+        if over_limit.load(std::sync::atomic::Ordering::SeqCst) {
+            // Whatever the guest made of the error, the client sent too much: say so. (A
+            // response already dropped here cancels its guest.)
+            tracing::info!(
+                component = %component,
+                "request body over the limit of {} bytes: 413",
+                self.options.max_body
+            );
+            return plain(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &format!(
+                    "request body is over the limit of {} bytes\n",
+                    self.options.max_body
+                ),
+            );
+        }
         tracing::debug!(
             component = %component,
             "{method} {path} -> {} in {:?}",

@@ -44,3 +44,200 @@ fn a_guest_is_cancelled_when_its_client_goes_away() {
     }
     server.wait_for_log("client went away; guest cancelled");
 }
+
+/// Reads from `stream` until the server closes it; returns how long that took (panics after
+/// `limit`).
+fn closed_within(stream: &mut std::net::TcpStream, limit: Duration) -> Duration {
+    use std::io::Read as _;
+    let start = Instant::now();
+    stream
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let mut buf = [0u8; 4096];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return start.elapsed(),
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => return start.elapsed(),
+        }
+        assert!(
+            start.elapsed() < limit,
+            "the server kept the connection open for {limit:?}"
+        );
+    }
+}
+
+fn hello(args: &[&str]) -> Server {
+    Server::start(&crate::harness::examples("hello"), args)
+}
+
+#[test]
+fn silent_and_half_open_clients_are_dropped_within_the_header_timeout() {
+    let server = hello(&["--header-timeout", "1s", "--idle-timeout", "1s"]);
+    // Connects and says nothing (before the fix: held forever by the protocol detection read).
+    let mut silent = std::net::TcpStream::connect(server.addr).unwrap();
+    // Stops in the middle of the HTTP/2 preface.
+    let mut half = std::net::TcpStream::connect(server.addr).unwrap();
+    half.write_all(b"PRI * HTTP/2.0\r\n").unwrap();
+    // Stops in the middle of an HTTP/1 request head.
+    let mut partial = std::net::TcpStream::connect(server.addr).unwrap();
+    partial.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n").unwrap();
+    for (what, s) in [
+        ("silent", &mut silent),
+        ("half preface", &mut half),
+        ("partial head", &mut partial),
+    ] {
+        let took = closed_within(s, Duration::from_secs(8));
+        eprintln!("{what}: closed after {took:?}");
+    }
+}
+
+#[test]
+fn idle_keep_alive_connections_are_closed_for_both_protocols() {
+    use std::io::Read as _;
+    let server = hello(&["--idle-timeout", "1s"]);
+    // HTTP/1.1: one request, then nothing.
+    let mut h1 = std::net::TcpStream::connect(server.addr).unwrap();
+    h1.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n").unwrap();
+    let mut buf = [0u8; 1024];
+    let n = h1.read(&mut buf).unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    closed_within(&mut h1, Duration::from_secs(8));
+    // HTTP/2 (prior knowledge): one request, then nothing. hyper's pings alone would keep such
+    // a live but idle connection open forever; wms ends it with GOAWAY.
+    rt().block_on(async {
+        let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+        let (mut send, conn) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(tcp),
+        )
+        .await
+        .unwrap();
+        let conn = tokio::spawn(conn);
+        let req = http::Request::get(format!("http://{}/", server.addr))
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .unwrap();
+        let resp = send.send_request(req).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        drop(resp);
+        let ended = tokio::time::timeout(Duration::from_secs(8), conn).await;
+        assert!(ended.is_ok(), "the idle HTTP/2 connection was kept open");
+    });
+}
+
+#[test]
+fn at_the_connection_cap_idle_clients_cannot_lock_out_real_ones() {
+    let server = hello(&["--max-connections", "4", "--header-timeout", "2s"]);
+    let idle: Vec<_> = (0..8)
+        .map(|_| std::net::TcpStream::connect(server.addr).unwrap())
+        .collect();
+    // A real client gets in once the silent ones have been dropped.
+    let started = Instant::now();
+    let s = rt().block_on(status(server.url("/")));
+    assert_eq!(s, 200);
+    assert!(started.elapsed() < Duration::from_secs(20));
+    server.wait_for_log("connection limit of 4 reached");
+    drop(idle);
+}
+
+/// `wms up APP ARGS` with the descriptor limit (soft and hard) set to `nofile`.
+fn start_with_nofile(app: &std::path::Path, args: &[&str], nofile: u64) -> Server {
+    Server::start_with_runner(app, args, move |cmd| {
+        use std::os::unix::process::CommandExt as _;
+        // SAFETY: only async-signal-safe setrlimit between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                let lim = libc::rlimit {
+                    rlim_cur: nofile,
+                    rlim_max: nofile,
+                };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    })
+}
+
+#[test]
+fn idle_clients_cannot_exhaust_the_descriptors() {
+    // 256 descriptors: the default cap is a quarter of them. 300 idle clients would have taken
+    // them all ("accept failed: Too many open files") and locked everyone out.
+    let server = start_with_nofile(
+        &crate::harness::examples("hello"),
+        &["--header-timeout", "3s"],
+        256,
+    );
+    let idle: Vec<_> = (0..300)
+        .filter_map(|_| std::net::TcpStream::connect(server.addr).ok())
+        .collect();
+    assert!(idle.len() >= 200, "only {} connected", idle.len());
+    let s = rt().block_on(status(server.url("/")));
+    assert_eq!(s, 200);
+    let log = server.wait_for_log("connection limit of 64 reached");
+    assert!(!log.contains("accept failed"), "{log}");
+    drop(idle);
+}
+
+#[test]
+fn a_client_that_stalls_its_body_fails_its_request_quickly() {
+    use std::io::Read as _;
+    let server = Server::start(
+        &crate::harness::examples("multi"),
+        &["--body-idle-timeout", "1s"],
+    );
+    let mut stream = std::net::TcpStream::connect(server.addr).unwrap();
+    // Declares 100 bytes, sends 10, then nothing; the echo component reads the body and has a
+    // 60 s timeout, which the stall must not be able to use up.
+    stream
+        .write_all(b"POST /echo/x HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\n0123456789")
+        .unwrap();
+    let took = closed_within(&mut stream, Duration::from_secs(10));
+    assert!(took < Duration::from_secs(10));
+    server.wait_for_log("sent no request body data for 1s");
+    let mut again = std::net::TcpStream::connect(server.addr).unwrap();
+    again
+        .write_all(b"GET /hello HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .unwrap();
+    let mut text = String::new();
+    again.read_to_string(&mut text).unwrap();
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+}
+
+#[test]
+fn a_streamed_body_over_the_limit_is_413() {
+    let manifest = format!(
+        "spin_manifest_version = 2\n[application]\nname = \"w\"\n[[trigger.http]]\nroute = \"/...\"\ncomponent = \"w\"\nexecutor = {{ type = \"wagi\" }}\n[component.w]\nsource = {:?}\n",
+        crate::harness::artifacts::RUST_WAGI_P1
+    );
+    let server = Server::with_manifest(&manifest, &["--max-body", "1000"]);
+    rt().block_on(async {
+        // No content-length: a chunked body, so the limit is only found while streaming.
+        let chunks: Vec<Result<bytes::Bytes, std::io::Error>> = (0..10)
+            .map(|_| Ok(bytes::Bytes::from(vec![b'x'; 500])))
+            .collect();
+        let body = reqwest::Body::wrap_stream(futures::stream::iter(chunks));
+        let r = client()
+            .post(server.url("/upload"))
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 413);
+        // Within the limit, the same request is served.
+        let r = client()
+            .post(server.url("/upload"))
+            .body(vec![b'x'; 900])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    });
+    server.wait_for_log("request body over the limit of 1000 bytes");
+}

@@ -59,12 +59,22 @@ pub struct Server {
 impl Server {
     /// Starts `wms up APP --listen 127.0.0.1:0 ARGS...` and waits for the bound address.
     pub fn start(app: &Path, args: &[&str]) -> Server {
-        Self::start_in(app, args, None, &[])
+        Self::start_in(app, args, None, &[], &|_| {})
+    }
+
+    /// Like [`Server::start`], with `configure` applied to the command before it is spawned
+    /// (e.g. resource limits set in `pre_exec`).
+    pub fn start_with_runner(
+        app: &Path,
+        args: &[&str],
+        configure: impl Fn(&mut Command),
+    ) -> Server {
+        Self::start_in(app, args, None, &[], &configure)
     }
 
     /// Like [`Server::start`] with extra environment variables.
     pub fn start_with_env(app: &Path, args: &[&str], env: &[(&str, &Path)]) -> Server {
-        Self::start_in(app, args, None, env)
+        Self::start_in(app, args, None, env, &|_| {})
     }
 
     /// Starts a server for a manifest written into a temporary directory.
@@ -72,7 +82,7 @@ impl Server {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("wms.toml"), manifest).unwrap();
         let path = dir.path().to_path_buf();
-        Self::start_in(&path, args, Some(dir), &[])
+        Self::start_in(&path, args, Some(dir), &[], &|_| {})
     }
 
     fn start_in(
@@ -80,8 +90,11 @@ impl Server {
         args: &[&str],
         dir: Option<tempfile::TempDir>,
         env: &[(&str, &Path)],
+        configure: &dyn Fn(&mut Command),
     ) -> Server {
-        let mut child = wms_command()
+        let mut cmd = wms_command();
+        configure(&mut cmd);
+        let mut child = cmd
             .env("WMS_CACHE_DIR", test_cache())
             .envs(env.iter().map(|(k, v)| (*k, *v)))
             .arg("up")

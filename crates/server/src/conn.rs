@@ -1,0 +1,153 @@
+//! One connection's lifetime: how long it may stay silent, idle or half-open, and what it holds.
+//!
+//! hyper bounds a request head once it has started arriving (HTTP/1 `header_read_timeout`) and
+//! detects dead HTTP/2 peers with pings, but nothing in it closes a connection that is alive and
+//! simply never asks for anything: a client that connects and sends nothing (the HTTP/1-vs-HTTP/2
+//! detection read waits forever), stops in the middle of the HTTP/2 preface, or keeps an HTTP/2
+//! connection open without streams. [`Activity`] counts the requests in flight on a connection and
+//! remembers when the last one ended; [`watch`] closes the connection when it has had no request
+//! in flight for too long.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// A connection being served: driven until it ends, and asked to close gracefully (HTTP/1:
+/// close when idle; HTTP/2: GOAWAY).
+pub(crate) trait Conn: Send {
+    fn poll_served(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<()>;
+    fn close(self: Pin<&mut Self>);
+}
+
+impl<C> Conn for C
+where
+    C: hyper_util::server::graceful::GracefulConnection + Send,
+{
+    fn poll_served(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        // Errors end the connection either way; they are the client's (resets, bad requests).
+        self.poll(cx).map(|_| ())
+    }
+
+    fn close(self: Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
+}
+
+/// Requests in flight on one connection, and when it was last busy.
+pub(crate) struct Activity {
+    in_flight: AtomicUsize,
+    /// When the connection was accepted, or its last response ended; `None` before the first
+    /// request.
+    idle_since: std::sync::Mutex<(Instant, bool)>,
+    /// Wakes the watcher when a request begins or ends, so it recomputes its deadline.
+    changed: tokio::sync::Notify,
+}
+
+impl Activity {
+    pub(crate) fn new() -> Arc<Self> {
+        Arc::new(Self {
+            in_flight: AtomicUsize::new(0),
+            idle_since: std::sync::Mutex::new((Instant::now(), false)),
+            changed: tokio::sync::Notify::new(),
+        })
+    }
+
+    /// Marks a request as in flight until the returned guard is dropped (with its response
+    /// body, or with the request future if the client goes away first).
+    pub(crate) fn begin(self: &Arc<Self>) -> Busy {
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        self.idle_since.lock().expect("not poisoned").1 = true;
+        self.changed.notify_one();
+        Busy(self.clone())
+    }
+
+    /// When the connection may be closed for idleness: `None` while a request is in flight.
+    /// Before the first request the bound is `first_request` (the client has connected and
+    /// must say something); after it, `idle`.
+    fn deadline(&self, first_request: Duration, idle: Duration) -> Option<Instant> {
+        if self.in_flight.load(Ordering::SeqCst) > 0 {
+            return None;
+        }
+        let (since, served) = *self.idle_since.lock().expect("not poisoned");
+        Some(since + if served { idle } else { first_request })
+    }
+}
+
+/// A request in flight; dropping it marks the connection idle from now (if no other request is
+/// in flight).
+pub(crate) struct Busy(Arc<Activity>);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        let mut idle = self.0.idle_since.lock().expect("not poisoned");
+        idle.0 = Instant::now();
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+        self.0.changed.notify_one();
+    }
+}
+
+/// Why a connection ended, for the log.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum End {
+    /// hyper finished it (the client closed, or an error).
+    Done,
+    /// Closed by wms: silent or idle past its bound.
+    Idle,
+    /// Closed by wms at shutdown.
+    Shutdown,
+}
+
+/// Drives `conn` until it ends, closing it (`close`: a graceful shutdown) when it is idle past
+/// its bound or when `shutdown` fires. A connection asked to close for idleness that does not
+/// finish within `close_grace` (a client ignoring GOAWAY, or stuck in a half-sent preface) is
+/// dropped.
+pub(crate) async fn watch(
+    mut conn: Pin<Box<dyn Conn>>,
+    activity: &Activity,
+    bounds: Bounds,
+    shutdown: &tokio_util::sync::CancellationToken,
+) -> End {
+    let mut closing: Option<(End, Instant)> = None;
+    loop {
+        let check = activity
+            .deadline(bounds.first_request, bounds.idle)
+            .unwrap_or_else(|| Instant::now() + bounds.idle);
+        let give_up = closing
+            .as_ref()
+            .map_or_else(|| Instant::now() + bounds.idle, |(_, t)| *t);
+        tokio::select! {
+            () = std::future::poll_fn(|cx| conn.as_mut().poll_served(cx)) => return closing.map_or(End::Done, |(why, _)| why),
+            () = shutdown.cancelled(), if closing.is_none() => {
+                conn.as_mut().close();
+                // In-flight requests get the server's whole shutdown grace, which the caller
+                // bounds.
+                closing = Some((End::Shutdown, Instant::now() + Duration::from_secs(24 * 3600)));
+            }
+            () = activity.changed.notified(), if closing.is_none() => {}
+            () = tokio::time::sleep_until(check), if closing.is_none() => {
+                let due = activity.deadline(bounds.first_request, bounds.idle);
+                if due.is_some_and(|d| d <= Instant::now()) {
+                    conn.as_mut().close();
+                    closing = Some((End::Idle, Instant::now() + bounds.close_grace));
+                }
+            }
+            () = tokio::time::sleep_until(give_up), if closing.is_some() => {
+                return closing.map_or(End::Done, |(why, _)| why);
+            }
+        }
+    }
+}
+
+/// How long a connection may go without a request in flight.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Bounds {
+    /// From accept to the first request's head.
+    pub first_request: Duration,
+    /// Between requests.
+    pub idle: Duration,
+    /// From asking an idle connection to close to dropping it.
+    pub close_grace: Duration,
+}
