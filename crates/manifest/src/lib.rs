@@ -19,6 +19,8 @@
 
 mod error;
 pub mod files;
+#[cfg(test)]
+mod fuzz;
 pub mod outbound;
 pub mod routes;
 mod schema;
