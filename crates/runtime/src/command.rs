@@ -12,7 +12,8 @@ use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::p2::bindings::CommandPre;
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
-use crate::{EngineKind, MemoryLimiter, wt};
+use crate::descriptors::{self, Budget, DescriptorPlan, InstanceFds};
+use crate::{EngineKind, HoldsFds, MemoryLimiter, wt};
 
 /// A host directory made visible to the command.
 #[derive(Debug, Clone)]
@@ -48,15 +49,35 @@ pub enum CommandOutcome {
     Timeout(Duration),
 }
 
-struct P1State {
+struct P1Command {
     p1: WasiP1Ctx,
     limiter: MemoryLimiter,
+    fds: InstanceFds,
+}
+
+impl HoldsFds for P1Command {
+    fn fds_and_table(&mut self) -> (&mut InstanceFds, &mut ResourceTable) {
+        (&mut self.fds, self.p1.ctx().table)
+    }
+}
+
+impl crate::wagi::P1State for P1Command {
+    fn p1(&mut self) -> &mut WasiP1Ctx {
+        &mut self.p1
+    }
 }
 
 struct P2State {
     wasi: WasiCtx,
     table: ResourceTable,
     limiter: MemoryLimiter,
+    fds: InstanceFds,
+}
+
+impl HoldsFds for P2State {
+    fn fds_and_table(&mut self) -> (&mut InstanceFds, &mut ResourceTable) {
+        (&mut self.fds, &mut self.table)
+    }
 }
 
 impl WasiView for P2State {
@@ -95,8 +116,17 @@ pub async fn run_command(options: &CommandOptions) -> anyhow::Result<CommandOutc
     let engine = Engine::new(&config).map_err(wt)?;
     crate::start_epoch_ticker(&engine);
 
+    // A command is the only guest of its process, with the same caps as a served one.
+    let budget = Budget::new(DescriptorPlan::current().guests);
+    let name: std::sync::Arc<str> = std::sync::Arc::from("command");
+    let fds = InstanceFds::new(&budget, &name, options.dirs.len())
+        .context("the descriptor limit leaves no room for the --dir directories")?;
     let mut wasi = WasiCtxBuilder::new();
-    wasi.inherit_stdio().args(&options.args).envs(&options.env);
+    wasi.inherit_stdio()
+        .args(&options.args)
+        .envs(&options.env)
+        .allow_tcp(false)
+        .allow_udp(false);
     for d in &options.dirs {
         let perms = if d.writable {
             wasmtime_wasi::FsPerms::ReadWrite
@@ -122,15 +152,18 @@ pub async fn run_command(options: &CommandOptions) -> anyhow::Result<CommandOutc
             );
         }
         let mut linker = wasmtime::Linker::new(&engine);
-        wasmtime_wasi::p1::add_to_linker_async(&mut linker, |s: &mut P1State| &mut s.p1)
-            .map_err(wt)?;
-        let mut store = Store::new(
-            &engine,
-            P1State {
-                p1: wasi.build_p1(),
-                limiter,
-            },
-        );
+        crate::wagi::add_p1_to_linker(&mut linker)?;
+        let mut state = P1Command {
+            p1: wasi.build_p1(),
+            limiter,
+            fds,
+        };
+        state
+            .p1
+            .ctx()
+            .table
+            .set_max_capacity(descriptors::table_capacity());
+        let mut store = Store::new(&engine, state);
         store.limiter(|s| &mut s.limiter);
         crate::arm_deadline(&mut store, timeout);
         let pre = linker
@@ -150,6 +183,7 @@ pub async fn run_command(options: &CommandOptions) -> anyhow::Result<CommandOutc
             .with_context(|| format!("cannot compile {}", options.path.display()))?;
         let mut linker = wasmtime::component::Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(wt)?;
+        crate::add_open_hook(&mut linker)?;
         let pre = linker
             .instantiate_pre(&component)
             .map_err(wt)
@@ -159,8 +193,13 @@ pub async fn run_command(options: &CommandOptions) -> anyhow::Result<CommandOutc
             &engine,
             P2State {
                 wasi: wasi.build(),
-                table: ResourceTable::new(),
+                table: {
+                    let mut table = ResourceTable::new();
+                    table.set_max_capacity(descriptors::table_capacity());
+                    table
+                },
                 limiter,
+                fds,
             },
         );
         store.limiter(|s| &mut s.limiter);

@@ -24,7 +24,7 @@ use http_body_util::BodyExt;
 use http_body_util::combinators::UnsyncBoxBody;
 use indexmap_lite::IndexMap;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use wasmtime::component::{Component, Linker, ResourceTable};
+use wasmtime::component::{Component, Linker, Resource, ResourceTable};
 use wasmtime::{
     Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap,
     UpdateDeadline,
@@ -119,6 +119,9 @@ pub enum Failure {
     NoResponse,
     /// A WAGI module or command exited with a non-zero status.
     Exit { code: i32 },
+    /// The request body failed before it was complete (the client went away, bad framing);
+    /// the guest was stopped rather than given a truncated body as if it were whole.
+    RequestBody { message: String },
     /// A WAGI module's output was not a valid CGI response.
     BadCgi { message: String },
     /// The guest answered with a `wasi:http` error code instead of a response.
@@ -146,6 +149,9 @@ impl std::fmt::Display for Failure {
             }
             Failure::NoResponse => write!(f, "guest returned without setting a response"),
             Failure::Exit { code } => write!(f, "guest exited with status {code}"),
+            Failure::RequestBody { message } => {
+                write!(f, "the request body failed before its end: {message}")
+            }
             Failure::BadCgi { message } => write!(f, "malformed CGI output: {message}"),
             Failure::GuestError { message } => write!(f, "guest answered with an error: {message}"),
             Failure::Internal { message } => write!(f, "host error: {message}"),
@@ -158,8 +164,9 @@ pub struct HostState {
     wasi: WasiCtx,
     http: WasiHttpCtx,
     table: ResourceTable,
-    hooks: outbound::OutboundPolicy,
+    hooks: CountedHooks,
     limiter: MemoryLimiter,
+    fds: descriptors::InstanceFds,
 }
 
 impl WasiView for HostState {
@@ -181,30 +188,52 @@ impl WasiHttpView for HostState {
     }
 }
 
-/// Caps linear memory and tables, and remembers whether the cap was hit so the failure can be
-/// reported as a memory limit rather than a bare trap.
-struct MemoryLimiter {
+/// Caps an instance's linear memory (the sum over all its memories, so a component with several
+/// memories gets no more than one with a single memory), its tables, and how many instances,
+/// memories and tables its store may create (the pool enforces the same counts per slot; on
+/// demand, Wasmtime's defaults of 10,000 each would apply). Remembers whether the memory cap was
+/// hit so the failure can be reported as a memory limit rather than a bare trap.
+pub(crate) struct MemoryLimiter {
     max_memory: usize,
-    exceeded: bool,
+    /// Bytes of linear memory the instance's memories hold together.
+    total: usize,
+    /// The growth last allowed, taken back if Wasmtime then fails to grow.
+    pending: usize,
+    pub(crate) exceeded: bool,
 }
 
 /// Table elements an instance may hold.
 const MAX_TABLE_ELEMENTS: usize = pool::TABLE_ELEMENTS;
-/// Resources (streams, fields, requests) a guest may hold at once.
-const MAX_RESOURCES: usize = 100_000;
+/// Core instances one store may create: a component is several (its modules, the preview 1
+/// adapter, shims); the same number the pool reserves per component.
+const MAX_CORE_INSTANCES: usize = pool::CORE_INSTANCES_PER_SLOT as usize;
 
 impl wasmtime::ResourceLimiter for MemoryLimiter {
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        if desired > self.max_memory {
-            self.exceeded = true;
-            return Ok(false);
+        // Wasmtime asks with current = 0 when it creates a memory, so `total` covers every
+        // memory of the store from its creation.
+        let growth = desired.saturating_sub(current);
+        match self.total.checked_add(growth) {
+            Some(total) if total <= self.max_memory => {
+                self.total = total;
+                self.pending = growth;
+                Ok(true)
+            }
+            _ => {
+                self.exceeded = true;
+                Ok(false)
+            }
         }
-        Ok(true)
+    }
+
+    fn memory_grow_failed(&mut self, _error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.total -= std::mem::take(&mut self.pending);
+        Ok(())
     }
 
     fn table_growing(
@@ -214,6 +243,479 @@ impl wasmtime::ResourceLimiter for MemoryLimiter {
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
         Ok(desired <= MAX_TABLE_ELEMENTS)
+    }
+
+    fn instances(&self) -> usize {
+        MAX_CORE_INSTANCES
+    }
+
+    fn memories(&self) -> usize {
+        pool::MEMORIES_PER_SLOT as usize
+    }
+
+    fn tables(&self) -> usize {
+        pool::TABLES_PER_SLOT as usize
+    }
+}
+
+/// Host file descriptors held by guests. A guest that opens a mounted file holds one host
+/// descriptor per open handle, and an outbound HTTP request holds a connection; without a cap a
+/// few guests could take every descriptor of the process, and then `accept` fails for everyone.
+///
+/// Two limits apply: per instance (files, and outbound requests in flight), and for all guests
+/// together a budget of half the process's soft `RLIMIT_NOFILE`; the HTTP front end's connection
+/// cap is a quarter, and the last quarter is the server's own reserve (logs, the cache, compiled
+/// code, DNS). A guest over either limit gets an error from the call that would have taken the
+/// descriptor (`quota` for a file open, `connection-limit-reached` for an outbound request), so
+/// only its own request is affected. Sockets are not counted because wms never grants them
+/// (`allow_tcp` and `allow_udp` stay off).
+pub mod descriptors {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use wasmtime::component::{Resource, ResourceTable};
+    use wasmtime_wasi::filesystem::Descriptor;
+
+    /// Files (and directories) one instance may hold open.
+    pub const MAX_OPEN_FILES: usize = 256;
+    /// Outbound HTTP requests one instance may have in flight, each holding a connection.
+    pub const MAX_OUTBOUND_REQUESTS: usize = 64;
+    /// Resource-table entries an instance may hold besides those for its files and outbound
+    /// requests: the request and response of the call itself, header fields, streams, pollables.
+    const TABLE_BASE: usize = 1024;
+    /// Entries that come with one open file: the descriptor, its streams and their pollables.
+    const TABLE_PER_FILE: usize = 4;
+    /// Entries that come with one outbound request: request, fields, bodies, streams, futures.
+    const TABLE_PER_OUTBOUND: usize = 16;
+    /// Taken as the limit when the process has none (`RLIM_INFINITY`): Linux's default `nr_open`.
+    const UNLIMITED: u64 = 1 << 20;
+
+    /// The resource-table capacity of one instance, sized to the caps above: a guest cannot
+    /// hold more handles than its files and requests explain, whatever they are.
+    pub fn table_capacity() -> usize {
+        TABLE_BASE + TABLE_PER_FILE * MAX_OPEN_FILES + TABLE_PER_OUTBOUND * MAX_OUTBOUND_REQUESTS
+    }
+
+    /// How the process's descriptor limit is shared.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct DescriptorPlan {
+        /// The soft `RLIMIT_NOFILE` when the runtime started.
+        pub limit: u64,
+        /// All guests together: half the limit.
+        pub guests: usize,
+        /// The front end's connection cap: a quarter.
+        pub connections: usize,
+        /// Left for the server itself.
+        pub reserve: usize,
+    }
+
+    impl DescriptorPlan {
+        pub fn for_limit(limit: u64) -> Self {
+            let limit_usize = usize::try_from(limit).unwrap_or(usize::MAX);
+            let guests = limit_usize / 2;
+            let connections = limit_usize / 4;
+            DescriptorPlan {
+                limit,
+                guests,
+                connections,
+                reserve: limit_usize - guests - connections,
+            }
+        }
+
+        /// The plan for the process's current soft limit.
+        pub fn current() -> Self {
+            Self::for_limit(soft_limit())
+        }
+    }
+
+    impl std::fmt::Display for DescriptorPlan {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(
+                f,
+                "descriptor limit {}: guests together at most {} (each at most {MAX_OPEN_FILES} open files and {MAX_OUTBOUND_REQUESTS} outbound requests), client connections {}, {} kept for the server",
+                self.limit, self.guests, self.connections, self.reserve
+            )
+        }
+    }
+
+    /// The process's soft descriptor limit.
+    pub fn soft_limit() -> u64 {
+        let mut rl = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit writes into the struct we own.
+        let rc = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) };
+        if rc != 0 || rl.rlim_cur == libc::RLIM_INFINITY {
+            return UNLIMITED;
+        }
+        #[allow(
+            clippy::useless_conversion,
+            reason = "rlim_t is 32 bits on 32-bit boards"
+        )]
+        u64::try_from(rl.rlim_cur).unwrap_or(UNLIMITED)
+    }
+
+    /// Descriptors all guests of the process hold, against their budget.
+    #[derive(Debug)]
+    pub(crate) struct Budget {
+        limit: usize,
+        used: AtomicUsize,
+    }
+
+    impl Budget {
+        pub(crate) fn new(limit: usize) -> Arc<Self> {
+            Arc::new(Budget {
+                limit,
+                used: AtomicUsize::new(0),
+            })
+        }
+
+        fn take(&self, n: usize) -> bool {
+            self.used
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| {
+                    u.checked_add(n).filter(|t| *t <= self.limit)
+                })
+                .is_ok()
+        }
+
+        fn give(&self, n: usize) {
+            self.used.fetch_sub(n, Ordering::AcqRel);
+        }
+
+        #[cfg(test)]
+        pub(crate) fn in_use(&self) -> usize {
+            self.used.load(Ordering::Acquire)
+        }
+    }
+
+    /// Why a descriptor was refused.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub(crate) enum Denied {
+        Instance,
+        Process,
+    }
+
+    /// What one instance holds. Everything it took from the budget goes back when it is dropped
+    /// with its store, whatever the guest left open.
+    pub(crate) struct InstanceFds {
+        budget: Arc<Budget>,
+        component: Arc<str>,
+        /// Mounted directories: Wasmtime opens each when the context is built.
+        preopens: usize,
+        /// Table indexes of the descriptors a component guest opened (pruned of closed ones
+        /// before each open, so a guest that closes what it opens can open forever).
+        files: Vec<u32>,
+        /// Descriptors taken from the budget for files. Closes are noticed at the next open
+        /// (or when the instance ends), so this may briefly count a closed file: the budget
+        /// errs on the side of the server.
+        counted: usize,
+        warned: bool,
+    }
+
+    impl InstanceFds {
+        /// Takes the instance's mounted directories from the budget; `None` if they do not fit.
+        pub(crate) fn new(
+            budget: &Arc<Budget>,
+            component: &Arc<str>,
+            preopens: usize,
+        ) -> Option<Self> {
+            if !budget.take(preopens) {
+                return None;
+            }
+            Some(InstanceFds {
+                budget: budget.clone(),
+                component: component.clone(),
+                preopens,
+                files: Vec::new(),
+                counted: 0,
+                warned: false,
+            })
+        }
+
+        /// Before a component guest opens a file: may it hold one more?
+        pub(crate) fn begin_open_p2(&mut self, table: &mut ResourceTable) -> Result<(), Denied> {
+            self.files.retain(|rep| is_descriptor(table, *rep));
+            self.begin_open(self.files.len())
+        }
+
+        /// Before a preview 1 guest opens a file. The preview 1 layer keeps its descriptors in
+        /// its own table with the mounted directories; everything else there is a file it opened.
+        pub(crate) fn begin_open_p1(&mut self, table: &mut ResourceTable) -> Result<(), Denied> {
+            let held = (0..table_capacity() as u32)
+                .filter(|rep| is_descriptor(table, *rep))
+                .count()
+                .saturating_sub(self.preopens);
+            self.begin_open(held)
+        }
+
+        fn begin_open(&mut self, held: usize) -> Result<(), Denied> {
+            // Give back what the guest closed since the last open.
+            if held < self.counted {
+                self.budget.give(self.counted - held);
+                self.counted = held;
+            }
+            let denied = if held >= MAX_OPEN_FILES {
+                Denied::Instance
+            } else if !self.budget.take(1) {
+                Denied::Process
+            } else {
+                self.counted = held + 1;
+                return Ok(());
+            };
+            if !self.warned {
+                // Once per instance: the guest will usually retry or give up; its request's
+                // own outcome is logged anyway.
+                self.warned = true;
+                match denied {
+                    Denied::Instance => tracing::warn!(
+                        component = %self.component,
+                        "guest holds {held} open files, its limit of {MAX_OPEN_FILES}: further opens fail"
+                    ),
+                    Denied::Process => tracing::warn!(
+                        component = %self.component,
+                        "guests together hold their whole descriptor budget ({}): this guest's open fails",
+                        self.budget.limit
+                    ),
+                }
+            }
+            Err(denied)
+        }
+
+        /// After the open: `Some(table index)` if it succeeded (component guests), `None` if it
+        /// failed; `opened_p1` for preview 1 guests, which are recounted at the next open.
+        pub(crate) fn end_open_p2(&mut self, rep: Option<u32>) {
+            match rep {
+                Some(rep) => self.files.push(rep),
+                None => self.undo(),
+            }
+        }
+
+        pub(crate) fn end_open_p1(&mut self, ok: bool) {
+            if !ok {
+                self.undo();
+            }
+        }
+
+        fn undo(&mut self) {
+            self.counted -= 1;
+            self.budget.give(1);
+        }
+    }
+
+    impl Drop for InstanceFds {
+        fn drop(&mut self) {
+            self.budget.give(self.preopens + self.counted);
+        }
+    }
+
+    fn is_descriptor(table: &mut ResourceTable, rep: u32) -> bool {
+        table.get(&Resource::<Descriptor>::new_own(rep)).is_ok()
+    }
+
+    /// Outbound requests in flight for one instance, against its cap and the process budget.
+    #[derive(Clone)]
+    pub(crate) struct OutboundSlots {
+        budget: Arc<Budget>,
+        in_flight: Arc<AtomicUsize>,
+    }
+
+    /// One outbound request's connection; released when the connection ends.
+    pub(crate) struct OutboundPermit {
+        slots: OutboundSlots,
+    }
+
+    impl OutboundSlots {
+        pub(crate) fn new(budget: &Arc<Budget>) -> Self {
+            OutboundSlots {
+                budget: budget.clone(),
+                in_flight: Arc::new(AtomicUsize::new(0)),
+            }
+        }
+
+        pub(crate) fn acquire(&self) -> Result<OutboundPermit, Denied> {
+            self.in_flight
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                    (n < MAX_OUTBOUND_REQUESTS).then_some(n + 1)
+                })
+                .map_err(|_| Denied::Instance)?;
+            if !self.budget.take(1) {
+                self.in_flight.fetch_sub(1, Ordering::AcqRel);
+                return Err(Denied::Process);
+            }
+            Ok(OutboundPermit {
+                slots: self.clone(),
+            })
+        }
+    }
+
+    impl Drop for OutboundPermit {
+        fn drop(&mut self) {
+            self.slots.in_flight.fetch_sub(1, Ordering::AcqRel);
+            self.slots.budget.give(1);
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn the_limit_is_split_half_quarter_quarter() {
+            let p = DescriptorPlan::for_limit(4096);
+            assert_eq!((p.guests, p.connections, p.reserve), (2048, 1024, 1024));
+            let p = DescriptorPlan::for_limit(1023);
+            assert_eq!(p.guests + p.connections + p.reserve, 1023);
+        }
+
+        #[test]
+        fn instances_give_back_what_they_took() {
+            let budget = Budget::new(3);
+            let name: Arc<str> = Arc::from("c");
+            let mut table = ResourceTable::new();
+            let mut a = InstanceFds::new(&budget, &name, 1).unwrap();
+            assert!(a.begin_open_p2(&mut table).is_ok());
+            a.end_open_p2(None);
+            assert_eq!(budget.in_use(), 1);
+            let slots = OutboundSlots::new(&budget);
+            let p1 = slots.acquire().unwrap();
+            let p2 = slots.acquire().unwrap();
+            assert_eq!(slots.acquire().err(), Some(Denied::Process));
+            assert_eq!(a.begin_open_p2(&mut table), Err(Denied::Process));
+            drop((p1, p2));
+            drop(a);
+            assert_eq!(budget.in_use(), 0);
+        }
+    }
+}
+
+/// Store data that counts its guest's descriptors.
+pub(crate) trait HoldsFds: Send + 'static {
+    /// The instance's counts and the resource table its descriptors live in.
+    fn fds_and_table(&mut self) -> (&mut descriptors::InstanceFds, &mut ResourceTable);
+}
+
+impl HoldsFds for HostState {
+    fn fds_and_table(&mut self) -> (&mut descriptors::InstanceFds, &mut ResourceTable) {
+        (&mut self.fds, &mut self.table)
+    }
+}
+
+/// The `wasi:filesystem` interface whose `open-at` is wrapped (the version of Wasmtime's WIT; a
+/// guest importing any 0.2.x resolves to it).
+const FS_TYPES: &str = "wasi:filesystem/types@0.2.12";
+
+/// Replaces `descriptor.open-at`, the only call through which a component guest creates a host
+/// descriptor (sockets are never granted), with one that counts: over its instance's cap or the
+/// process budget the open fails with `quota` and nothing is opened.
+pub(crate) fn add_open_hook<T: HoldsFds + WasiView>(linker: &mut Linker<T>) -> anyhow::Result<()> {
+    use wasmtime_wasi::filesystem::{Descriptor, WasiFilesystemView};
+    use wasmtime_wasi::p2::bindings::filesystem::types::{
+        DescriptorFlags, ErrorCode, HostDescriptor, OpenFlags, PathFlags,
+    };
+    type Args = (
+        Resource<Descriptor>,
+        PathFlags,
+        String,
+        OpenFlags,
+        DescriptorFlags,
+    );
+    linker.allow_shadowing(true);
+    linker
+        .instance(FS_TYPES)
+        .map_err(wt)?
+        .func_wrap_async(
+            "[method]descriptor.open-at",
+            |mut store: wasmtime::StoreContextMut<'_, T>,
+             (dir, path_flags, path, oflags, flags): Args| {
+                Box::new(async move {
+                    {
+                        let (fds, table) = store.data_mut().fds_and_table();
+                        if fds.begin_open_p2(table).is_err() {
+                            return Ok((Err(ErrorCode::Quota),));
+                        }
+                    }
+                    let result = {
+                        let mut view = store.data_mut().filesystem();
+                        HostDescriptor::open_at(&mut view, dir, path_flags, path, oflags, flags)
+                            .await
+                    };
+                    let (fds, _) = store.data_mut().fds_and_table();
+                    match result {
+                        Ok(fd) => {
+                            fds.end_open_p2(Some(fd.rep()));
+                            Ok((Ok(fd),))
+                        }
+                        Err(e) => {
+                            fds.end_open_p2(None);
+                            e.downcast().map(|code| (Err(code),))
+                        }
+                    }
+                })
+            },
+        )
+        .map_err(wt)
+        .context("wrap wasi:filesystem open-at")?;
+    linker.allow_shadowing(false);
+    Ok(())
+}
+
+/// The outbound policy plus the count of requests in flight: over the instance's cap or the
+/// process budget a request fails with `connection-limit-reached` before any connection opens.
+pub(crate) struct CountedHooks {
+    policy: outbound::OutboundPolicy,
+    slots: descriptors::OutboundSlots,
+}
+
+type SendFuture = Box<
+    dyn Future<
+            Output = Result<
+                (
+                    http::Response<wasmtime_wasi_http::WasiBody>,
+                    Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
+                ),
+                wasmtime_wasi_http::Error,
+            >,
+        > + Send,
+>;
+
+impl wasmtime_wasi_http::WasiHttpHooks for CountedHooks {
+    fn send_request(
+        &mut self,
+        request: http::Request<wasmtime_wasi_http::WasiBody>,
+        options: Option<wasmtime_wasi_http::RequestOptions>,
+        fut: Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
+    ) -> SendFuture {
+        let permit = match self.slots.acquire() {
+            Ok(p) => p,
+            Err(denied) => {
+                tracing::warn!(
+                    component = %self.policy.component,
+                    "outbound request refused: {}",
+                    match denied {
+                        descriptors::Denied::Instance => format!(
+                            "the guest has {} requests in flight, its limit",
+                            descriptors::MAX_OUTBOUND_REQUESTS
+                        ),
+                        descriptors::Denied::Process => {
+                            "guests together hold their whole descriptor budget".to_string()
+                        }
+                    }
+                );
+                return Box::new(async { Err(wasmtime_wasi_http::Error::ConnectionLimitReached) });
+            }
+        };
+        let send = self.policy.send_request(request, options, fut);
+        Box::new(async move {
+            let (response, io) = Box::into_pin(send).await?;
+            // The connection lives as long as this future (Wasmtime runs it as a task that ends
+            // with the connection, or is aborted with the response): so does the permit.
+            let io = async move {
+                let _permit = permit;
+                Box::into_pin(io).await
+            };
+            Ok((response, Box::new(io) as Box<dyn Future<Output = _> + Send>))
+        })
     }
 }
 
@@ -228,6 +730,45 @@ struct LoadedComponent {
     environment: Vec<(String, String)>,
     mounts: Vec<(PathBuf, String)>,
     allowed: Arc<[AllowedHost]>,
+    /// The descriptor budget all guests of the process share.
+    fds: Arc<descriptors::Budget>,
+    /// Rate limit of the component's guest output in the log.
+    guest_log: Arc<guest_log::LogBudget>,
+    /// Rate limit of its overload warnings, so a flood of 503s cannot flood the log.
+    overload_log: Arc<guest_log::LogBudget>,
+}
+
+impl LoadedComponent {
+    /// Logs a failure of this component's request; overloads are warnings, rate-limited.
+    pub(crate) fn log_failure(&self, f: &Failure) {
+        match f {
+            Failure::Overloaded { .. } => {
+                if self.overload_log.allow() {
+                    tracing::warn!(component = %self.id, "503: {f}");
+                }
+            }
+            _ => tracing::error!(component = %self.id, "{f}"),
+        }
+    }
+
+    pub(crate) fn guest_output(&self, stream: &'static str) -> guest_log::GuestLog {
+        guest_log::GuestLog {
+            component: self.id.clone(),
+            stream,
+            budget: self.guest_log.clone(),
+        }
+    }
+
+    /// The instance's descriptor counts, starting with its mounted directories.
+    pub(crate) fn instance_fds(&self) -> Result<descriptors::InstanceFds, Failure> {
+        descriptors::InstanceFds::new(&self.fds, &self.id, self.mounts.len()).ok_or_else(|| {
+            let f = Failure::Overloaded {
+                scope: "descriptors: guests hold their whole budget".to_string(),
+            };
+            self.log_failure(&f);
+            f
+        })
+    }
 }
 
 enum Kind {
@@ -246,6 +787,7 @@ pub struct Runtime {
     components: IndexMap<Arc<LoadedComponent>>,
     global: Arc<Semaphore>,
     report: EngineReport,
+    descriptors: descriptors::DescriptorPlan,
     _staging: Vec<tempfile::TempDir>,
 }
 
@@ -256,13 +798,10 @@ impl Runtime {
         let (wanted, max_memory) = pool_demand(app);
         let (engine, report) =
             build_engine(options, wanted, max_memory, app.max_concurrent_requests)?;
-        let mut linker: Linker<HostState> = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
-            .map_err(wt)
-            .context("link WASI 0.2")?;
-        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
-            .map_err(wt)
-            .context("link wasi:http 0.2")?;
+        let descriptor_plan = descriptors::DescriptorPlan::current();
+        tracing::info!("{descriptor_plan}");
+        let fd_budget = descriptors::Budget::new(descriptor_plan.guests);
+        let linker = http_linker(&engine)?;
 
         let mut components = Vec::new();
         let mut staging = Vec::new();
@@ -324,10 +863,11 @@ impl Runtime {
                 mounts.push((dir.path().to_path_buf(), "/".to_string()));
                 staging.push(dir);
             }
+            let name: Arc<str> = Arc::from(id.as_str());
             components.push((
                 id.clone(),
                 Arc::new(LoadedComponent {
-                    id: Arc::from(id.as_str()),
+                    id: name.clone(),
                     engine: component_engine,
                     kind,
                     limits: c.limits.clone(),
@@ -342,6 +882,9 @@ impl Runtime {
                         .collect(),
                     mounts,
                     allowed: c.allowed_outbound_hosts.clone().into(),
+                    fds: fd_budget.clone(),
+                    guest_log: guest_log::LogBudget::guest_lines(&name),
+                    overload_log: guest_log::LogBudget::new(&name, "overload warnings", 1.0, 5.0),
                 }),
             ));
         }
@@ -349,6 +892,7 @@ impl Runtime {
             global: Arc::new(Semaphore::new(report.max_concurrent_requests)),
             components,
             report,
+            descriptors: descriptor_plan,
             _staging: staging,
         })
     }
@@ -356,6 +900,12 @@ impl Runtime {
     /// The engine and pool configuration chosen at start-up.
     pub fn report(&self) -> &EngineReport {
         &self.report
+    }
+
+    /// How the process's descriptor limit is shared between guests, connections and the server
+    /// (read at start-up: raise the soft limit before [`Runtime::new`]).
+    pub fn descriptors(&self) -> descriptors::DescriptorPlan {
+        self.descriptors
     }
 
     /// Serves one request with a fresh instance of `component`.
@@ -379,26 +929,26 @@ impl Runtime {
             .ok_or_else(|| Failure::Internal {
                 message: format!("no component `{component}`"),
             })?;
-        let global = self
-            .global
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| Failure::Overloaded {
-                scope: format!("server: {} requests", self.report.max_concurrent_requests),
-            })?;
+        let overloaded = |scope: String| {
+            let f = Failure::Overloaded { scope };
+            comp.log_failure(&f);
+            f
+        };
+        let global = self.global.clone().try_acquire_owned().map_err(|_| {
+            overloaded(format!(
+                "server: {} requests",
+                self.report.max_concurrent_requests
+            ))
+        })?;
         let local = match &comp.semaphore {
             None => None,
-            Some(s) => Some(
-                s.clone()
-                    .try_acquire_owned()
-                    .map_err(|_| Failure::Overloaded {
-                        scope: format!(
-                            "component `{}`: {} requests",
-                            comp.id,
-                            comp.limits.max_concurrent_requests.unwrap_or(0)
-                        ),
-                    })?,
-            ),
+            Some(s) => Some(s.clone().try_acquire_owned().map_err(|_| {
+                overloaded(format!(
+                    "component `{}`: {} requests",
+                    comp.id,
+                    comp.limits.max_concurrent_requests.unwrap_or(0)
+                ))
+            })?),
         };
         if let Kind::Wagi(module) = &comp.kind {
             return wagi::handle(&comp.engine, module, comp.clone(), request, (global, local))
@@ -414,46 +964,47 @@ impl Runtime {
                 }
             })
         });
-        let store = new_store(&comp.engine, &comp).map_err(|e| Failure::Internal {
-            message: format!("{e:#}"),
-        })?;
+        let store = new_store(&comp.engine, &comp)?;
         run(comp, store, request, (global, local)).await
     }
 }
 
-fn new_store(engine: &Engine, comp: &LoadedComponent) -> anyhow::Result<Store<HostState>> {
+fn new_store(engine: &Engine, comp: &LoadedComponent) -> Result<Store<HostState>, Failure> {
+    // Before the mounts are opened: they are descriptors too.
+    let fds = comp.instance_fds()?;
     let mut wasi = WasiCtxBuilder::new();
     wasi.envs(&comp.environment)
-        .stdout(guest_log::GuestLog {
-            component: comp.id.clone(),
-            stream: "stdout",
-        })
-        .stderr(guest_log::GuestLog {
-            component: comp.id.clone(),
-            stream: "stderr",
-        });
+        .stdout(comp.guest_output("stdout"))
+        .stderr(comp.guest_output("stderr"))
+        // The defaults, said out loud: descriptors are counted on the assumption that guests
+        // get no sockets.
+        .allow_tcp(false)
+        .allow_udp(false);
     for (host, guest) in &comp.mounts {
         wasi.preopened_dir(host, guest, FsPerms::ReadOnly)
-            .map_err(wt)
-            .with_context(|| {
-                format!(
-                    "component `{}`: mount {} at {guest}",
+            .map_err(|e| Failure::Internal {
+                message: format!(
+                    "component `{}`: mount {} at {guest}: {e:?}",
                     comp.id,
                     host.display()
-                )
+                ),
             })?;
     }
     let mut table = ResourceTable::new();
-    table.set_max_capacity(MAX_RESOURCES);
+    table.set_max_capacity(descriptors::table_capacity());
     let state = HostState {
         wasi: wasi.build(),
         http: WasiHttpCtx::new(),
         table,
-        hooks: outbound::OutboundPolicy {
-            component: comp.id.clone(),
-            allowed: comp.allowed.clone(),
+        hooks: CountedHooks {
+            policy: outbound::OutboundPolicy {
+                component: comp.id.clone(),
+                allowed: comp.allowed.clone(),
+            },
+            slots: descriptors::OutboundSlots::new(&comp.fds),
         },
         limiter: MemoryLimiter::new(comp.limits.max_memory),
+        fds,
     };
     let mut store = Store::new(engine, state);
     store.limiter(|s| &mut s.limiter);
@@ -476,9 +1027,11 @@ pub(crate) fn arm_deadline<T>(store: &mut Store<T>, timeout: Duration) {
 }
 
 impl MemoryLimiter {
-    fn new(max_memory: u64) -> Self {
+    pub(crate) fn new(max_memory: u64) -> Self {
         Self {
             max_memory: usize::try_from(max_memory).unwrap_or(usize::MAX),
+            total: 0,
+            pending: 0,
             exceeded: false,
         }
     }
@@ -531,7 +1084,7 @@ where
             Ok(Err(e)) => Outcome::Failed(classify(&e, store.data().limiter.exceeded, &comp)),
         };
         if let Outcome::Failed(f) = &outcome {
-            tracing::error!(component = %comp.id, "{f}");
+            comp.log_failure(f);
         }
         let _ = done_tx.send(matches!(outcome, Outcome::Failed(_)));
         outcome
@@ -769,6 +1322,19 @@ fn build_engine(
     }
 }
 
+/// WASI 0.2 and wasi:http, with file opens counted.
+fn http_linker(engine: &Engine) -> anyhow::Result<Linker<HostState>> {
+    let mut linker: Linker<HostState> = Linker::new(engine);
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+        .map_err(wt)
+        .context("link WASI 0.2")?;
+    wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
+        .map_err(wt)
+        .context("link wasi:http 0.2")?;
+    add_open_hook(&mut linker)?;
+    Ok(linker)
+}
+
 /// A Pulley engine (on-demand allocation) for components Cranelift cannot compile on this CPU.
 fn pulley_fallback() -> anyhow::Result<(Engine, Linker<HostState>)> {
     let mut config = Config::new();
@@ -785,9 +1351,7 @@ fn pulley_fallback() -> anyhow::Result<(Engine, Linker<HostState>)> {
         .map_err(wt)
         .context("create the Pulley fallback engine")?;
     start_epoch_ticker(&engine);
-    let mut linker: Linker<HostState> = Linker::new(&engine);
-    wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(wt)?;
-    wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker).map_err(wt)?;
+    let linker = http_linker(&engine)?;
     Ok((engine, linker))
 }
 
@@ -858,7 +1422,7 @@ fn apply_pool(config: &mut Config, plan: &PoolPlan) {
         .total_stacks(slots)
         .max_memories_per_component(pool::MEMORIES_PER_SLOT)
         .max_tables_per_component(pool::TABLES_PER_SLOT)
-        .max_core_instances_per_component(16)
+        .max_core_instances_per_component(pool::CORE_INSTANCES_PER_SLOT)
         .table_elements(MAX_TABLE_ELEMENTS)
         .max_memory_size(usize::try_from(plan.max_memory).unwrap_or(usize::MAX))
         // Reset what a request dirtied by memset instead of madvise: madvise on a

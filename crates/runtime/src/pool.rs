@@ -25,6 +25,9 @@ pub const MEMORIES_PER_SLOT: u32 = 2;
 /// Tables reserved per instance slot (main module, adapter and component shims).
 pub const TABLES_PER_SLOT: u32 = 4;
 
+/// Core instances a component may create (its modules, the preview 1 adapter, shims).
+pub const CORE_INSTANCES_PER_SLOT: u32 = 16;
+
 /// Elements one table may hold; ordinary guests use a few thousand.
 pub const TABLE_ELEMENTS: usize = 20_000;
 

@@ -18,13 +18,17 @@ use http::{HeaderName, HeaderValue, StatusCode};
 use http_body_util::{BodyExt, Full, StreamBody};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::OwnedSemaphorePermit;
+use wasmtime::component::ResourceTable;
 use wasmtime::{Engine, InstancePre, Linker, Module, Store};
 use wasmtime_wasi::cli::{AsyncStdinStream, AsyncStdoutStream};
 use wasmtime_wasi::p1::WasiP1Ctx;
-use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
+use wasmtime_wasi::p1::wasi_snapshot_preview1::{self, WasiSnapshotPreview1};
+use wasmtime_wasi::{FsPerms, WasiCtxBuilder, WasiView};
 
+use crate::descriptors::{self, InstanceFds};
 use crate::{
-    BoxError, Failure, GuardedBody, LoadedComponent, MemoryLimiter, Outcome, ResponseBody, wt,
+    BoxError, Failure, GuardedBody, HoldsFds, LoadedComponent, MemoryLimiter, Outcome,
+    ResponseBody, wt,
 };
 
 /// Longest CGI header block accepted.
@@ -37,6 +41,79 @@ pub const HOLD_TIME: Duration = Duration::from_millis(500);
 pub(crate) struct WagiState {
     p1: WasiP1Ctx,
     limiter: MemoryLimiter,
+    fds: InstanceFds,
+}
+
+impl HoldsFds for WagiState {
+    fn fds_and_table(&mut self) -> (&mut InstanceFds, &mut ResourceTable) {
+        (&mut self.fds, self.p1.ctx().table)
+    }
+}
+
+/// Store data of a preview 1 guest: its context and its descriptor counts.
+pub(crate) trait P1State: HoldsFds {
+    fn p1(&mut self) -> &mut WasiP1Ctx;
+}
+
+impl P1State for WagiState {
+    fn p1(&mut self) -> &mut WasiP1Ctx {
+        &mut self.p1
+    }
+}
+
+/// `errno::mfile`: too many open files.
+const ERRNO_MFILE: i32 = 33;
+
+/// Adds WASI preview 1 with `path_open`, the only call through which a preview 1 guest creates
+/// a host descriptor, counted: over its instance's cap or the process budget the open fails
+/// with `EMFILE` and nothing is opened.
+pub(crate) fn add_p1_to_linker<T: P1State>(linker: &mut Linker<T>) -> anyhow::Result<()> {
+    wasmtime_wasi::p1::add_to_linker_async(linker, |s: &mut T| s.p1())
+        .map_err(wt)
+        .context("link WASI preview 1")?;
+    type Args = (i32, i32, i32, i32, i32, i64, i64, i32, i32);
+    linker.allow_shadowing(true);
+    linker
+        .func_wrap_async(
+            "wasi_snapshot_preview1",
+            "path_open",
+            |mut caller: wasmtime::Caller<'_, T>, (dirfd, lookup, path, path_len, oflags, base, inheriting, fdflags, opened): Args| {
+                Box::new(async move {
+                    {
+                        let (fds, table) = caller.data_mut().fds_and_table();
+                        if fds.begin_open_p1(table).is_err() {
+                            return Ok(ERRNO_MFILE);
+                        }
+                    }
+                    // As Wasmtime's own binding does: the guest's memory, and the call's fuel
+                    // (the bound on what the host copies for it).
+                    let fuel = wasmtime::AsContextMut::as_context_mut(&mut caller).hostcall_fuel();
+                    let result = match caller.get_export("memory") {
+                        Some(wasmtime::Extern::Memory(memory)) => {
+                            let (bytes, state) = memory.data_and_store_mut(&mut caller);
+                            let p1 = state.p1();
+                            WasiSnapshotPreview1::set_hostcall_fuel(p1, fuel);
+                            let mut memory = wiggle::GuestMemory::Unshared(bytes);
+                            wasi_snapshot_preview1::path_open(
+                                p1, &mut memory, dirfd, lookup, path, path_len, oflags, base,
+                                inheriting, fdflags, opened,
+                            )
+                            .await
+                        }
+                        _ => Err(wasmtime::Error::msg(
+                            "path_open: the module exports no unshared `memory`",
+                        )),
+                    };
+                    let (fds, _) = caller.data_mut().fds_and_table();
+                    fds.end_open_p1(matches!(result, Ok(0)));
+                    result
+                })
+            },
+        )
+        .map_err(wt)
+        .context("wrap WASI preview 1 path_open")?;
+    linker.allow_shadowing(false);
+    Ok(())
 }
 
 pub(crate) struct WagiModule {
@@ -47,9 +124,7 @@ pub(crate) struct WagiModule {
 
 pub(crate) fn linker(engine: &Engine) -> anyhow::Result<Linker<WagiState>> {
     let mut linker = Linker::new(engine);
-    wasmtime_wasi::p1::add_to_linker_async(&mut linker, |s: &mut WagiState| &mut s.p1)
-        .map_err(wt)
-        .context("link WASI preview 1")?;
+    add_p1_to_linker(&mut linker)?;
     Ok(linker)
 }
 
@@ -107,7 +182,8 @@ impl WagiModule {
 }
 
 /// The CGI environment for a request, from its head and the `spin-*` headers the front end set.
-fn cgi_env(parts: &http::request::Parts) -> Vec<(String, String)> {
+/// `content_length` is the body's length: declared, or counted after buffering.
+fn cgi_env(parts: &http::request::Parts, content_length: u64) -> Vec<(String, String)> {
     let header = |name: &str| {
         parts
             .headers
@@ -127,12 +203,7 @@ fn cgi_env(parts: &http::request::Parts) -> Vec<(String, String)> {
         .map_or(client.as_str(), |(a, _)| a)
         .to_string();
     let path_info = header("spin-path-info");
-    let content_length = parts
-        .headers
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("0")
-        .to_string();
+    let content_length = content_length.to_string();
     let mut env = vec![
         ("AUTH_TYPE".to_string(), String::new()),
         ("CONTENT_LENGTH".to_string(), content_length),
@@ -165,6 +236,12 @@ fn cgi_env(parts: &http::request::Parts) -> Vec<(String, String)> {
     ];
     for (name, value) in &parts.headers {
         let Ok(value) = value.to_str() else { continue };
+        // `X_User` and `X-User` would both become HTTP_X_USER: a client could then pass a
+        // header the module trusts (set by a proxy in front of wms as `X-User`) under the other
+        // spelling. Names with `_` are dropped, as nginx and Apache do by default.
+        if name.as_str().contains('_') {
+            continue;
+        }
         let key = format!(
             "HTTP_{}",
             name.as_str().to_ascii_uppercase().replace('-', "_")
@@ -214,7 +291,51 @@ where
     B::Error: Into<BoxError>,
 {
     let (parts, body) = request.into_parts();
-    let env = cgi_env(&parts);
+    let timeout = comp.limits.timeout;
+    let deadline = tokio::time::Instant::now() + timeout;
+    let body = body.map_err(Into::<BoxError>::into);
+    let declared = parts
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    // CGI needs CONTENT_LENGTH before the module starts. A body of unknown length (chunked, or
+    // HTTP/2 without content-length) is read whole first, within the server's body limit and the
+    // component's timeout; a declared one streams.
+    let (content_length, input) = match declared {
+        Some(n) => (n, Input::Stream(body.boxed_unsync())),
+        None => match tokio::time::timeout_at(deadline, body.collect()).await {
+            Err(_) => {
+                let f = Failure::Timeout { timeout };
+                comp.log_failure(&f);
+                return Err(f);
+            }
+            Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
+                tracing::warn!(component = %comp.id, "413: the request body is larger than the server's limit");
+                return Ok(http::Response::builder()
+                    .status(StatusCode::PAYLOAD_TOO_LARGE)
+                    .header(http::header::CONTENT_TYPE, "text/plain")
+                    .body(
+                        Full::new(Bytes::from_static(b"request body too large\n"))
+                            .map_err(|e| match e {})
+                            .boxed_unsync(),
+                    )
+                    .expect("a static response"));
+            }
+            Ok(Err(e)) => {
+                let f = Failure::RequestBody {
+                    message: e.to_string(),
+                };
+                comp.log_failure(&f);
+                return Err(f);
+            }
+            Ok(Ok(collected)) => {
+                let bytes = collected.to_bytes();
+                (bytes.len() as u64, Input::Buffered(bytes))
+            }
+        },
+    };
+    let env = cgi_env(&parts, content_length);
     let script_name = parts
         .headers
         .get("spin-component-route")
@@ -223,17 +344,33 @@ where
         .to_string();
     let args = cgi_args(&module.argv, &script_name, parts.uri.query().unwrap_or(""));
 
-    // The request body is pumped into the module's stdin as it arrives.
+    // The request body is pumped into the module's stdin as it arrives. If the body fails (the
+    // client went away, a framing error, over the body limit) the module must not see a clean
+    // end of input and take a truncated body for the whole one: stdin is kept open and the
+    // request fails.
     let (mut stdin_w, stdin_r) = tokio::io::duplex(64 * 1024);
-    let body = body.map_err(Into::<BoxError>::into);
+    let (body_failed_tx, body_failed_rx) =
+        tokio::sync::oneshot::channel::<(tokio::io::DuplexStream, String)>();
     tokio::spawn(async move {
-        let mut body = std::pin::pin!(body);
-        while let Some(frame) = body.frame().await {
-            let Ok(frame) = frame else { break };
-            if let Some(data) = frame.data_ref()
-                && stdin_w.write_all(data).await.is_err()
-            {
-                break;
+        match input {
+            Input::Buffered(bytes) => {
+                let _ = stdin_w.write_all(&bytes).await;
+            }
+            Input::Stream(mut body) => {
+                while let Some(frame) = body.frame().await {
+                    let frame = match frame {
+                        Ok(frame) => frame,
+                        Err(e) => {
+                            let _ = body_failed_tx.send((stdin_w, e.to_string()));
+                            return;
+                        }
+                    };
+                    if let Some(data) = frame.data_ref()
+                        && stdin_w.write_all(data).await.is_err()
+                    {
+                        break;
+                    }
+                }
             }
         }
     });
@@ -245,26 +382,29 @@ where
         .args(&args)
         .stdin(AsyncStdinStream::new(stdin_r))
         .stdout(AsyncStdoutStream::new(64 * 1024, stdout_w))
-        .stderr(crate::guest_log::GuestLog {
-            component: comp.id.clone(),
-            stream: "stderr",
-        });
+        .stderr(comp.guest_output("stderr"));
+    // Before the mounts are opened: they are descriptors too.
+    let fds = comp.instance_fds()?;
     for (host, guest) in &comp.mounts {
         wasi.preopened_dir(host, guest, FsPerms::ReadOnly)
             .map_err(|e| Failure::Internal {
                 message: format!("mount {}: {e:?}", host.display()),
             })?;
     }
-    let state = WagiState {
+    let mut state = WagiState {
         p1: wasi.build_p1(),
         limiter: MemoryLimiter::new(comp.limits.max_memory),
+        fds,
     };
+    state
+        .p1
+        .ctx()
+        .table
+        .set_max_capacity(descriptors::table_capacity());
     let mut store = Store::new(engine, state);
     store.limiter(|s| &mut s.limiter);
     crate::arm_deadline(&mut store, comp.limits.timeout);
 
-    let timeout = comp.limits.timeout;
-    let deadline = tokio::time::Instant::now() + timeout;
     let pre = module.pre.clone();
     let entrypoint = module.entrypoint.clone();
     let task_comp = comp.clone();
@@ -272,24 +412,39 @@ where
     let task = tokio::spawn(async move {
         let _permits = permits;
         let comp = task_comp;
-        let result = tokio::time::timeout_at(deadline, async {
+        let body_failed = async move {
+            match body_failed_rx.await {
+                Ok(failed) => failed,
+                // The body was delivered whole.
+                Err(_) => std::future::pending().await,
+            }
+        };
+        let run = tokio::time::timeout_at(deadline, async {
             let instance = pre.instantiate_async(&mut store).await?;
             let start = instance.get_typed_func::<(), ()>(&mut store, &entrypoint)?;
             start.call_async(&mut store, ()).await
-        })
-        .await;
-        let outcome = match result {
-            Err(_) => Outcome::Failed(Failure::Timeout { timeout }),
-            Ok(Ok(())) => Outcome::Done,
-            Ok(Err(e)) => match e.downcast_ref::<wasmtime_wasi::I32Exit>() {
-                Some(exit) if exit.0 == 0 => Outcome::Done,
-                _ => Outcome::Failed(crate::classify(&e, store.data().limiter.exceeded, &comp)),
+        });
+        let mut open_stdin = None;
+        let outcome = tokio::select! {
+            (stdin, message) = body_failed => {
+                // Stop the module before its input ends: it never sees end-of-file.
+                open_stdin = Some(stdin);
+                Outcome::Failed(Failure::RequestBody { message })
+            }
+            result = run => match result {
+                Err(_) => Outcome::Failed(Failure::Timeout { timeout }),
+                Ok(Ok(())) => Outcome::Done,
+                Ok(Err(e)) => match e.downcast_ref::<wasmtime_wasi::I32Exit>() {
+                    Some(exit) if exit.0 == 0 => Outcome::Done,
+                    _ => Outcome::Failed(crate::classify(&e, store.data().limiter.exceeded, &comp)),
+                },
             },
         };
         // Closing stdout ends the response body.
         drop(store);
+        drop(open_stdin);
         if let Outcome::Failed(f) = &outcome {
-            tracing::error!(component = %comp.id, "{f}");
+            comp.log_failure(f);
         }
         let _ = done_tx.send(matches!(outcome, Outcome::Failed(_)));
         outcome
@@ -305,7 +460,7 @@ where
     };
     let bad = |comp: &LoadedComponent, message: String| {
         let f = Failure::BadCgi { message };
-        tracing::error!(component = %comp.id, "{f}");
+        comp.log_failure(&f);
         f
     };
 
@@ -390,6 +545,14 @@ where
     Ok(response
         .body(body)
         .expect("status and headers were validated"))
+}
+
+/// The request body on its way to stdin.
+enum Input {
+    /// Read whole before the module started (its length was not declared).
+    Buffered(Bytes),
+    /// Streamed as it arrives (its length was declared).
+    Stream(http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>),
 }
 
 fn futures_lite_once(
