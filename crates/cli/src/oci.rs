@@ -137,11 +137,13 @@ pub fn app_source(arg: &str) -> anyhow::Result<AppSource> {
     Ok(AppSource::Local(arg.into()))
 }
 
+/// The content store in the cache directory; both must be private to this user (precompiled code
+/// from the store is run natively).
 fn store() -> anyhow::Result<Store> {
-    let root = wms_runtime::cache_dir()
-        .context("no cache directory: set WMS_CACHE_DIR (or HOME)")?
-        .join("oci");
-    Store::open(root)
+    let cache =
+        wms_runtime::cache_dir().context("no cache directory: set WMS_CACHE_DIR (or HOME)")?;
+    wms_oci::store::private_dir(&cache)?;
+    Store::open(cache.join("oci"))
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -281,10 +283,11 @@ pub fn login(args: LoginArgs) -> anyhow::Result<ExitCode> {
             .context("cannot read the password from standard input")?;
         s.trim_end_matches(['\n', '\r']).to_string()
     } else if std::io::stdin().is_terminal() {
-        eprint!("Password for {} at {}: ", args.username, args.registry);
-        let mut s = String::new();
-        std::io::stdin().read_line(&mut s)?;
-        s.trim_end_matches(['\n', '\r']).to_string()
+        // Echo off while it is typed, as docker and ssh do.
+        wms_oci::auth::read_password(&format!(
+            "Password for {} at {}: ",
+            args.username, args.registry
+        ))?
     } else {
         bail!("no password: pass --password-stdin and pipe it in");
     };
@@ -330,18 +333,39 @@ fn trusted(reference: &Reference, flag: bool) -> bool {
     if flag {
         return true;
     }
-    let whole = reference.whole();
     std::env::var(ENV_TRUSTED_PUBLISHERS)
         .unwrap_or_default()
         .split(',')
         .map(str::trim)
         .filter(|p| !p.is_empty())
-        .any(|p| {
-            whole == p
-                || whole
-                    .strip_prefix(p)
-                    .is_some_and(|rest| rest.starts_with(['/', ':', '@']))
-        })
+        .any(|p| publisher_matches(p, reference))
+}
+
+/// Whether trusted-publisher entry `pattern` (`HOST[:PORT][/PATH...]`) covers `reference`,
+/// compared on whole components: the registry exactly (`host` is not `host:5001`, nor
+/// `host.evil.example`), then the repository's leading path segments (`team` is not
+/// `team-evil`). A tag or digest in the entry is not a publisher: such an entry matches nothing,
+/// with a warning.
+fn publisher_matches(pattern: &str, reference: &Reference) -> bool {
+    let pattern = pattern.strip_prefix("oci://").unwrap_or(pattern);
+    let pattern = pattern.trim_end_matches('/');
+    let (registry, path) = pattern.split_once('/').unwrap_or((pattern, ""));
+    if pattern.contains('@') || path.contains(':') {
+        tracing::warn!(
+            "{ENV_TRUSTED_PUBLISHERS} entry `{pattern}` names a tag or digest; write REGISTRY[:PORT][/REPOSITORY-PREFIX]"
+        );
+        return false;
+    }
+    let registry_ok = [reference.registry(), reference.resolve_registry()]
+        .iter()
+        .any(|r| r.eq_ignore_ascii_case(registry));
+    if !registry_ok {
+        return false;
+    }
+    let mut repo = reference.repository().split('/');
+    path.split('/')
+        .filter(|s| !s.is_empty())
+        .all(|segment| repo.next() == Some(segment))
 }
 
 /// Makes an image runnable: pulls it as the policy says, then materialises it.
@@ -387,4 +411,39 @@ pub fn resolve(
         );
     }
     Ok(m)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trusted_publishers_match_whole_components() {
+        let r = |s: &str| wms_oci::parse_reference(s).unwrap();
+        let hello = r("reg.example:5001/team/hello:1");
+        assert!(publisher_matches("reg.example:5001", &hello));
+        assert!(publisher_matches("reg.example:5001/team", &hello));
+        assert!(publisher_matches("reg.example:5001/team/hello", &hello));
+        assert!(publisher_matches("oci://reg.example:5001/team/", &hello));
+        // A host is not the same host on another port.
+        assert!(!publisher_matches("reg.example", &hello));
+        assert!(!publisher_matches("reg.example:500", &hello));
+        assert!(!publisher_matches("reg.example:5001/te", &hello));
+        assert!(!publisher_matches("reg.example:5001/team/hello/x", &hello));
+        assert!(!publisher_matches("reg.example:5001/hello", &hello));
+        assert!(!publisher_matches("ho", &hello));
+        assert!(!publisher_matches("reg.example:5001/team/hello:1", &hello));
+        assert!(publisher_matches(
+            "reg.example",
+            &r("reg.example/team/hello:1")
+        ));
+        assert!(!publisher_matches(
+            "reg.example",
+            &r("reg.example.evil.example/team/hello:1")
+        ));
+        assert!(!publisher_matches(
+            "reg.example/team",
+            &r("reg.example/team-evil/hello:1")
+        ));
+    }
 }

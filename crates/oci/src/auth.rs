@@ -141,3 +141,43 @@ pub fn remove(registry: &str) -> anyhow::Result<bool> {
     }
     Ok(removed)
 }
+
+/// Reads a password typed on the terminal on standard input, with echo off while it is typed
+/// (restored afterwards, also when reading fails). `prompt` goes to standard error.
+pub fn read_password(prompt: &str) -> anyhow::Result<String> {
+    use std::io::{BufRead as _, Write as _};
+    const STDIN: libc::c_int = 0;
+    // SAFETY: tcgetattr fills the zeroed termios for a valid descriptor, or fails.
+    let mut term: libc::termios = unsafe { std::mem::zeroed() };
+    if unsafe { libc::tcgetattr(STDIN, &mut term) } != 0 {
+        bail!(
+            "cannot read the terminal settings: {}\n  help: pipe the password in with --password-stdin",
+            std::io::Error::last_os_error()
+        );
+    }
+    struct Restore(libc::termios);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            // SAFETY: restores settings read from the same descriptor.
+            unsafe { libc::tcsetattr(STDIN, libc::TCSANOW, &self.0) };
+        }
+    }
+    let restore = Restore(term);
+    term.c_lflag &= !libc::ECHO;
+    // The newline the user types is still echoed, so the next output starts on a fresh line.
+    term.c_lflag |= libc::ECHONL;
+    // SAFETY: a termios from tcgetattr with echo cleared.
+    if unsafe { libc::tcsetattr(STDIN, libc::TCSANOW, &term) } != 0 {
+        bail!(
+            "cannot turn off echo on the terminal: {}\n  help: pipe the password in with --password-stdin",
+            std::io::Error::last_os_error()
+        );
+    }
+    eprint!("{prompt}");
+    let _ = std::io::stderr().flush();
+    let mut line = String::new();
+    let read = std::io::stdin().lock().read_line(&mut line);
+    drop(restore);
+    read.context("cannot read the password")?;
+    Ok(line.trim_end_matches(['\n', '\r']).to_string())
+}

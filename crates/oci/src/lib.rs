@@ -30,6 +30,67 @@ pub use oci_client::Reference;
 pub use registry::{Options, Registry, login, parse_reference};
 pub use store::Store;
 
+/// Caps on what an image may make wms read (images and registries are untrusted). Each cap is
+/// checked against the descriptor's declared size before anything is downloaded, and again on the
+/// bytes that arrive (a registry sending more than a descriptor lists is refused); docs/oci.md
+/// lists them.
+pub mod limits {
+    use crate::media;
+
+    /// An image manifest or index. Registries refuse larger ones themselves (distribution's limit
+    /// is 4 MiB), so nothing legitimate is turned away.
+    pub const MANIFEST: u64 = 4 << 20;
+    /// An image config: a few hundred bytes for wms and wkg, kilobytes with a long import list.
+    pub const CONFIG: u64 = 1 << 20;
+    /// The app manifest layer: a TOML file a person wrote.
+    pub const APP_MANIFEST: u64 = 1 << 20;
+    /// A wasm, precompiled or files layer. Components are loaded whole to be compiled, and a
+    /// board has a few GiB of memory and storage; 256 MiB is an order of magnitude above the
+    /// largest real components and file sets.
+    pub const LAYER: u64 = 256 << 20;
+
+    /// The cap for a blob of this media type, and what to call it in errors.
+    pub fn for_blob(media_type: &str, is_config: bool) -> (u64, &'static str) {
+        if is_config {
+            (CONFIG, "config")
+        } else if media_type == media::APP_MANIFEST {
+            (APP_MANIFEST, "app manifest layer")
+        } else if media_type == media::FILES_TAR {
+            (LAYER, "files layer")
+        } else if media_type == media::PRECOMPILED {
+            (LAYER, "precompiled layer")
+        } else {
+            (LAYER, "layer")
+        }
+    }
+
+    /// `4 MiB`, for messages.
+    pub fn human(n: u64) -> String {
+        if n >= 1 << 20 && n.is_multiple_of(1 << 20) {
+            format!("{} MiB", n >> 20)
+        } else if n >= 1 << 10 && n.is_multiple_of(1 << 10) {
+            format!("{} KiB", n >> 10)
+        } else {
+            format!("{n} bytes")
+        }
+    }
+
+    /// Refuses a descriptor whose declared size is negative or over its cap, before download.
+    pub fn check(digest: &str, size: i64, media_type: &str, is_config: bool) -> Result<(), String> {
+        let (cap, what) = for_blob(media_type, is_config);
+        if size < 0 {
+            return Err(format!("{what} {digest} has a negative size ({size})"));
+        }
+        if size as u64 > cap {
+            return Err(format!(
+                "{what} {digest} is listed with {size} bytes, over wms's {} limit for a {what}; it was not downloaded",
+                human(cap)
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// What an image holds, decided from its manifest before any layer is downloaded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -78,7 +139,7 @@ pub struct Materialized {
 }
 
 fn stored_manifest(store: &Store, digest: &str) -> anyhow::Result<OciImageManifest> {
-    let bytes = store.read_blob(digest)?;
+    let bytes = store.read_blob(digest, limits::MANIFEST)?;
     serde_json::from_slice(&bytes)
         .with_context(|| format!("stored manifest {digest} is not an image manifest"))
 }
@@ -151,7 +212,9 @@ pub fn materialize(
     let mut precompiled = None;
     if let Some(target) = precompiled_target {
         let pdir = dir.with_extension(format!("precompiled-{target}"));
-        if !pdir.exists() {
+        if pdir.exists() {
+            check_precompiled_dir(&manifest, target, &pdir);
+        } else {
             build_once(&pdir, |tmp| precompiled_dir(store, &manifest, target, tmp))?;
         }
         if std::fs::read_dir(&pdir).is_ok_and(|mut d| d.next().is_some()) {
@@ -186,7 +249,9 @@ fn build_once(dir: &Path, fill: impl FnOnce(&Path) -> anyhow::Result<()>) -> any
 }
 
 /// Unpacks every files layer of an image into `out/files/HEX`, where its manifest's
-/// `{ digest }` file sources find them.
+/// `{ digest }` file sources find them. Each layer is streamed from the store through its
+/// digest (never read whole into memory: a files layer may be hundreds of MiB on a board with
+/// one GiB), and the unpacked files are used only if the whole blob hashed right.
 fn unpack_files(store: &Store, manifest: &OciImageManifest, out: &Path) -> anyhow::Result<()> {
     for l in manifest
         .layers
@@ -197,10 +262,60 @@ fn unpack_files(store: &Store, manifest: &OciImageManifest, out: &Path) -> anyho
         if to.exists() {
             continue;
         }
-        extract_tar(&store.read_blob(&l.digest)?, &to)
+        let mut blob = Verifying::open(store, &l.digest)?;
+        extract_tar(&mut blob, &to)
             .with_context(|| format!("cannot unpack files layer {}", l.digest))?;
+        // The archive ends at its end-of-archive marker; whatever follows is part of the blob.
+        std::io::copy(&mut blob, &mut std::io::sink())?;
+        blob.finish()?;
     }
     Ok(())
+}
+
+/// A stored blob read through a hasher: [`Verifying::finish`] says whether everything read was
+/// the blob its digest names, and removes a damaged blob so the next pull fetches it again.
+struct Verifying {
+    file: std::fs::File,
+    path: PathBuf,
+    digest: String,
+    hasher: sha2::Sha256,
+}
+
+impl Verifying {
+    fn open(store: &Store, digest: &str) -> anyhow::Result<Self> {
+        use sha2::Digest as _;
+        let path = store.blob_path(digest)?;
+        let file = std::fs::File::open(&path)
+            .with_context(|| format!("blob {digest} is not in the store; pull the image again"))?;
+        Ok(Self {
+            file,
+            path,
+            digest: digest.to_string(),
+            hasher: sha2::Sha256::new(),
+        })
+    }
+
+    fn finish(self) -> anyhow::Result<()> {
+        use sha2::Digest as _;
+        let found = format!("sha256:{}", store::hex(&self.hasher.finalize()));
+        if found != self.digest {
+            let _ = std::fs::remove_file(&self.path);
+            bail!(
+                "stored blob {} is damaged (content digest {found}); it was removed\n  help: pull the image again",
+                self.path.display()
+            );
+        }
+        Ok(())
+    }
+}
+
+impl std::io::Read for Verifying {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        use sha2::Digest as _;
+        let n = self.file.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
 }
 
 /// An image's app manifest: the publisher's text for an app image, or one written here for a
@@ -246,7 +361,7 @@ fn app_manifest_text(
                 .iter()
                 .find(|l| l.media_type == media::APP_MANIFEST)
                 .context("no app manifest layer")?;
-            let text = String::from_utf8(store.read_blob(&layer.digest)?)
+            let text = String::from_utf8(store.read_blob(&layer.digest, limits::APP_MANIFEST)?)
                 .context("the app manifest layer is not UTF-8 text")?;
             Ok(AppManifestText {
                 label: PathBuf::from(format!("{} (app manifest layer)", reference.whole())),
@@ -308,42 +423,104 @@ impl wms_manifest::ImageLayers for LayerSet<'_> {
     }
 }
 
-/// Writes this target's precompiled layers in the layout `wms up --precompiled` reads.
+/// This target's precompiled layers: (component id, layer, wasm digest it was compiled from).
+fn precompiled_layers<'a>(
+    manifest: &'a OciImageManifest,
+    target: &str,
+) -> Vec<(String, &'a OciDescriptor, String)> {
+    let mut found = Vec::new();
+    for l in &manifest.layers {
+        let ann = l.annotations.clone().unwrap_or_default();
+        if l.media_type != media::PRECOMPILED
+            || ann.get(media::ANN_TARGET).map(String::as_str) != Some(target)
+        {
+            continue;
+        }
+        let (Some(id), Some(wasm_digest)) = (
+            ann.get(media::ANN_COMPONENT),
+            ann.get(media::ANN_WASM_DIGEST),
+        ) else {
+            tracing::warn!(
+                "precompiled layer {} lacks its component or wasm digest; ignored",
+                l.digest
+            );
+            continue;
+        };
+        // The id becomes a file name.
+        if id.is_empty() || id.contains(['/', '\\']) || id.starts_with('.') {
+            tracing::warn!(
+                "precompiled layer {} names component `{id}`, which is not a component id; ignored",
+                l.digest
+            );
+            continue;
+        }
+        found.push((id.clone(), l, wasm_digest.clone()));
+    }
+    found
+}
+
+/// Writes this target's precompiled layers in the layout `wms up --precompiled` reads. Each blob
+/// is hashed as it is copied: precompiled code is mapped executable without any further check of
+/// its content, so a blob that does not match its digest (damage, or someone writing into the
+/// store) is removed and the component is compiled from its wasm instead.
 fn precompiled_dir(
     store: &Store,
     manifest: &OciImageManifest,
     target: &str,
     out: &Path,
 ) -> anyhow::Result<()> {
-    {
-        for l in &manifest.layers {
-            let ann = l.annotations.clone().unwrap_or_default();
-            if l.media_type != media::PRECOMPILED
-                || ann.get(media::ANN_TARGET).map(String::as_str) != Some(target)
-            {
-                continue;
-            }
-            let (Some(id), Some(wasm_digest)) = (
-                ann.get(media::ANN_COMPONENT),
-                ann.get(media::ANN_WASM_DIGEST),
-            ) else {
-                tracing::warn!(
-                    "precompiled layer {} lacks its component or wasm digest; ignored",
-                    l.digest
-                );
-                continue;
-            };
-            if !store.has_blob(&l.digest, l.size as u64) || id.contains('/') {
-                continue;
-            }
-            std::fs::copy(store.blob_path(&l.digest)?, out.join(format!("{id}.cwasm")))?;
-            std::fs::write(
-                out.join(format!("{id}.wasm-sha256")),
-                store::digest_hex(wasm_digest)?,
-            )?;
+    for (id, l, wasm_digest) in precompiled_layers(manifest, target) {
+        if !store.has_blob(&l.digest, l.size as u64) {
+            continue;
         }
+        let code = out.join(format!("{id}.cwasm"));
+        let copied = (|| -> anyhow::Result<()> {
+            let mut blob = Verifying::open(store, &l.digest)?;
+            let mut file = std::fs::File::create(&code)
+                .with_context(|| format!("cannot write {}", code.display()))?;
+            std::io::copy(&mut blob, &mut file)?;
+            blob.finish()
+        })();
+        if let Err(e) = copied {
+            let _ = std::fs::remove_file(&code);
+            tracing::warn!(
+                "component `{id}`: precompiled layer {} refused, not loaded: {e:#}; compiling from the wasm",
+                l.digest
+            );
+            continue;
+        }
+        std::fs::write(
+            out.join(format!("{id}.wasm-sha256")),
+            store::digest_hex(&wasm_digest)?,
+        )?;
     }
     Ok(())
+}
+
+/// Checks the code in an existing precompiled directory against its layers' digests before it is
+/// used (it was written by an earlier start and has been on disk since); code that does not match
+/// is removed, so the component is compiled from its wasm.
+fn check_precompiled_dir(manifest: &OciImageManifest, target: &str, dir: &Path) {
+    use sha2::Digest as _;
+    for (id, l, _) in precompiled_layers(manifest, target) {
+        let code = dir.join(format!("{id}.cwasm"));
+        let Ok(mut file) = std::fs::File::open(&code) else {
+            continue;
+        };
+        let mut h = sha2::Sha256::new();
+        let found = std::io::copy(&mut file, &mut h)
+            .map(|_| format!("sha256:{}", store::hex(&h.finalize())))
+            .unwrap_or_default();
+        if found != l.digest {
+            let _ = std::fs::remove_file(&code);
+            let _ = std::fs::remove_file(code.with_extension("wasm-sha256"));
+            tracing::warn!(
+                "component `{id}`: {} does not match precompiled layer {} (content digest {found}); removed, not loaded; compiling from the wasm",
+                code.display(),
+                l.digest
+            );
+        }
+    }
 }
 
 /// Re-hashes a stored blob about to be run (catches damage on disk since the pull).
@@ -365,10 +542,12 @@ fn verify_stored(store: &Store, digest: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Unpacks a files layer: regular files and directories only, never outside `out`.
-fn extract_tar(bytes: &[u8], out: &Path) -> anyhow::Result<()> {
+/// Unpacks a files layer, streamed: regular files and directories only, never outside `out`.
+/// What it writes is bounded by the layer's size (capped at [`limits::LAYER`]): those entry
+/// types hold no sparse or linked data that could expand.
+fn extract_tar(reader: impl std::io::Read, out: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(out)?;
-    let mut archive = tar::Archive::new(bytes);
+    let mut archive = tar::Archive::new(reader);
     for entry in archive.entries()? {
         let mut entry = entry?;
         let path = entry.path()?.into_owned();
@@ -665,14 +844,17 @@ pub fn describe_stored(store: &Store, reference: &Reference) -> anyhow::Result<O
     };
     let manifest = stored_manifest(store, &digest)?;
     let config = store
-        .read_blob(&manifest.config.digest)
+        .read_blob(&manifest.config.digest, limits::CONFIG)
         .map_err(|e| anyhow!("{e:#}"))?;
     let app_manifest = match manifest
         .layers
         .iter()
         .find(|l| l.media_type == media::APP_MANIFEST)
     {
-        Some(l) => Some(String::from_utf8_lossy(&store.read_blob(&l.digest)?).into_owned()),
+        Some(l) => Some(
+            String::from_utf8_lossy(&store.read_blob(&l.digest, limits::APP_MANIFEST)?)
+                .into_owned(),
+        ),
         None => None,
     };
     Ok(Some(describe(
@@ -706,7 +888,9 @@ mod tests {
         b.append_data(&mut h, "link", &b"x"[..]).unwrap();
         let bytes = b.into_inner().unwrap();
         let dir = tempfile::tempdir().unwrap();
-        let err = extract_tar(&bytes, dir.path()).unwrap_err().to_string();
+        let err = extract_tar(bytes.as_slice(), dir.path())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("files layers hold only files"), "{err}");
     }
 }

@@ -15,7 +15,7 @@ use tokio::io::AsyncWriteExt as _;
 
 use crate::image::ImageBuild;
 use crate::store::{Store, VerificationError, digest_hex, hex, sha256_digest};
-use crate::{ImageKind, media};
+use crate::{ImageKind, limits, media};
 
 /// Per-operation network timeout unless told otherwise.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -170,6 +170,21 @@ fn malformed(doing: &str, reference: &Reference, what: &str) -> anyhow::Error {
     )
 }
 
+/// A manifest as fetched: an image manifest (bytes, digest, parsed), or an index.
+enum Manifest {
+    Image(Vec<u8>, String, Box<OciImageManifest>),
+    Index(Box<OciImageIndex>),
+}
+
+/// The entry of an index that is a wasm image.
+fn wasm_entry(index: &OciImageIndex) -> Option<&oci_client::manifest::ImageIndexEntry> {
+    index.manifests.iter().find(|m| {
+        m.platform.as_ref().is_some_and(|p| {
+            p.architecture.to_string() == "wasm" || p.os.to_string().starts_with("wasi")
+        })
+    })
+}
+
 enum Fetched {
     Done,
     /// A resumed download did not verify; the partial file is gone.
@@ -297,23 +312,93 @@ impl Registry {
     }
 
     /// Fetches the manifest `reference` names (following an image index to its wasm entry),
-    /// checks its digest, and returns it with its bytes.
+    /// checks its digest and size, and returns it with its bytes.
     async fn fetch_manifest(
         &self,
         reference: &Reference,
         doing: &str,
     ) -> anyhow::Result<(Vec<u8>, String, OciImageManifest)> {
+        match self.fetch_one_manifest(reference, doing).await? {
+            Manifest::Image(bytes, digest, manifest) => Ok((bytes, digest, *manifest)),
+            Manifest::Index(index) => {
+                let entry = wasm_entry(&index).ok_or_else(|| {
+                    let platforms: Vec<String> = index
+                        .manifests
+                        .iter()
+                        .map(|m| m.platform.as_ref().map_or("?".into(), |p| format!("{}/{}", p.os, p.architecture)))
+                        .collect();
+                    anyhow!(
+                        "{doing}: {reference} is a multi-platform image without a wasm entry (it has {})\n  help: this is a container image; wms runs wasm images",
+                        platforms.join(", ")
+                    )
+                })?;
+                digest_hex(&entry.digest).map_err(|e| {
+                    malformed(doing, reference, &format!("its index's wasm entry: {e:#}"))
+                })?;
+                if entry.size < 0 || entry.size as u64 > limits::MANIFEST {
+                    return Err(malformed(
+                        doing,
+                        reference,
+                        &format!(
+                            "its index's wasm entry {} is listed with {} bytes; wms reads manifests of at most {}",
+                            entry.digest,
+                            entry.size,
+                            limits::human(limits::MANIFEST)
+                        ),
+                    ));
+                }
+                let inner = Reference::with_digest(
+                    reference.registry().to_string(),
+                    reference.repository().to_string(),
+                    entry.digest.clone(),
+                );
+                // Exactly one level: an index whose wasm entry is another index is refused, so a
+                // publisher cannot make wms walk a chain of indexes.
+                match self.fetch_one_manifest(&inner, doing).await? {
+                    Manifest::Image(bytes, digest, manifest) => Ok((bytes, digest, *manifest)),
+                    Manifest::Index(_) => Err(malformed(
+                        doing,
+                        reference,
+                        &format!(
+                            "its wasm entry {} is itself an image index; wms follows one level of index, to an image manifest",
+                            entry.digest
+                        ),
+                    )),
+                }
+            }
+        }
+    }
+
+    /// Fetches one manifest or index, checking its digest against a `@sha256:` reference and its
+    /// size against [`limits::MANIFEST`].
+    async fn fetch_one_manifest(
+        &self,
+        reference: &Reference,
+        doing: &str,
+    ) -> anyhow::Result<Manifest> {
         let accepted = [
             media::OCI_MANIFEST,
             media::OCI_INDEX,
             media::DOCKER_MANIFEST,
             media::DOCKER_LIST,
         ];
+        // The client reads a manifest response whole; the cap is checked on what arrived.
         let (bytes, _) = self
             .client
             .pull_manifest_raw(reference, &self.auth, &accepted)
             .await
             .map_err(|e| self.explain(e, doing))?;
+        if bytes.len() as u64 > limits::MANIFEST {
+            return Err(malformed(
+                doing,
+                reference,
+                &format!(
+                    "its manifest has {} bytes, over wms's {} limit for a manifest",
+                    bytes.len(),
+                    limits::human(limits::MANIFEST)
+                ),
+            ));
+        }
         let digest = sha256_digest(&bytes);
         if let Some(expected) = reference.digest()
             && expected != digest
@@ -327,48 +412,13 @@ impl Registry {
         let value: serde_json::Value = serde_json::from_slice(&bytes)
             .map_err(|e| malformed(doing, reference, &format!("its manifest is not JSON ({e})")))?;
         if value.get("manifests").is_some() {
-            if reference.digest().is_some()
-                && reference.tag().is_none()
-                && reference.digest() != Some(digest.as_str())
-            {
-                return Err(malformed(
-                    doing,
-                    reference,
-                    "an image index points at another index",
-                ));
-            }
             let index: OciImageIndex = serde_json::from_value(value)
                 .map_err(|e| malformed(doing, reference, &format!("bad image index ({e})")))?;
-            let entry = index
-                .manifests
-                .iter()
-                .find(|m| {
-                    m.platform.as_ref().is_some_and(|p| {
-                        p.architecture.to_string() == "wasm" || p.os.to_string().starts_with("wasi")
-                    })
-                })
-                .ok_or_else(|| {
-                    let platforms: Vec<String> = index
-                        .manifests
-                        .iter()
-                        .map(|m| m.platform.as_ref().map_or("?".into(), |p| format!("{}/{}", p.os, p.architecture)))
-                        .collect();
-                    anyhow!(
-                        "{doing}: {reference} is a multi-platform image without a wasm entry (it has {})\n  help: this is a container image; wms runs wasm images",
-                        platforms.join(", ")
-                    )
-                })?;
-            let inner = Reference::with_digest(
-                reference.registry().to_string(),
-                reference.repository().to_string(),
-                entry.digest.clone(),
-            );
-            let (bytes, digest, manifest) = Box::pin(self.fetch_manifest(&inner, doing)).await?;
-            return Ok((bytes, digest, manifest));
+            return Ok(Manifest::Index(Box::new(index)));
         }
         let manifest: OciImageManifest = serde_json::from_value(value)
             .map_err(|e| malformed(doing, reference, &format!("bad image manifest ({e})")))?;
-        Ok((bytes.to_vec(), digest, manifest))
+        Ok(Manifest::Image(bytes.to_vec(), digest, Box::new(manifest)))
     }
 
     /// Reads an image's manifest and config without downloading its layers.
@@ -376,15 +426,15 @@ impl Registry {
         let doing = format!("cannot inspect {}", self.reference);
         self.authorize(RegistryOperation::Pull, &doing).await?;
         let (_, digest, manifest) = self.fetch_manifest(&self.reference, &doing).await?;
-        let config = self.small_blob(&manifest.config, &doing).await?;
+        let config = self.small_blob(&manifest.config, true, &doing).await?;
         let app_manifest = match manifest
             .layers
             .iter()
             .find(|l| l.media_type == media::APP_MANIFEST)
         {
-            Some(l) => {
-                Some(String::from_utf8_lossy(&self.small_blob(l, &doing).await?).into_owned())
-            }
+            Some(l) => Some(
+                String::from_utf8_lossy(&self.small_blob(l, false, &doing).await?).into_owned(),
+            ),
             None => None,
         };
         Ok(Described {
@@ -396,19 +446,38 @@ impl Registry {
     }
 
     /// Fetches a small blob (config, app manifest) into memory, verified.
-    async fn small_blob(&self, d: &OciDescriptor, doing: &str) -> anyhow::Result<Vec<u8>> {
-        if d.size < 0 || d.size > 4 << 20 {
-            bail!(
-                "{doing}: blob {} is listed with {} bytes; configs and manifests are small",
-                d.digest,
-                d.size
-            );
-        }
-        let mut bytes = Vec::new();
-        self.client
-            .pull_blob(&self.reference, d, &mut bytes)
+    async fn small_blob(
+        &self,
+        d: &OciDescriptor,
+        is_config: bool,
+        doing: &str,
+    ) -> anyhow::Result<Vec<u8>> {
+        digest_hex(&d.digest).map_err(|e| malformed(doing, &self.reference, &format!("{e:#}")))?;
+        limits::check(&d.digest, d.size, &d.media_type, is_config)
+            .map_err(|e| malformed(doing, &self.reference, &e))?;
+        // Streamed with the cap enforced on what arrives: the declared size is the registry's
+        // word, not a bound on what it sends.
+        let mut stream = self
+            .client
+            .pull_blob_stream(&self.reference, d)
             .await
-            .map_err(|e| self.explain(e, doing))?;
+            .map_err(|e| self.explain(e, doing))?
+            .stream;
+        let mut bytes = Vec::with_capacity(d.size as usize);
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| anyhow!("{doing}: blob {}: {e}", d.digest))?;
+            if (bytes.len() + chunk.len()) as u64 > d.size as u64 {
+                return Err(VerificationError {
+                    expected: d.digest.clone(),
+                    found: format!(
+                        "the registry sent more than the {} bytes the manifest lists",
+                        d.size
+                    ),
+                }
+                .into());
+            }
+            bytes.extend_from_slice(&chunk);
+        }
         let found = sha256_digest(&bytes);
         if found != d.digest || bytes.len() as i64 != d.size {
             return Err(VerificationError {
@@ -444,16 +513,12 @@ impl Registry {
                         .is_some_and(|x| x == t)
                 })
         }));
-        for d in &wanted {
+        for (i, d) in wanted.iter().enumerate() {
             digest_hex(&d.digest)
                 .map_err(|e| malformed(&doing, &self.reference, &format!("{e:#}")))?;
-            if d.size < 0 {
-                return Err(malformed(
-                    &doing,
-                    &self.reference,
-                    &format!("blob {} has a negative size", d.digest),
-                ));
-            }
+            // Before anything is downloaded: a descriptor over its cap fails the pull whole.
+            limits::check(&d.digest, d.size, &d.media_type, i == 0)
+                .map_err(|e| malformed(&doing, &self.reference, &e))?;
         }
         let missing: Vec<&OciDescriptor> = wanted
             .into_iter()
@@ -784,6 +849,7 @@ pub async fn login(
             let Some(realm) = bearer_param(&challenge, "realm") else {
                 return Err(refused());
             };
+            check_realm(registry, &realm, options)?;
             let mut req = client.get(&realm).basic_auth(user, Some(password));
             if let Some(service) = bearer_param(&challenge, "service") {
                 req = req.query(&[("service", service)]);
@@ -798,6 +864,32 @@ pub async fn login(
         ),
     }
     crate::auth::store(registry, user, password)
+}
+
+/// Refuses a token service the password would travel to in clear text: `wms login` sends the
+/// basic credentials to the realm the registry names, and a registry (or whoever answers in its
+/// place) may name any URL. Plain HTTP is accepted only when the token service is on this machine
+/// (its host is loopback), or with `--insecure`. A loopback registry does not vouch for its
+/// realm: `localhost:5000` is often a tunnel or proxy to a remote registry, whose
+/// `http://` token service would get the password over the network.
+fn check_realm(registry: &str, realm: &str, options: &Options) -> anyhow::Result<()> {
+    let lower = realm.to_ascii_lowercase();
+    if lower.starts_with("https://") {
+        return Ok(());
+    }
+    if let Some(rest) = lower.strip_prefix("http://") {
+        let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+        let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+        if options.insecure || is_loopback(host_port) {
+            return Ok(());
+        }
+        bail!(
+            "cannot log in to {registry}: its token service {realm} is plain HTTP off this machine, so the password would cross the network unencrypted; nothing was sent to it\n  help: use a registry whose token service is HTTPS, or pass --insecure if this network is trusted"
+        );
+    }
+    bail!(
+        "cannot log in to {registry}: its token service `{realm}` is not an http(s) URL; nothing was sent to it"
+    )
 }
 
 fn bearer_param(challenge: &str, key: &str) -> Option<String> {
@@ -862,6 +954,28 @@ mod tests {
         ] {
             assert!(parse_explicit(r).is_none(), "{r}");
         }
+    }
+
+    #[test]
+    fn passwords_go_to_plain_http_token_services_only_on_loopback_or_insecure() {
+        let o = Options::default();
+        assert!(check_realm("registry.example.com", "https://auth.example.com/token", &o).is_ok());
+        let err = check_realm("registry.example.com", "http://auth.example.com/token", &o)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("plain HTTP"), "{err}");
+        assert!(err.contains("--insecure"), "{err}");
+        // A loopback registry naming a remote plain-HTTP token service (a tunnel, a proxy).
+        assert!(check_realm("127.0.0.1:5000", "http://auth.example.com/token", &o).is_err());
+        assert!(check_realm("127.0.0.1:5000", "http://127.0.0.1:5001/token", &o).is_ok());
+        assert!(check_realm("localhost:5000", "http://localhost/token?x=1", &o).is_ok());
+        assert!(check_realm("127.0.0.1:5000", "http://127.0.0.1@evil.example/t", &o).is_err());
+        let insecure = Options {
+            insecure: true,
+            ..Options::default()
+        };
+        assert!(check_realm("10.0.0.1:5000", "http://10.0.0.1:5001/token", &insecure).is_ok());
+        assert!(check_realm("registry.example.com", "file:///etc/passwd", &o).is_err());
     }
 
     #[test]

@@ -60,6 +60,54 @@ pub struct VerificationError {
     pub found: String,
 }
 
+/// Makes sure `dir` is a directory only this user can write, creating it (mode 0700, parents
+/// too) when missing. The cache holds code wms runs natively (compiled components, precompiled
+/// layers), so anyone who can write it can run code as every later wms: like ssh with its keys,
+/// wms refuses a directory another user owns or that group or others may write, and says how to
+/// fix it. The directory itself is checked (following a symlink, as systemd's `CacheDirectory=`
+/// with `DynamicUser=` makes one), not its parents.
+pub fn private_dir(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt as _, MetadataExt as _};
+    if !dir.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    let meta = std::fs::metadata(dir).with_context(|| format!("cannot read {}", dir.display()))?;
+    if !meta.is_dir() {
+        bail!(
+            "{} is not a directory\n  help: remove it, or set WMS_CACHE_DIR to a directory of your own",
+            dir.display()
+        );
+    }
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    if meta.uid() != me {
+        bail!(
+            "refusing the cache directory {}: it is owned by user {}, not by this user ({me}), who could put code there that wms runs natively\n  help: `chown -R {me} {}`, or set WMS_CACHE_DIR to a directory of your own",
+            dir.display(),
+            meta.uid(),
+            dir.display()
+        );
+    }
+    let mode = meta.mode() & 0o7777;
+    if mode & 0o022 != 0 {
+        let who = match (mode & 0o020 != 0, mode & 0o002 != 0) {
+            (true, true) => "its group and all users",
+            (true, false) => "its group",
+            _ => "all users",
+        };
+        bail!(
+            "refusing the cache directory {}: {who} may write to it (mode {mode:04o}), so they could put code there that wms runs natively\n  help: `chmod go-w {}` (wms creates it with mode 0700)",
+            dir.display(),
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
 /// The content store under one directory.
 #[derive(Debug, Clone)]
 pub struct Store {
@@ -67,13 +115,13 @@ pub struct Store {
 }
 
 impl Store {
-    /// Opens (creating if needed) the store at `root`.
+    /// Opens (creating if needed, private to this user) the store at `root`; refuses a store
+    /// other users could write (see [`private_dir`]).
     pub fn open(root: impl Into<PathBuf>) -> anyhow::Result<Self> {
         let root = root.into();
-        for sub in ["blobs/sha256", "partial", "refs", "apps"] {
-            let dir = root.join(sub);
-            std::fs::create_dir_all(&dir)
-                .with_context(|| format!("cannot create the content store {}", dir.display()))?;
+        private_dir(&root)?;
+        for sub in ["blobs", "blobs/sha256", "partial", "refs", "apps"] {
+            private_dir(&root.join(sub))?;
         }
         Ok(Self { root })
     }
@@ -99,10 +147,21 @@ impl Store {
             .is_some_and(|m| m.len() == size)
     }
 
-    /// Reads a stored blob and checks it again (blobs read this way are small: manifests,
-    /// configs, app manifests); a damaged file is removed so the next pull fetches it anew.
-    pub fn read_blob(&self, digest: &str) -> anyhow::Result<Vec<u8>> {
+    /// Reads a stored blob of at most `max` bytes and checks it again (blobs read this way are
+    /// small: manifests, configs, app manifests); a damaged file is removed so the next pull
+    /// fetches it anew. The cap is checked before reading, so a huge file is never read whole.
+    pub fn read_blob(&self, digest: &str, max: u64) -> anyhow::Result<Vec<u8>> {
         let path = self.blob_path(digest)?;
+        let len = std::fs::metadata(&path)
+            .with_context(|| format!("blob {digest} is not in the store ({})", path.display()))?
+            .len();
+        if len > max {
+            bail!(
+                "stored blob {digest} has {len} bytes, over the {} limit for what it is\n  help: the image is not one wms reads; remove {} and ask its publisher",
+                crate::limits::human(max),
+                path.display()
+            );
+        }
         let bytes = std::fs::read(&path)
             .with_context(|| format!("blob {digest} is not in the store ({})", path.display()))?;
         let found = sha256_digest(&bytes);
@@ -213,6 +272,26 @@ mod tests {
     }
 
     #[test]
+    fn a_store_others_can_write_is_refused() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("cache/oci");
+        Store::open(&root).unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&root), 0o700);
+        assert_eq!(mode(&root.join("blobs/sha256")), 0o700);
+        std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let err = Store::open(&root).unwrap_err().to_string();
+        assert!(err.contains("all users may write"), "{err}");
+        assert!(err.contains("chmod go-w"), "{err}");
+        std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o770)).unwrap();
+        let err = Store::open(&root).unwrap_err().to_string();
+        assert!(err.contains("group may write"), "{err}");
+        std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o755)).unwrap();
+        Store::open(&root).unwrap();
+    }
+
+    #[test]
     fn a_blob_is_stored_only_when_its_content_matches() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
@@ -222,6 +301,8 @@ mod tests {
         assert!(!store.has_blob(&good, 7));
         store.put_blob(&good, b"content").unwrap();
         assert!(store.has_blob(&good, 7));
-        assert_eq!(store.read_blob(&good).unwrap(), b"content");
+        assert_eq!(store.read_blob(&good, 7).unwrap(), b"content");
+        let err = store.read_blob(&good, 6).unwrap_err().to_string();
+        assert!(err.contains("over the 6 bytes limit"), "{err}");
     }
 }

@@ -17,7 +17,7 @@ use sha2::{Digest, Sha256};
 use wasmtime::Engine;
 use wasmtime::component::Component;
 
-use crate::adapt::{cache_dir, hex};
+use crate::adapt::{check_private, create_private, hex, private_cache_subdir};
 
 /// A stable key for "code compiled by this engine loads into this engine": the sha256 of
 /// Wasmtime's precompile compatibility hash.
@@ -89,11 +89,16 @@ pub(crate) fn load(
             ),
         }
     }
-    let cached = cache_dir().map(|d| {
-        d.join("aot")
-            .join(engine_key(engine))
-            .join(format!("{digest}.cwasm"))
-    });
+    let cached = match private_cache_subdir("aot")? {
+        Some(aot) => {
+            let dir = aot.join(engine_key(engine));
+            if dir.exists() {
+                check_private(&dir)?;
+            }
+            Some(dir.join(format!("{digest}.cwasm")))
+        }
+        None => None,
+    };
     if let Some(path) = &cached
         && path.exists()
     {
@@ -202,7 +207,7 @@ pub(crate) fn read_verified(path: &Path) -> Option<Vec<u8>> {
 /// Writes `contents` followed by their sha256, atomically (temporary file, then rename).
 pub(crate) fn write_verified(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
     let dir = path.parent().context("path has no parent directory")?;
-    std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    create_private(dir).with_context(|| format!("create {}", dir.display()))?;
     let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
     std::io::Write::write_all(&mut tmp, contents)?;
     std::io::Write::write_all(&mut tmp, &Sha256::digest(contents))?;
