@@ -1,14 +1,30 @@
 //! `allowed_outbound_hosts` in Spin's syntax: `scheme://host[:port]`, where the scheme, the host,
 //! a leading host label (`*.example.com`) and the port may be `*`, and a port may be a range
-//! `1000..2000`. Nothing is allowed unless a pattern matches.
+//! `1000..2000` (end excluded, as in Spin). A host may be an IP address, IPv6 in brackets
+//! (`http://[::1]:8080`). Nothing is allowed unless a pattern matches.
 
 use std::fmt;
+use std::net::IpAddr;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum HostPattern {
     Any,
     Suffix(String),
+    /// A host name, lowercase.
     Exact(String),
+    /// An IP address, compared as an address (`::0001` is `::1`).
+    Address(IpAddr),
+}
+
+/// A request's host as compared: an IP address (brackets of an IPv6 literal removed) or a
+/// lowercase name.
+fn normalize(host: &str) -> Result<IpAddr, String> {
+    let bare = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    bare.parse::<IpAddr>()
+        .map_err(|_| bare.to_ascii_lowercase())
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,9 +75,36 @@ impl AllowedHost {
                 "`{raw}` has a path; an allowed host is only `scheme://host[:port]`"
             ));
         }
-        let (host, port) = match rest.rsplit_once(':') {
-            Some((h, p)) if !h.ends_with(']') || rest.starts_with('[') => (h, Some(p)),
-            _ => (rest, None),
+        if rest.contains('@') {
+            return Err(format!(
+                "`{raw}` has user info; an allowed host is only `scheme://host[:port]` (credentials go in a request header)"
+            ));
+        }
+        // `[v6]` or `[v6]:port`; else `host` or `host:port`.
+        let (host, port) = if let Some(bracketed) = rest.strip_prefix('[') {
+            let Some((addr, after)) = bracketed.split_once(']') else {
+                return Err(format!("`{raw}`: `[` without `]` around an IPv6 address"));
+            };
+            if addr.parse::<std::net::Ipv6Addr>().is_err() {
+                return Err(format!("`{raw}`: `[{addr}]` is not an IPv6 address"));
+            }
+            match after {
+                "" => (addr, None),
+                _ => match after.strip_prefix(':') {
+                    Some(p) => (addr, Some(p)),
+                    None => return Err(format!("`{raw}`: expected `:PORT` after `[{addr}]`")),
+                },
+            }
+        } else {
+            match rest.split_once(':') {
+                Some((_, p)) if p.contains(':') => {
+                    return Err(format!(
+                        "`{raw}`: an IPv6 address goes in brackets, as in `http://[::1]:8080`"
+                    ));
+                }
+                Some((h, p)) => (h, Some(p)),
+                None => (rest, None),
+            }
         };
         if host.is_empty() {
             return Err(format!(
@@ -82,7 +125,10 @@ impl AllowedHost {
                 "`{raw}`: a host wildcard must be `*` or start with `*.`, as in `*.example.com`"
             ));
         } else {
-            HostPattern::Exact(host.to_ascii_lowercase())
+            match normalize(host) {
+                Ok(ip) => HostPattern::Address(ip),
+                Err(name) => HostPattern::Exact(name),
+            }
         };
         let port_pattern = match port {
             Some("*") => PortPattern::Any,
@@ -90,10 +136,13 @@ impl AllowedHost {
                 if let Some((lo, hi)) = p.split_once("..") {
                     let lo = parse_port(raw, lo)?;
                     let hi = parse_port(raw, hi)?;
-                    if lo > hi {
-                        return Err(format!("`{raw}`: port range {lo}..{hi} is empty"));
+                    // The end is excluded, as in Spin (and Rust): `8000..8000` allows nothing.
+                    if lo >= hi {
+                        return Err(format!(
+                            "`{raw}`: port range {lo}..{hi} is empty (the end is excluded); for one port write `:{lo}`"
+                        ));
                     }
-                    PortPattern::Range(lo, hi.saturating_sub(1).max(lo))
+                    PortPattern::Range(lo, hi - 1)
                 } else {
                     let port = parse_port(raw, p)?;
                     PortPattern::Range(port, port)
@@ -116,18 +165,30 @@ impl AllowedHost {
         })
     }
 
-    /// Whether a request to `scheme://host:port` is allowed by this entry.
+    /// The IP address this entry names, if its host is one (`http://10.0.0.5:8080`): such an
+    /// entry is the operator's explicit permission to reach that address.
+    pub fn address(&self) -> Option<IpAddr> {
+        match self.host {
+            HostPattern::Address(ip) => Some(ip),
+            _ => None,
+        }
+    }
+
+    /// Whether a request to `scheme://host:port` is allowed by this entry. `host` is the
+    /// request's host: a name, an IPv4 address, or an IPv6 address with or without brackets.
     pub fn allows(&self, scheme: &str, host: &str, port: u16) -> bool {
         if let Some(s) = &self.scheme
             && !s.eq_ignore_ascii_case(scheme)
         {
             return false;
         }
-        let host = host.to_ascii_lowercase();
-        let host_ok = match &self.host {
-            HostPattern::Any => true,
-            HostPattern::Suffix(suffix) => host.ends_with(suffix.as_str()),
-            HostPattern::Exact(h) => *h == host,
+        let host = normalize(host);
+        let host_ok = match (&self.host, &host) {
+            (HostPattern::Any, _) => true,
+            (HostPattern::Suffix(suffix), Err(name)) => name.ends_with(suffix.as_str()),
+            (HostPattern::Exact(h), Err(name)) => h == name,
+            (HostPattern::Address(a), Ok(ip)) => a == ip,
+            _ => false,
         };
         let port_ok = match self.port {
             PortPattern::Any => true,
@@ -147,6 +208,16 @@ pub fn is_allowed(list: &[AllowedHost], scheme: &str, host: &str, port: u16) -> 
     list.iter().any(|a| a.allows(scheme, host, port))
 }
 
+/// Whether an entry allowing the destination names its address explicitly (the request's host
+/// is an IP address and an entry's host is that address, not a wildcard).
+pub fn names_address(list: &[AllowedHost], scheme: &str, host: &str, port: u16) -> bool {
+    let Ok(ip) = normalize(host) else {
+        return false;
+    };
+    list.iter()
+        .any(|a| a.address() == Some(ip) && a.allows(scheme, host, port))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -164,8 +235,53 @@ mod tests {
         assert!(a.allows("http", "api.example.com", 1));
         assert!(!a.allows("http", "example.com", 1));
         let a = AllowedHost::parse("http://localhost:8000..8002").unwrap();
+        assert!(!a.allows("http", "localhost", 7999));
+        assert!(a.allows("http", "localhost", 8000));
         assert!(a.allows("http", "localhost", 8001));
         assert!(!a.allows("http", "localhost", 8002));
+        // The end is excluded: `a..a` is empty, and refused rather than allowing `a`.
+        let err = AllowedHost::parse("http://localhost:8000..8000").unwrap_err();
+        assert!(err.contains("is empty"), "{err}");
+        assert!(AllowedHost::parse("http://localhost:8001..8000").is_err());
+        let a = AllowedHost::parse("http://localhost:8000..8001").unwrap();
+        assert!(a.allows("http", "localhost", 8000));
+        assert!(!a.allows("http", "localhost", 8001));
+    }
+
+    #[test]
+    fn ipv6_entries_match_ipv6_requests() {
+        let a = AllowedHost::parse("http://[::1]:8080").unwrap();
+        assert_eq!(a.address(), Some("::1".parse().unwrap()));
+        // The request's host as http::Uri gives it (brackets), bare, or spelled otherwise.
+        assert!(a.allows("http", "[::1]", 8080));
+        assert!(a.allows("http", "::1", 8080));
+        assert!(a.allows("http", "[0:0::0001]", 8080));
+        assert!(!a.allows("http", "[::2]", 8080));
+        assert!(!a.allows("http", "[::1]", 8081));
+        let a = AllowedHost::parse("https://[2001:db8::1]").unwrap();
+        assert!(a.allows("https", "[2001:db8::1]", 443));
+        let a = AllowedHost::parse("http://[fe80::1]:*").unwrap();
+        assert!(a.allows("http", "[fe80::1]", 1));
+        assert!(AllowedHost::parse("http://::1:8080").is_err());
+        assert!(AllowedHost::parse("http://[::1:8080").is_err());
+        assert!(AllowedHost::parse("http://[example.com]:80").is_err());
+        assert!(AllowedHost::parse("http://[::1]8080").is_err());
+        // A name is never an address, and the reverse.
+        let a = AllowedHost::parse("http://127.0.0.1:80").unwrap();
+        assert!(a.allows("http", "127.0.0.1", 80));
+        assert!(!a.allows("http", "localhost", 80));
+        assert!(names_address(std::slice::from_ref(&a), "http", "127.0.0.1", 80));
+        let any = AllowedHost::parse("http://*:80").unwrap();
+        assert!(!names_address(&[any], "http", "127.0.0.1", 80));
+        let name = AllowedHost::parse("http://localhost:80").unwrap();
+        assert!(!names_address(&[name], "http", "localhost", 80));
+    }
+
+    #[test]
+    fn user_info_is_refused() {
+        let err = AllowedHost::parse("http://user@example.com").unwrap_err();
+        assert!(err.contains("user info"), "{err}");
+        assert!(AllowedHost::parse("http://user:pw@example.com:80").is_err());
     }
 
     #[test]

@@ -1,61 +1,378 @@
 //! Outbound HTTP from guests: denied unless the destination matches the component's
 //! `allowed_outbound_hosts`. The check sits in the `send_request` hook, so nothing leaves the
 //! host for a denied request and the guest sees `HttpRequestDenied`, as under Spin.
+//!
+//! An allowed host name must not become a way into the node or its network: a name the guest
+//! (or whoever controls its DNS) points at 127.0.0.1, 169.254.169.254 (the cloud metadata
+//! service) or a private address is refused, unless an entry names that address itself
+//! (`http://127.0.0.1:8080`), which is the operator saying so. The hook therefore resolves the
+//! name itself, checks every address, and connects to a checked address: nothing resolves the
+//! name a second time, so a DNS answer that changes between check and connect (rebinding) cannot
+//! send the connection elsewhere. TLS (for `https`) then runs on that connection, verifying the
+//! certificate for the host name, with the same rustls and webpki roots as wasmtime-wasi-http.
 
-use std::sync::Arc;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
+use std::time::Duration;
 
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
+use tokio::io::{AsyncRead, AsyncWrite};
 use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody, WasiHttpHooks};
-use wms_manifest::outbound::{AllowedHost, is_allowed};
+use wms_manifest::outbound::{AllowedHost, is_allowed, names_address};
 
 pub(crate) struct OutboundPolicy {
     pub component: Arc<str>,
     pub allowed: Arc<[AllowedHost]>,
 }
 
-type SendFuture = Box<
-    dyn Future<
-            Output = Result<
-                (
-                    http::Response<WasiBody>,
-                    Box<dyn Future<Output = Result<(), HttpError>> + Send>,
-                ),
-                HttpError,
-            >,
-        > + Send,
->;
+type IoFuture = Box<dyn Future<Output = Result<(), HttpError>> + Send>;
+type SendFuture =
+    Box<dyn Future<Output = Result<(http::Response<WasiBody>, IoFuture), HttpError>> + Send>;
+
+/// Timeouts when the guest sets none (wasmtime-wasi-http's defaults).
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
 
 impl WasiHttpHooks for OutboundPolicy {
     fn send_request(
         &mut self,
         request: http::Request<WasiBody>,
         options: Option<RequestOptions>,
-        _fut: Box<dyn Future<Output = Result<(), HttpError>> + Send>,
+        _fut: IoFuture,
     ) -> SendFuture {
+        let component = self.component.clone();
+        let deny = move |what: String, error: HttpError| -> SendFuture {
+            tracing::warn!(component = %component, "{what}");
+            Box::new(async move { Err(error) })
+        };
         let uri = request.uri();
-        let scheme = uri.scheme_str().unwrap_or("https").to_string();
-        let host = uri
-            .host()
-            .unwrap_or("")
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_string();
-        let port = uri
+        let scheme = uri.scheme_str().unwrap_or("https").to_ascii_lowercase();
+        let Some(authority) = uri.authority() else {
+            return deny(
+                format!("outbound request to {uri} denied: no host"),
+                HttpError::HttpRequestUriInvalid,
+            );
+        };
+        // `user@host`: the credentials would go out in the Host header, and what the check sees
+        // as the host is not what a resolver given the whole authority would; refused.
+        if authority.as_str().contains('@') {
+            return deny(
+                format!(
+                    "outbound request to {scheme}://{authority} denied: user info in the URL is not supported; send credentials in an Authorization header"
+                ),
+                HttpError::HttpRequestDenied,
+            );
+        }
+        // `[::1]` for IPv6, as in the URL.
+        let host = authority.host().to_string();
+        let port = authority
             .port_u16()
             .unwrap_or(if scheme == "http" { 80 } else { 443 });
         if !is_allowed(&self.allowed, &scheme, &host, port) {
-            tracing::warn!(
-                component = %self.component,
-                "outbound request to {scheme}://{host}:{port} denied: not in allowed_outbound_hosts"
+            return deny(
+                format!(
+                    "outbound request to {scheme}://{host}:{port} denied: not in allowed_outbound_hosts"
+                ),
+                HttpError::HttpRequestDenied,
             );
-            return Box::new(async { Err(HttpError::HttpRequestDenied) });
         }
+        let explicit = names_address(&self.allowed, &scheme, &host, port);
+        let component = self.component.clone();
         Box::new(async move {
-            let (res, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
-            Ok((
-                res.map(BodyExt::boxed_unsync),
-                Box::new(io) as Box<dyn Future<Output = _> + Send>,
-            ))
+            let connect_timeout = options
+                .and_then(|o| o.connect_timeout)
+                .unwrap_or(DEFAULT_TIMEOUT);
+            let bare = host.trim_start_matches('[').trim_end_matches(']');
+            let resolved = match bare.parse::<IpAddr>() {
+                Ok(ip) => vec![SocketAddr::new(ip, port)],
+                Err(_) => resolve(bare, port, connect_timeout).await?,
+            };
+            let (usable, refused): (Vec<SocketAddr>, Vec<SocketAddr>) = resolved
+                .into_iter()
+                .partition(|a| explicit || special_purpose(a.ip()).is_none());
+            if usable.is_empty() {
+                let why = refused
+                    .first()
+                    .map(|a| {
+                        let kind = special_purpose(a.ip()).unwrap_or("special-purpose");
+                        if a.ip().to_string() == bare {
+                            format!("{} is a {kind} address", a.ip())
+                        } else {
+                            format!("{host} resolves to {}, a {kind} address", a.ip())
+                        }
+                    })
+                    .unwrap_or_else(|| format!("{host} has no address"));
+                tracing::warn!(
+                    component = %component,
+                    "outbound request to {scheme}://{host}:{port} denied: {why}; only an allowed_outbound_hosts entry naming the address itself allows that"
+                );
+                return Err(HttpError::DestinationIpProhibited);
+            }
+            if !refused.is_empty() {
+                tracing::debug!(
+                    component = %component,
+                    "outbound request to {host}: not using {refused:?} (special-purpose addresses)"
+                );
+            }
+            let tls = (scheme == "https").then_some(bare);
+            send(request, options, &usable, tls).await
         })
+    }
+}
+
+/// Why `ip` is refused for a host name: loopback, link-local, private, shared, unspecified,
+/// multicast or broadcast, i.e. the node itself, its local networks, or no single host. `None`
+/// for an ordinary (global) address.
+pub(crate) fn special_purpose(ip: IpAddr) -> Option<&'static str> {
+    match ip {
+        IpAddr::V4(v4) => {
+            let [a, b, ..] = v4.octets();
+            if v4.is_unspecified() || a == 0 {
+                Some("unspecified")
+            } else if v4.is_loopback() {
+                Some("loopback")
+            } else if v4.is_link_local() {
+                // 169.254.169.254 is the cloud metadata service.
+                Some("link-local")
+            } else if v4.is_private() {
+                Some("private")
+            } else if a == 100 && (64..128).contains(&b) {
+                // Carrier-grade NAT space, used for internal networks (and some clouds'
+                // metadata services, e.g. 100.100.100.200).
+                Some("shared (100.64.0.0/10)")
+            } else if v4.is_multicast() {
+                Some("multicast")
+            } else if v4.is_broadcast() {
+                Some("broadcast")
+            } else {
+                None
+            }
+        }
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return special_purpose(IpAddr::V4(v4));
+            }
+            let first = v6.segments()[0];
+            if v6.is_unspecified() {
+                Some("unspecified")
+            } else if v6.is_loopback() {
+                Some("loopback")
+            } else if first & 0xffc0 == 0xfe80 || first & 0xffc0 == 0xfec0 {
+                Some("link-local")
+            } else if first & 0xfe00 == 0xfc00 {
+                Some("private (unique local)")
+            } else if v6.is_multicast() {
+                Some("multicast")
+            } else {
+                None
+            }
+        }
+    }
+}
+
+/// Resolves `host` once, within `timeout`.
+async fn resolve(host: &str, port: u16, timeout: Duration) -> Result<Vec<SocketAddr>, HttpError> {
+    match tokio::time::timeout(timeout, tokio::net::lookup_host((host, port))).await {
+        Ok(Ok(addrs)) => Ok(addrs.collect()),
+        Ok(Err(_)) => Err(HttpError::DnsError {
+            rcode: None,
+            info_code: None,
+        }),
+        Err(_) => Err(HttpError::DnsTimeout),
+    }
+}
+
+trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Io for T {}
+
+fn tls_config() -> Arc<rustls::ClientConfig> {
+    static CONFIG: OnceLock<Arc<rustls::ClientConfig>> = OnceLock::new();
+    CONFIG
+        .get_or_init(|| {
+            let roots = rustls::RootCertStore {
+                roots: webpki_roots::TLS_SERVER_ROOTS.into(),
+            };
+            let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .expect("ring supports the default TLS versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+            Arc::new(config)
+        })
+        .clone()
+}
+
+/// Sends `request` over a connection to one of `addrs` (already checked), in order; with TLS
+/// for host name `tls` when set. Timeouts as the guest's request options say.
+async fn send(
+    mut request: http::Request<WasiBody>,
+    options: Option<RequestOptions>,
+    addrs: &[SocketAddr],
+    tls: Option<&str>,
+) -> Result<(http::Response<WasiBody>, IoFuture), HttpError> {
+    let connect_timeout = options
+        .and_then(|o| o.connect_timeout)
+        .unwrap_or(DEFAULT_TIMEOUT);
+    let first_byte_timeout = options
+        .and_then(|o| o.first_byte_timeout)
+        .unwrap_or(DEFAULT_TIMEOUT);
+    let between_bytes_timeout = options
+        .and_then(|o| o.between_bytes_timeout)
+        .unwrap_or(DEFAULT_TIMEOUT);
+    let connect = async {
+        let mut last = None;
+        for addr in addrs {
+            match tokio::net::TcpStream::connect(addr).await {
+                Ok(s) => return Ok(s),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(HttpError::Connect(last.unwrap_or_else(|| {
+            std::io::Error::new(std::io::ErrorKind::NotFound, "no address")
+        })))
+    };
+    let tcp = tokio::time::timeout(connect_timeout, connect)
+        .await
+        .map_err(|_| HttpError::ConnectionTimeout)??;
+    let io: Box<dyn Io> = match tls {
+        Some(host) => {
+            let name = match host.parse::<IpAddr>() {
+                Ok(ip) => rustls::pki_types::ServerName::from(ip),
+                Err(_) => rustls::pki_types::ServerName::try_from(host.to_string())?,
+            };
+            let connector = tokio_rustls::TlsConnector::from(tls_config());
+            let stream = tokio::time::timeout(connect_timeout, connector.connect(name, tcp))
+                .await
+                .map_err(|_| HttpError::ConnectionTimeout)?
+                .map_err(HttpError::Tls)?;
+            Box::new(stream)
+        }
+        None => Box::new(tcp),
+    };
+    let (mut sender, conn) = tokio::time::timeout(
+        connect_timeout,
+        hyper::client::conn::http1::handshake(wasmtime_wasi_http::io::TokioIo::new(io)),
+    )
+    .await
+    .map_err(|_| HttpError::ConnectionTimeout)??;
+    // The connection is driven by its own task while the response is awaited; what it ends with
+    // is the I/O result wasmtime-wasi-http reports to the guest.
+    let conn = tokio::spawn(conn);
+    // On the wire the request line carries only the path (the Host header has the authority).
+    let path = request
+        .uri()
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_string();
+    *request.uri_mut() = http::Uri::builder()
+        .path_and_query(path)
+        .build()
+        .map_err(|_| HttpError::HttpRequestUriInvalid)?;
+    let response = tokio::time::timeout(first_byte_timeout, sender.send_request(request))
+        .await
+        .map_err(|_| HttpError::ConnectionReadTimeout)??;
+    let response = response.map(|incoming| {
+        IdleTimeout {
+            inner: incoming,
+            idle: between_bytes_timeout,
+            deadline: Box::pin(tokio::time::sleep(between_bytes_timeout)),
+        }
+        .boxed_unsync()
+    });
+    let io: IoFuture = Box::new(async move {
+        match conn.await {
+            Ok(Ok(())) | Err(_) => Ok(()),
+            Ok(Err(e)) if e.is_timeout() => Err(HttpError::HttpResponseTimeout),
+            Ok(Err(e)) => Err(e.into()),
+        }
+    });
+    Ok((response, io))
+}
+
+/// A response body that fails when no frame arrives within `idle` (the guest's
+/// between-bytes timeout).
+struct IdleTimeout {
+    inner: hyper::body::Incoming,
+    idle: Duration,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl Body for IdleTimeout {
+    type Data = Bytes;
+    type Error = HttpError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, HttpError>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                let next = tokio::time::Instant::now() + this.idle;
+                this.deadline.as_mut().reset(next);
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) if e.is_timeout() => {
+                Poll::Ready(Some(Err(HttpError::HttpResponseTimeout)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => match this.deadline.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Some(Err(HttpError::ConnectionReadTimeout))),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::special_purpose;
+
+    #[test]
+    fn node_and_local_network_addresses_are_special() {
+        for (ip, kind) in [
+            ("127.0.0.1", "loopback"),
+            ("127.9.9.9", "loopback"),
+            ("::1", "loopback"),
+            ("::ffff:127.0.0.1", "loopback"),
+            ("169.254.169.254", "link-local"),
+            ("fe80::1", "link-local"),
+            ("10.1.2.3", "private"),
+            ("172.16.0.1", "private"),
+            ("172.31.255.255", "private"),
+            ("192.168.1.1", "private"),
+            ("fd00::1", "private (unique local)"),
+            ("0.0.0.0", "unspecified"),
+            ("::", "unspecified"),
+            ("224.0.0.1", "multicast"),
+            ("ff02::1", "multicast"),
+            ("255.255.255.255", "broadcast"),
+            ("100.100.100.200", "shared (100.64.0.0/10)"),
+        ] {
+            assert_eq!(special_purpose(ip.parse().unwrap()), Some(kind), "{ip}");
+        }
+        for ip in [
+            "93.184.216.34",
+            "172.32.0.1",
+            "8.8.8.8",
+            "2606:4700::1111",
+            "100.128.0.1",
+        ] {
+            assert_eq!(special_purpose(ip.parse().unwrap()), None, "{ip}");
+        }
     }
 }

@@ -7,6 +7,7 @@ mod hardening;
 mod harness;
 mod limits;
 mod oci;
+mod outbound;
 mod run;
 mod serving;
 mod startup;
