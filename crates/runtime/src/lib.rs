@@ -267,7 +267,8 @@ impl wasmtime::ResourceLimiter for MemoryLimiter {
 /// cap is a quarter, and the last quarter is the server's own reserve (logs, the cache, compiled
 /// code, DNS). A guest over either limit gets an error from the call that would have taken the
 /// descriptor (`quota` for a file open, `connection-limit-reached` for an outbound request), so
-/// only its own request is affected. Sockets are not counted because wms never grants them
+/// only its own request is affected. Guests' own opens may fill three quarters of the budget;
+/// the rest is for the mounts of new instances, which otherwise would be refused with a 503. Sockets are not counted because wms never grants them
 /// (`allow_tcp` and `allow_udp` stay off).
 pub mod descriptors {
     use std::sync::Arc;
@@ -357,6 +358,10 @@ pub mod descriptors {
     }
 
     /// Descriptors all guests of the process hold, against their budget.
+    ///
+    /// What guests open themselves (files, outbound connections) may fill only three quarters
+    /// of it: the last quarter is for the mounted directories each new instance needs, so
+    /// guests that hoard up to their caps do not turn every other request away with a 503.
     #[derive(Debug)]
     pub(crate) struct Budget {
         limit: usize,
@@ -371,10 +376,20 @@ pub mod descriptors {
             })
         }
 
+        /// For a new instance's mounts: the whole budget.
         fn take(&self, n: usize) -> bool {
+            self.take_within(n, self.limit)
+        }
+
+        /// For what a guest opens: three quarters of the budget.
+        fn take_opened(&self) -> bool {
+            self.take_within(1, self.limit - self.limit / 4)
+        }
+
+        fn take_within(&self, n: usize, limit: usize) -> bool {
             self.used
                 .fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| {
-                    u.checked_add(n).filter(|t| *t <= self.limit)
+                    u.checked_add(n).filter(|t| *t <= limit)
                 })
                 .is_ok()
         }
@@ -457,7 +472,7 @@ pub mod descriptors {
             }
             let denied = if held >= MAX_OPEN_FILES {
                 Denied::Instance
-            } else if !self.budget.take(1) {
+            } else if !self.budget.take_opened() {
                 Denied::Process
             } else {
                 self.counted = held + 1;
@@ -539,7 +554,7 @@ pub mod descriptors {
                     (n < MAX_OUTBOUND_REQUESTS).then_some(n + 1)
                 })
                 .map_err(|_| Denied::Instance)?;
-            if !self.budget.take(1) {
+            if !self.budget.take_opened() {
                 self.in_flight.fetch_sub(1, Ordering::AcqRel);
                 return Err(Denied::Process);
             }
@@ -570,7 +585,8 @@ pub mod descriptors {
 
         #[test]
         fn instances_give_back_what_they_took() {
-            let budget = Budget::new(3);
+            // 4: three for what guests open, the last one kept for mounts.
+            let budget = Budget::new(4);
             let name: Arc<str> = Arc::from("c");
             let mut table = ResourceTable::new();
             let mut a = InstanceFds::new(&budget, &name, 1).unwrap();
@@ -582,7 +598,10 @@ pub mod descriptors {
             let p2 = slots.acquire().unwrap();
             assert_eq!(slots.acquire().err(), Some(Denied::Process));
             assert_eq!(a.begin_open_p2(&mut table), Err(Denied::Process));
-            drop((p1, p2));
+            // A new instance still gets its mount.
+            let b = InstanceFds::new(&budget, &name, 1).unwrap();
+            assert!(InstanceFds::new(&budget, &name, 1).is_none());
+            drop((p1, p2, b));
             drop(a);
             assert_eq!(budget.in_use(), 0);
         }

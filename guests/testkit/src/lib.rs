@@ -47,8 +47,12 @@ fn outbound(url: &str) -> Result<(u16, Vec<u8>), String> {
     };
     let req = OutgoingRequest::new(Fields::new());
     req.set_method(&Method::Get).unwrap();
-    req.set_scheme(Some(&if scheme == "https" { Scheme::Https } else { Scheme::Http }))
-        .unwrap();
+    req.set_scheme(Some(&if scheme == "https" {
+        Scheme::Https
+    } else {
+        Scheme::Http
+    }))
+    .unwrap();
     req.set_authority(Some(authority)).unwrap();
     req.set_path_with_query(Some(path)).unwrap();
     let future = outgoing_handler::handle(req, None).map_err(|e| format!("{e:?}"))?;
@@ -79,7 +83,8 @@ impl wasip2::exports::http::incoming_handler::Guest for Testkit {
             .to_string();
         match action.as_str() {
             "trap" => panic!("testkit was asked to trap"),
-            "loop" => {
+            "loop" =>
+            {
                 #[expect(clippy::empty_loop, reason = "the point is a guest that never yields")]
                 loop {}
             }
@@ -102,7 +107,9 @@ impl wasip2::exports::http::incoming_handler::Guest for Testkit {
             }
             "no-response" => drop(out),
             "slow" => {
-                let ms = query_arg(&path, "ms").and_then(|m| m.parse().ok()).unwrap_or(1000);
+                let ms = query_arg(&path, "ms")
+                    .and_then(|m| m.parse().ok())
+                    .unwrap_or(1000);
                 sleep_ms(ms);
                 respond(out, 200, format!("slept {ms}ms").as_bytes());
             }
@@ -143,8 +150,47 @@ impl wasip2::exports::http::incoming_handler::Guest for Testkit {
                 eprintln!("to stderr from the guest");
                 respond(out, 200, b"logged");
             }
+            "hoard-files" => {
+                // Opens a file again and again, keeping every handle, until an open fails;
+                // then holds them for `ms` so hoarders overlap.
+                let file = query_arg(&path, "path").unwrap_or_else(|| "/wms.toml".to_string());
+                let ms = query_arg(&path, "ms")
+                    .and_then(|m| m.parse().ok())
+                    .unwrap_or(0);
+                let mut held = Vec::new();
+                let error = loop {
+                    if held.len() >= 100_000 {
+                        break "no error".to_string();
+                    }
+                    match std::fs::File::open(&file) {
+                        Ok(f) => held.push(f),
+                        Err(e) => break e.to_string(),
+                    }
+                };
+                sleep_ms(ms);
+                respond(
+                    out,
+                    500,
+                    format!("opened {} files, then: {error}", held.len()).as_bytes(),
+                );
+            }
+            "log-flood" => {
+                // Text that would colour a terminal or forge a log line, a long line, then
+                // more lines than the log lets through.
+                println!("\x1b[31mred\x1b[0m and\rINFO wms: forged line");
+                println!("{}", "y".repeat(10_000));
+                let n: u32 = query_arg(&path, "lines")
+                    .and_then(|b| b.parse().ok())
+                    .unwrap_or(1000);
+                for i in 0..n {
+                    println!("flood line {i}");
+                }
+                respond(out, 200, b"flooded");
+            }
             "download" => {
-                let n: u64 = query_arg(&path, "bytes").and_then(|b| b.parse().ok()).unwrap_or(0);
+                let n: u64 = query_arg(&path, "bytes")
+                    .and_then(|b| b.parse().ok())
+                    .unwrap_or(0);
                 let headers = Fields::from_list(&[(
                     "content-length".to_string(),
                     n.to_string().into_bytes(),

@@ -125,6 +125,8 @@ fn component_concurrency_limit_answers_503_quickly() {
         }
         assert_eq!(status(server.url("/fine")).await, 200);
     });
+    // Every failure is logged, overloads too (as warnings naming the component and the scope).
+    server.wait_for_log("503: too many concurrent requests (component `kit`: 2 requests limit)");
 }
 
 #[test]
@@ -214,4 +216,175 @@ fn sigterm_lets_the_in_flight_request_finish_then_exits_0() {
     assert_eq!(status.code(), Some(0));
     // New connections are refused once it is gone.
     assert!(std::net::TcpStream::connect(server.addr).is_err());
+}
+
+/// A `wms up` of `manifest` whose descriptor limit (soft and hard) is `nofile`; returns the
+/// server's address, its log and the child (killed on drop of the guard).
+struct Limited {
+    child: std::process::Child,
+    addr: std::net::SocketAddr,
+    log: std::sync::Arc<std::sync::Mutex<String>>,
+    _dirs: (tempfile::TempDir, tempfile::TempDir),
+}
+
+impl Drop for Limited {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_with_nofile(manifest: &str, nofile: u64) -> Limited {
+    use std::io::BufRead as _;
+    use std::os::unix::process::CommandExt as _;
+    let app = tempfile::tempdir().unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    std::fs::write(app.path().join("wms.toml"), manifest).unwrap();
+    let mut cmd = crate::harness::wms_command();
+    cmd.env("WMS_CACHE_DIR", cache.path())
+        .env("WMS_LOG", "info")
+        .arg("up")
+        .arg(app.path())
+        .args(["--listen", "127.0.0.1:0"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    // SAFETY: setrlimit is async-signal-safe; the closure touches nothing else.
+    unsafe {
+        cmd.pre_exec(move || {
+            let rl = libc::rlimit {
+                rlim_cur: nofile as libc::rlim_t,
+                rlim_max: nofile as libc::rlim_t,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &rl) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().expect("start wms");
+    let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let stderr = child.stderr.take().unwrap();
+    let sink = log.clone();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            let mut log = sink.lock().unwrap();
+            log.push_str(&line);
+            log.push('\n');
+        }
+    });
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if let Some(addr) = line.trim().strip_prefix("Serving http://") {
+                let _ = tx.send(addr.parse::<std::net::SocketAddr>().unwrap());
+            }
+        }
+    });
+    let addr = rx
+        .recv_timeout(Duration::from_secs(60) + crate::harness::slack() * 6)
+        .unwrap_or_else(|_| panic!("wms did not start; log:\n{}", log.lock().unwrap()));
+    Limited {
+        child,
+        addr,
+        log,
+        _dirs: (app, cache),
+    }
+}
+
+#[test]
+fn guests_hoarding_files_cannot_take_the_servers_descriptors() {
+    // 1024 descriptors: guests together may hold 512, of which their own opens 384, so five
+    // hoarders (each capped at 256) run into both their own cap and the shared budget, and
+    // there is still room for plain requests' mounts. Before the caps, each opened files until
+    // the process ran out (about 900 together), `accept` failed and plain requests waited.
+    let manifest = testkit_app(&[("kit", "/...", "files = [\"wms.toml\"]")]);
+    let server = start_with_nofile(&manifest, 1024);
+    let url = |path: &str| format!("http://{}{path}", server.addr);
+    rt().block_on(async {
+        let hoarders = (0..5)
+            .map(|_| {
+                let url = url("/hoard-files?ms=2000");
+                tokio::spawn(async move {
+                    let resp = client().get(url).send().await.unwrap();
+                    (resp.status().as_u16(), resp.text().await.unwrap())
+                })
+            })
+            .collect::<Vec<_>>();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        // Meanwhile plain requests, each on a new connection (a new accept), are answered.
+        for _ in 0..10 {
+            let start = Instant::now();
+            let resp = tokio::time::timeout(
+                Duration::from_secs(5),
+                reqwest::Client::new().get(url("/fine")).send(),
+            )
+            .await
+            .expect("a plain request waited while guests hoarded files")
+            .unwrap();
+            assert_eq!(resp.status(), 200, "after {:?}", start.elapsed());
+        }
+        let mut total = 0;
+        for h in hoarders {
+            let (status, body) = h.await.unwrap();
+            // The testkit answers 500 with what happened: the open failed after N files.
+            assert_eq!(status, 500, "{body}");
+            let n: usize = body
+                .strip_prefix("opened ")
+                .and_then(|b| b.split(' ').next())
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_else(|| panic!("{body}"));
+            assert!(
+                n <= 256,
+                "a guest held {n} files, over its cap of 256: {body}"
+            );
+            assert!(!body.contains("no error"), "{body}");
+            total += n;
+        }
+        assert!(
+            total <= 512,
+            "guests held {total} files, over their budget of 512"
+        );
+        assert_eq!(status(url("/fine")).await, 200);
+    });
+    let log = server.log.lock().unwrap().clone();
+    assert!(!log.contains("accept failed"), "{log}");
+    assert!(
+        log.contains("descriptor limit 1024: guests together at most 512"),
+        "{log}"
+    );
+}
+
+#[test]
+fn guest_output_is_escaped_truncated_and_rate_limited() {
+    let server = kit("");
+    rt().block_on(async {
+        let resp = client()
+            .get(server.url("/log-flood?lines=2000"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(status(server.url("/fine")).await, 200);
+    });
+    let log = server.wait_for_log("lines of guest output in the last second");
+    // Escaped: the guest can neither colour the terminal nor start a line of its own.
+    assert!(
+        log.contains("\\u{1b}[31mred\\u{1b}[0m and\\rINFO wms: forged line"),
+        "{log}"
+    );
+    assert!(!log.contains("\x1b[31mred"), "{log}");
+    assert!(
+        log.contains(&format!("{} [truncated]", "y".repeat(100))),
+        "{log}"
+    );
+    assert!(
+        !log.contains(&"y".repeat(5000)),
+        "a 10 KB line was logged whole"
+    );
+    let flood = log.matches("flood line").count();
+    assert!(flood < 1000, "{flood} of 2000 lines were logged");
+    assert!(log.contains("dropped"), "{log}");
 }

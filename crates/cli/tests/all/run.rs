@@ -111,3 +111,67 @@ fn traps_timeouts_and_memory_limits_have_their_own_exit_codes() {
         assert!(err.contains("memory limit"), "{kind}: {err}");
     }
 }
+
+/// A preview 1 command whose `_start` grows each of `memories` memories (of one page) by
+/// `pages` pages and traps if a growth fails. Written as bytes: the tests have no assembler.
+fn memories_module(memories: u8, pages: u8) -> Vec<u8> {
+    let mut m = b"\0asm\x01\0\0\0".to_vec();
+    let section = |m: &mut Vec<u8>, id: u8, content: &[u8]| {
+        m.push(id);
+        m.push(content.len() as u8);
+        m.extend_from_slice(content);
+    };
+    section(&mut m, 1, &[1, 0x60, 0, 0]); // one type: () -> ()
+    section(&mut m, 3, &[1, 0]); // one function of that type
+    let mut mems = vec![memories];
+    for _ in 0..memories {
+        mems.extend_from_slice(&[0, 1]); // min 1 page, no max
+    }
+    section(&mut m, 5, &mems);
+    let mut export = vec![1, 6];
+    export.extend_from_slice(b"_start");
+    export.extend_from_slice(&[0, 0]);
+    section(&mut m, 7, &export);
+    let mut body = vec![0]; // no locals
+    for i in 0..memories {
+        // i32.const pages; memory.grow i; i32.const -1; i32.eq; if unreachable end
+        body.push(0x41);
+        if pages < 64 {
+            body.push(pages);
+        } else {
+            // Signed LEB128 of a value in 64..=255: two bytes.
+            body.extend_from_slice(&[pages | 0x80, pages >> 7]);
+        }
+        body.extend_from_slice(&[0x40, i]);
+        body.extend_from_slice(&[0x41, 0x7f, 0x46, 0x04, 0x40, 0x00, 0x0b]);
+    }
+    body.push(0x0b);
+    let mut code = vec![1, body.len() as u8];
+    code.extend_from_slice(&body);
+    section(&mut m, 10, &code);
+    m
+}
+
+#[test]
+fn max_memory_is_the_sum_over_an_instances_memories() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, bytes: Vec<u8>| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, bytes).unwrap();
+        path.to_str().unwrap().to_string()
+    };
+    // Two memories of 1 + 160 pages (10 MiB each) under a 16 MiB limit: each alone fits, together
+    // they do not. Before the limit was per instance, this exited 0.
+    let two = write("two.wasm", memories_module(2, 160));
+    let (code, _, err) = run(&["--max-memory", "16MiB", &two], b"");
+    assert_eq!(code, 134, "{err}");
+    assert!(err.contains("memory limit"), "{err}");
+    // The same module under a limit that holds both runs to completion.
+    let (code, _, err) = run(&["--max-memory", "32MiB", &two], b"");
+    assert_eq!(code, 0, "{err}");
+    // More memories than an instance may have (the pool's count per slot, now on demand too).
+    let three = write("three.wasm", memories_module(3, 1));
+    let (code, _, err) = run(&[&three], b"");
+    assert_eq!(code, 134, "{err}");
+    assert!(err.contains("memor"), "{err}");
+}
