@@ -5,6 +5,10 @@ use std::time::{Duration, Instant};
 use crate::harness::{Server, artifacts, client, rt};
 
 fn wagi_app(extra: &str) -> Server {
+    wagi_app_with(extra, &[])
+}
+
+fn wagi_app_with(extra: &str, args: &[&str]) -> Server {
     let manifest = format!(
         r#"spin_manifest_version = 2
 [application]
@@ -26,7 +30,7 @@ source = {rust:?}
         c = artifacts::C_WAGI,
         rust = artifacts::RUST_WAGI_P1,
     );
-    Server::with_manifest(&manifest, &[])
+    Server::with_manifest(&manifest, args)
 }
 
 #[test]
@@ -276,4 +280,107 @@ fn cgi_framing_headers_cannot_smuggle_a_response() {
         "{head}"
     );
     assert_eq!(String::from_utf8_lossy(&body), "rust wagi got 0 bytes: ");
+}
+
+/// A body of `len` bytes sent in chunks of unknown total length (chunked on HTTP/1.1, DATA
+/// frames without content-length on HTTP/2).
+fn streamed(len: usize) -> (Vec<u8>, reqwest::Body) {
+    let data: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+        data.chunks(10_000).map(|c| Ok(c.to_vec())).collect();
+    (
+        data,
+        reqwest::Body::wrap_stream(futures::stream::iter(chunks)),
+    )
+}
+
+#[test]
+fn content_length_is_the_real_length_for_chunked_and_http2_bodies() {
+    let server = wagi_app("");
+    rt().block_on(async {
+        let h2 = reqwest::Client::builder()
+            .http2_prior_knowledge()
+            .build()
+            .unwrap();
+        for (name, client) in [("HTTP/1.1 chunked", client()), ("HTTP/2", h2)] {
+            let (data, body) = streamed(123_456);
+            let resp = client
+                .put(server.url("/c/echo"))
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), 200, "{name}");
+            // Before, CONTENT_LENGTH was 0 although the body was streamed to stdin.
+            assert_eq!(resp.headers()["x-content-length"], "123456", "{name}");
+            assert_eq!(
+                resp.bytes().await.unwrap().as_ref(),
+                data.as_slice(),
+                "{name}"
+            );
+        }
+    });
+}
+
+#[test]
+fn a_chunked_body_over_the_limit_is_413_and_the_module_never_runs() {
+    let server = wagi_app_with("", &["--max-body", "50000"]);
+    rt().block_on(async {
+        let (_, body) = streamed(200_000);
+        let resp = client()
+            .put(server.url("/c/echo"))
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 413);
+        let (_, body) = streamed(40_000);
+        let resp = client()
+            .put(server.url("/c/echo"))
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.headers()["x-content-length"], "40000");
+    });
+}
+
+#[test]
+fn a_body_cut_short_fails_the_request_instead_of_looking_complete() {
+    use std::io::{Read as _, Write as _};
+    let server = wagi_app("");
+    let mut stream = std::net::TcpStream::connect(server.addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    // 1000 bytes declared, 10 sent, then the client stops sending.
+    stream
+        .write_all(b"PUT /c/echo HTTP/1.1\r\nhost: x\r\ncontent-length: 1000\r\n\r\n0123456789")
+        .unwrap();
+    stream.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer);
+    // Before, the module saw end-of-input after 10 bytes and echoed them with a 200.
+    assert!(!answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(!answer.contains("0123456789"), "{answer}");
+    server.wait_for_log("the request body failed before its end");
+}
+
+#[test]
+fn header_names_with_underscores_do_not_reach_the_cgi_environment() {
+    let server = wagi_app("");
+    rt().block_on(async {
+        let resp = client()
+            .get(server.url("/c/echo"))
+            .header("x-custom", "from the proxy")
+            .header("x_custom", "from the client")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        // Before, both became HTTP_X_CUSTOM: "from the proxy, from the client".
+        assert_eq!(resp.headers()["x-header-custom"], "from the proxy");
+    });
 }
