@@ -82,7 +82,7 @@ fn value(kind: u8, s: &str) -> String {
 fn document(lines: &[(u8, u8, u8, String)], base: u8) -> String {
     let mut doc = String::new();
     let mut opened: Vec<&str> = Vec::new();
-    let valid_base = base % 3 != 0;
+    let valid_base = !base.is_multiple_of(3);
     if valid_base {
         // A local manifest's source is a path, an image's a layer digest.
         let source = if base % 3 == 1 {
