@@ -12,6 +12,8 @@
 //! turns a stored image into an app directory `wms up` loads like any other.
 
 pub mod auth;
+#[cfg(test)]
+mod fuzz;
 pub mod image;
 pub mod media;
 pub mod meta;

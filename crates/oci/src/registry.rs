@@ -177,7 +177,7 @@ enum Manifest {
 }
 
 /// The entry of an index that is a wasm image.
-fn wasm_entry(index: &OciImageIndex) -> Option<&oci_client::manifest::ImageIndexEntry> {
+pub(crate) fn wasm_entry(index: &OciImageIndex) -> Option<&oci_client::manifest::ImageIndexEntry> {
     index.manifests.iter().find(|m| {
         m.platform.as_ref().is_some_and(|p| {
             p.architecture.to_string() == "wasm" || p.os.to_string().starts_with("wasi")

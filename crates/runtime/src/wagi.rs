@@ -671,4 +671,28 @@ mod tests {
         );
         assert_eq!(cgi_args("prog --flag", "/x", ""), ["prog", "--flag"]);
     }
+
+    /// Fuzz target: whatever a module writes, the head parser neither panics nor lets a
+    /// framing or connection header through (`cargo bolero test -p wms-runtime` runs it
+    /// coverage-guided where nightly exists).
+    #[test]
+    fn fuzz_cgi_head() {
+        bolero::check!()
+            .with_test_time(std::time::Duration::from_secs(3))
+            .for_each(|out: &[u8]| {
+                let (len, body) = find_head_end(out).unwrap_or((out.len(), out.len()));
+                assert!(len <= body && body <= out.len());
+                if let Ok(head) = parse_head(&out[..len]) {
+                    for (name, _) in &head.headers {
+                        assert!(
+                            !matches!(
+                                name.as_str(),
+                                "content-length" | "transfer-encoding" | "connection"
+                            ),
+                            "{name} passed through"
+                        );
+                    }
+                }
+            });
+    }
 }
