@@ -23,7 +23,26 @@ pub(crate) struct GuardedBody {
     timer: Pin<Box<tokio::time::Sleep>>,
     /// Whether the guest is waiting for data now (the timer then runs).
     waiting: bool,
-    pub(crate) over_limit: Arc<AtomicBool>,
+    pub(crate) state: Arc<BodyState>,
+}
+
+/// What went wrong with a request body, for the answer the front end gives.
+#[derive(Default)]
+pub(crate) struct BodyState {
+    /// The body went over `--max-body`.
+    pub(crate) over_limit: AtomicBool,
+    /// The client stopped sending it for the idle timeout.
+    pub(crate) stalled: AtomicBool,
+}
+
+impl BodyState {
+    pub(crate) fn over_limit(&self) -> bool {
+        self.over_limit.load(Ordering::SeqCst)
+    }
+
+    pub(crate) fn stalled(&self) -> bool {
+        self.stalled.load(Ordering::SeqCst)
+    }
 }
 
 impl GuardedBody {
@@ -33,7 +52,7 @@ impl GuardedBody {
             idle,
             timer: Box::pin(tokio::time::sleep(idle)),
             waiting: false,
-            over_limit: Arc::new(AtomicBool::new(false)),
+            state: Arc::default(),
         }
     }
 }
@@ -53,7 +72,7 @@ impl Body for GuardedBody {
                 if let Some(Err(e)) = &frame
                     && e.is::<http_body_util::LengthLimitError>()
                 {
-                    this.over_limit.store(true, Ordering::SeqCst);
+                    this.state.over_limit.store(true, Ordering::SeqCst);
                 }
                 Poll::Ready(frame)
             }
@@ -66,11 +85,14 @@ impl Body for GuardedBody {
                     this.timer.as_mut().reset(deadline);
                 }
                 match this.timer.as_mut().poll(cx) {
-                    Poll::Ready(()) => Poll::Ready(Some(Err(format!(
-                        "the client sent no request body data for {:?}",
-                        this.idle
-                    )
-                    .into()))),
+                    Poll::Ready(()) => {
+                        this.state.stalled.store(true, Ordering::SeqCst);
+                        Poll::Ready(Some(Err(format!(
+                            "the client sent no request body data for {:?}",
+                            this.idle
+                        )
+                        .into())))
+                    }
                     Poll::Pending => Poll::Pending,
                 }
             }

@@ -287,15 +287,15 @@ impl Front {
         let max_body = usize::try_from(self.options.max_body).unwrap_or(usize::MAX);
         let (parts, incoming) = req.into_parts();
         let body = body::GuardedBody::new(incoming, max_body, self.options.body_idle_timeout);
-        let over_limit = body.over_limit.clone();
+        let body_state = body.state.clone();
         let req = Request::from_parts(parts, body);
         let response = match self.runtime.handle(&component, req).await {
             Ok(resp) => resp,
             Err(failure) => failure_response(&component, &failure),
         };
-        if over_limit.load(std::sync::atomic::Ordering::SeqCst) {
-            // Whatever the guest made of the error, the client sent too much: say so. (A
-            // response already dropped here cancels its guest.)
+        // Whatever the guest made of a body error, the client's part is answered for what it
+        // was. (A response dropped here cancels its guest.)
+        if body_state.over_limit() {
             tracing::info!(
                 component = %component,
                 "request body over the limit of {} bytes: 413",
@@ -308,6 +308,20 @@ impl Front {
                     self.options.max_body
                 ),
             );
+        }
+        if body_state.stalled() {
+            tracing::info!(
+                component = %component,
+                "the client sent no request body data for {:?}: 408",
+                self.options.body_idle_timeout
+            );
+            let mut r = plain(
+                StatusCode::REQUEST_TIMEOUT,
+                "request body not received in time\n",
+            );
+            r.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            return r;
         }
         tracing::debug!(
             component = %component,
@@ -357,6 +371,10 @@ fn failure_response(component: &str, failure: &Failure) -> Response<ResponseBody
         Failure::Timeout { .. } => plain(
             StatusCode::GATEWAY_TIMEOUT,
             &format!("component `{component}` did not finish in time\n"),
+        ),
+        Failure::RequestBody { .. } => plain(
+            StatusCode::BAD_REQUEST,
+            "the request body could not be read in full\n",
         ),
         _ => plain(
             StatusCode::INTERNAL_SERVER_ERROR,

@@ -210,6 +210,24 @@ impl wasip2::exports::http::incoming_handler::Guest for Testkit {
                 drop(stream);
                 OutgoingBody::finish(body, None).unwrap();
             }
+            "consume" => {
+                // Reads the whole body before answering, as most handlers do; a body error
+                // becomes a 422 of its own, which the host must not let stand for its limits.
+                let body = request.consume().unwrap();
+                let stream = body.stream().unwrap();
+                let mut n = 0usize;
+                let result = loop {
+                    match stream.blocking_read(64 * 1024) {
+                        Ok(chunk) => n += chunk.len(),
+                        Err(wasip2::io::streams::StreamError::Closed) => break Ok(n),
+                        Err(e) => break Err(format!("{e:?}")),
+                    }
+                };
+                match result {
+                    Ok(n) => respond(out, 200, format!("consumed {n} bytes").as_bytes()),
+                    Err(e) => respond(out, 422, format!("body error after {n} bytes: {e}").as_bytes()),
+                }
+            }
             other => respond(out, 200, format!("testkit: {other}").as_bytes()),
         }
     }
