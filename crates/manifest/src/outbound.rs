@@ -270,7 +270,12 @@ mod tests {
         let a = AllowedHost::parse("http://127.0.0.1:80").unwrap();
         assert!(a.allows("http", "127.0.0.1", 80));
         assert!(!a.allows("http", "localhost", 80));
-        assert!(names_address(std::slice::from_ref(&a), "http", "127.0.0.1", 80));
+        assert!(names_address(
+            std::slice::from_ref(&a),
+            "http",
+            "127.0.0.1",
+            80
+        ));
         let any = AllowedHost::parse("http://*:80").unwrap();
         assert!(!names_address(&[any], "http", "127.0.0.1", 80));
         let name = AllowedHost::parse("http://localhost:80").unwrap();
