@@ -22,9 +22,7 @@ pub fn sha256_digest(bytes: &[u8]) -> String {
     format!("sha256:{}", hex(&Sha256::digest(bytes)))
 }
 
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
+pub(crate) use wms_cache::hex;
 
 /// The hex part of a `sha256:` digest, checked, so it is safe as a file name.
 pub fn digest_hex(digest: &str) -> anyhow::Result<&str> {
@@ -60,53 +58,7 @@ pub struct VerificationError {
     pub found: String,
 }
 
-/// Makes sure `dir` is a directory only this user can write, creating it (mode 0700, parents
-/// too) when missing. The cache holds code wms runs natively (compiled components, precompiled
-/// layers), so anyone who can write it can run code as every later wms: like ssh with its keys,
-/// wms refuses a directory another user owns or that group or others may write, and says how to
-/// fix it. The directory itself is checked (following a symlink, as systemd's `CacheDirectory=`
-/// with `DynamicUser=` makes one), not its parents.
-pub fn private_dir(dir: &Path) -> anyhow::Result<()> {
-    use std::os::unix::fs::{DirBuilderExt as _, MetadataExt as _};
-    if !dir.exists() {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .with_context(|| format!("cannot create {}", dir.display()))?;
-    }
-    let meta = std::fs::metadata(dir).with_context(|| format!("cannot read {}", dir.display()))?;
-    if !meta.is_dir() {
-        bail!(
-            "{} is not a directory\n  help: remove it, or set WMS_CACHE_DIR to a directory of your own",
-            dir.display()
-        );
-    }
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    let me = unsafe { libc::geteuid() };
-    if meta.uid() != me {
-        bail!(
-            "refusing the cache directory {}: it is owned by user {}, not by this user ({me}), who could put code there that wms runs natively\n  help: `chown -R {me} {}`, or set WMS_CACHE_DIR to a directory of your own",
-            dir.display(),
-            meta.uid(),
-            dir.display()
-        );
-    }
-    let mode = meta.mode() & 0o7777;
-    if mode & 0o022 != 0 {
-        let who = match (mode & 0o020 != 0, mode & 0o002 != 0) {
-            (true, true) => "its group and all users",
-            (true, false) => "its group",
-            _ => "all users",
-        };
-        bail!(
-            "refusing the cache directory {}: {who} may write to it (mode {mode:04o}), so they could put code there that wms runs natively\n  help: `chmod go-w {}` (wms creates it with mode 0700)",
-            dir.display(),
-            dir.display()
-        );
-    }
-    Ok(())
-}
+pub use wms_cache::private_dir;
 
 /// The content store under one directory.
 #[derive(Debug, Clone)]

@@ -12,37 +12,24 @@ use wasi_preview1_component_adapter_provider::{
     WASI_SNAPSHOT_PREVIEW1_REACTOR_ADAPTER,
 };
 
-/// Overrides where wms caches derived artifacts (default `$XDG_CACHE_HOME/wms`, then
-/// `~/.cache/wms`).
-pub const ENV_CACHE_DIR: &str = "WMS_CACHE_DIR";
+pub use wms_cache::{ENV_CACHE_DIR, cache_dir};
 
 /// Version of this derivation: bump when the adapter or the encoding changes.
 const ADAPT_VERSION: &str = "wasmtime-48.0.8-adapter-1";
-
-/// The cache directory wms uses, if one can be determined.
-pub fn cache_dir() -> Option<PathBuf> {
-    if let Some(dir) = std::env::var_os(ENV_CACHE_DIR) {
-        return Some(PathBuf::from(dir));
-    }
-    if let Some(dir) = std::env::var_os("XDG_CACHE_HOME") {
-        return Some(PathBuf::from(dir).join("wms"));
-    }
-    std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/wms"))
-}
 
 /// `ROOT/sub` of the cache directory, both made private to this user when missing (mode 0700)
 /// and refused when they exist but another user owns them or group or others may write them:
 /// the cache holds compiled code that wms maps executable without re-checking it, so anyone who
 /// can write there can run code as every later wms (ssh refuses its keys for the same reason).
 /// `Ok(None)` when there is no cache to use (no directory can be determined or created): wms
-/// then compiles every time. The same rule as `wms_oci::store::private_dir`, for the store.
+/// then compiles every time. The rule is `wms_cache`'s, shared with the store.
 pub(crate) fn private_cache_subdir(sub: &str) -> anyhow::Result<Option<PathBuf>> {
     let Some(root) = cache_dir() else {
         return Ok(None);
     };
     for dir in [root.clone(), root.join(sub)] {
         if !dir.exists()
-            && let Err(e) = create_private(&dir)
+            && let Err(e) = wms_cache::create_private(&dir)
         {
             tracing::warn!(
                 "cannot create the cache directory {}: {e}; compiling without a cache",
@@ -50,54 +37,12 @@ pub(crate) fn private_cache_subdir(sub: &str) -> anyhow::Result<Option<PathBuf>>
             );
             return Ok(None);
         }
-        check_private(&dir)?;
+        wms_cache::check_private(&dir)?;
     }
     Ok(Some(root.join(sub)))
 }
 
-/// Creates `dir` and its missing parents with mode 0700.
-pub(crate) fn create_private(dir: &std::path::Path) -> std::io::Result<()> {
-    use std::os::unix::fs::DirBuilderExt as _;
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-}
-
-/// Refuses a cache directory another user owns or that group or others may write.
-pub(crate) fn check_private(dir: &std::path::Path) -> anyhow::Result<()> {
-    use std::os::unix::fs::MetadataExt as _;
-    let meta = std::fs::metadata(dir)
-        .map_err(|e| anyhow!("cannot read the cache directory {}: {e}", dir.display()))?;
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    let me = unsafe { libc::geteuid() };
-    if meta.uid() != me {
-        anyhow::bail!(
-            "refusing the cache directory {}: it is owned by user {}, not by this user ({me}), who could put code there that wms runs natively\n  help: `chown -R {me} {}`, or set {ENV_CACHE_DIR} to a directory of your own",
-            dir.display(),
-            meta.uid(),
-            dir.display()
-        );
-    }
-    let mode = meta.mode() & 0o7777;
-    if mode & 0o022 != 0 {
-        let who = match (mode & 0o020 != 0, mode & 0o002 != 0) {
-            (true, true) => "its group and all users",
-            (true, false) => "its group",
-            _ => "all users",
-        };
-        anyhow::bail!(
-            "refusing the cache directory {}: {who} may write to it (mode {mode:04o}), so they could put code there that wms runs natively\n  help: `chmod go-w {}` (wms creates it with mode 0700)",
-            dir.display(),
-            dir.display()
-        );
-    }
-    Ok(())
-}
-
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
+pub(crate) use wms_cache::hex;
 
 /// Turns a preview 1 core module into a component, using the cache when it holds a verified
 /// result for exactly these bytes.

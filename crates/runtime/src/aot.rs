@@ -17,7 +17,8 @@ use sha2::{Digest, Sha256};
 use wasmtime::Engine;
 use wasmtime::component::Component;
 
-use crate::adapt::{check_private, create_private, hex, private_cache_subdir};
+use crate::adapt::{hex, private_cache_subdir};
+use wms_cache::{check_private, create_private};
 
 /// A stable key for "code compiled by this engine loads into this engine": the sha256 of
 /// Wasmtime's precompile compatibility hash.
