@@ -145,34 +145,14 @@ fn at_the_connection_cap_idle_clients_cannot_lock_out_real_ones() {
     drop(idle);
 }
 
-/// `wms up APP ARGS` with the descriptor limit (soft and hard) set to `nofile`.
-fn start_with_nofile(app: &std::path::Path, args: &[&str], nofile: u64) -> Server {
-    Server::start_with_runner(app, args, move |cmd| {
-        use std::os::unix::process::CommandExt as _;
-        // SAFETY: only async-signal-safe setrlimit between fork and exec.
-        unsafe {
-            cmd.pre_exec(move || {
-                let lim = libc::rlimit {
-                    rlim_cur: nofile,
-                    rlim_max: nofile,
-                };
-                if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-    })
-}
-
 #[test]
 fn idle_clients_cannot_exhaust_the_descriptors() {
     // 256 descriptors: the default cap is a quarter of them. 300 idle clients would have taken
     // them all ("accept failed: Too many open files") and locked everyone out.
-    let server = start_with_nofile(
+    let server = Server::start_with_runner(
         &crate::harness::examples("hello"),
         &["--header-timeout", "3s"],
-        256,
+        |cmd| crate::harness::limit_descriptors(cmd, 256),
     );
     let idle: Vec<_> = (0..300)
         .filter_map(|_| std::net::TcpStream::connect(server.addr).ok())

@@ -77,6 +77,19 @@ impl Server {
         Self::start_in(app, args, None, env, &|_| {})
     }
 
+    /// Like [`Server::with_manifest`], with `configure` applied to the command before it is
+    /// spawned.
+    pub fn with_manifest_runner(
+        manifest: &str,
+        args: &[&str],
+        configure: impl Fn(&mut Command),
+    ) -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("wms.toml"), manifest).unwrap();
+        let path = dir.path().to_path_buf();
+        Self::start_in(&path, args, Some(dir), &[], &configure)
+    }
+
     /// Starts a server for a manifest written into a temporary directory.
     pub fn with_manifest(manifest: &str, args: &[&str]) -> Server {
         let dir = tempfile::tempdir().unwrap();
@@ -182,6 +195,24 @@ impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Sets the descriptor limit (soft and hard) of the process `cmd` starts to `nofile`.
+pub fn limit_descriptors(cmd: &mut Command, nofile: u64) {
+    use std::os::unix::process::CommandExt as _;
+    // SAFETY: only setrlimit, which is async-signal-safe, runs between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            let lim = libc::rlimit {
+                rlim_cur: nofile as libc::rlim_t,
+                rlim_max: nofile as libc::rlim_t,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
     }
 }
 

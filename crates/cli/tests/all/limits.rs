@@ -218,82 +218,6 @@ fn sigterm_lets_the_in_flight_request_finish_then_exits_0() {
     assert!(std::net::TcpStream::connect(server.addr).is_err());
 }
 
-/// A `wms up` of `manifest` whose descriptor limit (soft and hard) is `nofile`; returns the
-/// server's address, its log and the child (killed on drop of the guard).
-struct Limited {
-    child: std::process::Child,
-    addr: std::net::SocketAddr,
-    log: std::sync::Arc<std::sync::Mutex<String>>,
-    _dirs: (tempfile::TempDir, tempfile::TempDir),
-}
-
-impl Drop for Limited {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_with_nofile(manifest: &str, nofile: u64) -> Limited {
-    use std::io::BufRead as _;
-    use std::os::unix::process::CommandExt as _;
-    let app = tempfile::tempdir().unwrap();
-    let cache = tempfile::tempdir().unwrap();
-    std::fs::write(app.path().join("wms.toml"), manifest).unwrap();
-    let mut cmd = crate::harness::wms_command();
-    cmd.env("WMS_CACHE_DIR", cache.path())
-        .env("WMS_LOG", "info")
-        .arg("up")
-        .arg(app.path())
-        .args(["--listen", "127.0.0.1:0"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
-    // SAFETY: setrlimit is async-signal-safe; the closure touches nothing else.
-    unsafe {
-        cmd.pre_exec(move || {
-            let rl = libc::rlimit {
-                rlim_cur: nofile as libc::rlim_t,
-                rlim_max: nofile as libc::rlim_t,
-            };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &rl) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let mut child = cmd.spawn().expect("start wms");
-    let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-    let stderr = child.stderr.take().unwrap();
-    let sink = log.clone();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stderr).lines() {
-            let Ok(line) = line else { break };
-            let mut log = sink.lock().unwrap();
-            log.push_str(&line);
-            log.push('\n');
-        }
-    });
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if let Some(addr) = line.trim().strip_prefix("Serving http://") {
-                let _ = tx.send(addr.parse::<std::net::SocketAddr>().unwrap());
-            }
-        }
-    });
-    let addr = rx
-        .recv_timeout(Duration::from_secs(60) + crate::harness::slack() * 6)
-        .unwrap_or_else(|_| panic!("wms did not start; log:\n{}", log.lock().unwrap()));
-    Limited {
-        child,
-        addr,
-        log,
-        _dirs: (app, cache),
-    }
-}
-
 #[test]
 fn guests_hoarding_files_cannot_take_the_servers_descriptors() {
     // 1024 descriptors: guests together may hold 512, of which their own opens 384, so five
@@ -301,7 +225,9 @@ fn guests_hoarding_files_cannot_take_the_servers_descriptors() {
     // there is still room for plain requests' mounts. Before the caps, each opened files until
     // the process ran out (about 900 together), `accept` failed and plain requests waited.
     let manifest = testkit_app(&[("kit", "/...", "files = [\"wms.toml\"]")]);
-    let server = start_with_nofile(&manifest, 1024);
+    let server = Server::with_manifest_runner(&manifest, &[], |cmd| {
+        crate::harness::limit_descriptors(cmd, 1024)
+    });
     let url = |path: &str| format!("http://{}{path}", server.addr);
     rt().block_on(async {
         let hoarders = (0..5)
@@ -349,7 +275,7 @@ fn guests_hoarding_files_cannot_take_the_servers_descriptors() {
         );
         assert_eq!(status(url("/fine")).await, 200);
     });
-    let log = server.log.lock().unwrap().clone();
+    let log = server.log();
     assert!(!log.contains("accept failed"), "{log}");
     assert!(
         log.contains("descriptor limit 1024: guests together at most 512"),
