@@ -103,6 +103,11 @@ struct UpArgs {
     /// How long in-flight requests may take to finish after SIGINT or SIGTERM.
     #[arg(long, value_parser = grace_arg, default_value = "30s")]
     shutdown_grace: Duration,
+    /// The most memory the instance pool keeps resident between requests, e.g. `256MiB`
+    /// (default: the manifest's `pool_resident_budget`, else 1/16 of the host's memory or of
+    /// the cgroup's limit, whichever is smaller).
+    #[arg(long, value_name = "SIZE", value_parser = budget_arg)]
+    pool_resident_budget: Option<u64>,
     #[command(flatten)]
     image: oci::ImageArgs,
 }
@@ -224,6 +229,18 @@ fn timeout_arg(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
+/// A size flag such as `256MiB`, up to 1TiB.
+fn budget_arg(s: &str) -> Result<u64, String> {
+    let size: bytesize::ByteSize = s
+        .trim()
+        .parse()
+        .map_err(|e| format!("{e}; write a size such as 256MiB"))?;
+    if size.as_u64() > wms_manifest::MAX_RESIDENT_BUDGET {
+        return Err("at most 1TiB".to_string());
+    }
+    Ok(size.as_u64())
+}
+
 /// The shutdown grace may be zero (stop at once).
 fn grace_arg(s: &str) -> Result<Duration, String> {
     duration_arg(s)
@@ -303,6 +320,7 @@ fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
             Allocation::Auto
         },
         precompiled: args.precompiled.clone().or(image_precompiled),
+        pool_resident_budget: args.pool_resident_budget.or(app.pool_resident_budget),
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

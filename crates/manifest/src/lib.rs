@@ -49,6 +49,8 @@ pub const DEFAULT_MAX_CONCURRENT_REQUESTS: usize = 1000;
 pub const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 /// The largest `max_memory` a component may set: the whole 32-bit wasm address space.
 pub const MAX_MEMORY: u64 = 4 << 30;
+/// The largest `pool_resident_budget`.
+pub const MAX_RESIDENT_BUDGET: u64 = 1 << 40;
 /// The largest `max_concurrent_requests` (process or component): each request is a live instance.
 pub const MAX_CONCURRENT_REQUESTS: usize = 65_536;
 
@@ -88,6 +90,9 @@ pub struct App {
     pub routes: Vec<Route>,
     /// Process-wide concurrent request limit.
     pub max_concurrent_requests: usize,
+    /// The most the instance pool may keep resident between requests (`pool_resident_budget`);
+    /// `None`: derived from the host's memory.
+    pub pool_resident_budget: Option<u64>,
 }
 
 /// A validated component.
@@ -334,14 +339,31 @@ impl Parser<'_> {
         }
 
         let mut max_concurrent = DEFAULT_MAX_CONCURRENT_REQUESTS;
-        if let Some(n) = m
-            .application
-            .tool
-            .wms
-            .as_ref()
-            .and_then(|t| t.get_ref().max_concurrent_requests.as_ref())
-        {
+        let app_tool = m.application.tool.wms.as_ref().map(|t| t.get_ref());
+        if let Some(n) = app_tool.and_then(|t| t.max_concurrent_requests.as_ref()) {
             max_concurrent = self.count(n, "max_concurrent_requests")?;
+        }
+        let mut pool_resident_budget = None;
+        if let Some(b) = app_tool.and_then(|t| t.pool_resident_budget.as_ref()) {
+            let size: bytesize::ByteSize = b.get_ref().parse().map_err(|e| {
+                self.err_at(
+                    b.span(),
+                    format!("pool_resident_budget `{}` is not a size: {e}", b.get_ref()),
+                )
+                .help("write a size such as \"256MiB\" or \"1GiB\"")
+            })?;
+            if size.as_u64() > MAX_RESIDENT_BUDGET {
+                return Err(self
+                    .err_at(
+                        b.span(),
+                        format!(
+                            "pool_resident_budget `{}` is over the allowed maximum of 1TiB",
+                            b.get_ref()
+                        ),
+                    )
+                    .help("write a size such as \"256MiB\"; 0 keeps nothing resident"));
+            }
+            pool_resident_budget = Some(size.as_u64());
         }
 
         let mut components = IndexMap::new();
@@ -513,6 +535,7 @@ impl Parser<'_> {
             components,
             routes,
             max_concurrent_requests: max_concurrent,
+            pool_resident_budget,
         })
     }
 

@@ -102,6 +102,8 @@ pub struct AppHttpTrigger {
 pub struct AppTool {
     #[serde(default)]
     pub max_concurrent_requests: Option<Spanned<i64>>,
+    #[serde(default)]
+    pub pool_resident_budget: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -79,11 +79,25 @@ pub struct RuntimeOptions {
     pub allocation: Allocation,
     /// A directory of `wms compile` output the user trusts; used where it matches exactly.
     pub precompiled: Option<PathBuf>,
+    /// The most the pool may keep resident between requests, in bytes (default: 1/16 of the
+    /// host's or the cgroup's memory; see [`pool::ResidentBudget`]).
+    pub pool_resident_budget: Option<u64>,
+}
+
+/// What the pool keeps resident between requests.
+#[derive(Debug, Clone)]
+pub struct Resident {
+    pub budget: pool::ResidentBudget,
+    /// Per linear memory and per table.
+    pub memory: u64,
+    pub table: u64,
 }
 
 /// What the engine was configured with, for the start-up log and for tests.
 #[derive(Debug, Clone)]
 pub struct EngineReport {
+    /// With pooling: the resident budget and what each slot keeps.
+    pub resident: Option<Resident>,
     pub engine: EngineKind,
     pub target: String,
     pub pool: PoolPlan,
@@ -96,10 +110,20 @@ impl std::fmt::Display for EngineReport {
             EngineKind::Cranelift => "cranelift",
             EngineKind::Pulley => "pulley",
         };
+        write!(f, "engine {engine} for {}; {}", self.target, self.pool)?;
+        if let Some(r) = &self.resident {
+            write!(
+                f,
+                "; kept resident between requests: at most {} in total, {} per memory and {} per table",
+                r.budget,
+                pool::human(r.memory),
+                pool::human(r.table)
+            )?;
+        }
         write!(
             f,
-            "engine {engine} for {}; {}; at most {} concurrent requests",
-            self.target, self.pool, self.max_concurrent_requests
+            "; at most {} concurrent requests",
+            self.max_concurrent_requests
         )
     }
 }
@@ -937,11 +961,12 @@ fn build_engine(
             ..pool::plan(wanted_slots, max_memory, probed)
         },
     };
+    let budget = pool::ResidentBudget::choose(options.pool_resident_budget);
     loop {
         let mut cfg = config.clone();
         apply_memory_layout(&mut cfg, &plan, max_memory);
         if plan.pooling {
-            apply_pool(&mut cfg, &plan);
+            apply_pool(&mut cfg, &plan, keep_resident(&budget, plan.slots));
         }
         match Engine::new(&cfg) {
             Ok(engine) => {
@@ -965,6 +990,14 @@ fn build_engine(
                 let report = EngineReport {
                     engine: engine_kind,
                     target,
+                    resident: plan.pooling.then(|| {
+                        let (memory, table) = keep_resident(&budget, plan.slots);
+                        Resident {
+                            budget: budget.clone(),
+                            memory,
+                            table,
+                        }
+                    }),
                     pool: plan,
                     max_concurrent_requests: max_concurrent,
                 };
@@ -1082,9 +1115,20 @@ pub fn effective_engine(requested: EngineKind) -> EngineKind {
     requested
 }
 
-fn apply_pool(config: &mut Config, plan: &PoolPlan) {
+/// What each linear memory and table of the pool keeps resident between requests: the
+/// budget's share, and without `PAGEMAP_SCAN` at most 1 MiB / 64 KiB (everything kept is then
+/// memset on every reset, not just the dirty pages).
+fn keep_resident(budget: &pool::ResidentBudget, slots: u32) -> (u64, u64) {
+    let (memory, table) = budget.keep_per_slot(slots);
+    if PoolingAllocationConfig::is_pagemap_scan_available() {
+        (memory, table)
+    } else {
+        (memory.min(1 << 20), table.min(64 << 10))
+    }
+}
+
+fn apply_pool(config: &mut Config, plan: &PoolPlan, (memory_keep, table_keep): (u64, u64)) {
     let mut pool = PoolingAllocationConfig::new();
-    let pagemap = PoolingAllocationConfig::is_pagemap_scan_available();
     let slots = plan.slots;
     pool.total_component_instances(slots)
         .total_core_instances(slots.saturating_mul(8))
@@ -1099,9 +1143,11 @@ fn apply_pool(config: &mut Config, plan: &PoolPlan) {
         // Reset what a request dirtied by memset instead of madvise: madvise on a
         // multi-threaded process costs TLB shoot-downs on every core. With PAGEMAP_SCAN (Linux
         // 6.7+) only the dirty pages are touched; elsewhere the low bytes are memset.
+        // What stays resident is bounded by the budget: every slot that was ever used keeps up
+        // to this much, and Wasmtime never gives it back while the pool lives.
         .pagemap_scan(wasmtime::Enabled::Auto)
-        .linear_memory_keep_resident(if pagemap { 16 << 20 } else { 1 << 20 })
-        .table_keep_resident(if pagemap { 1 << 20 } else { 64 << 10 });
+        .linear_memory_keep_resident(usize::try_from(memory_keep).unwrap_or(usize::MAX))
+        .table_keep_resident(usize::try_from(table_keep).unwrap_or(usize::MAX));
     config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
 }
 

@@ -200,9 +200,183 @@ pub fn physical_memory() -> Option<u64> {
     Some(kib * KIB)
 }
 
+/// The largest share of memory the pool keeps resident between requests by default: 1/16 of
+/// what the host (or the cgroup wms runs in) has. A busy minute then cannot leave more than that
+/// behind, on a 4 GiB board (256 MiB) as on a server.
+pub const DEFAULT_RESIDENT_FRACTION: u64 = 16;
+/// What one linear memory keeps resident at most (the most a request is expected to dirty; the
+/// rest is given back with `madvise` when the instance ends).
+const MAX_MEMORY_KEEP: u64 = 16 * MIB;
+/// What one table keeps resident at most.
+const MAX_TABLE_KEEP: u64 = MIB;
+
+/// Where the resident budget came from, for the start-up line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BudgetSource {
+    /// `--pool-resident-budget` or `pool_resident_budget` in the manifest.
+    Operator,
+    /// 1/16 of the host's physical memory.
+    Host(u64),
+    /// 1/16 of the memory limit of the cgroup wms runs in (systemd `MemoryMax=`, a container).
+    Cgroup(u64),
+    /// Neither could be read: the per-slot maximum applies.
+    Unknown,
+}
+
+/// How much memory the pool may keep resident between requests, in total.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResidentBudget {
+    pub bytes: u64,
+    pub source: BudgetSource,
+}
+
+impl ResidentBudget {
+    /// The operator's figure, else 1/16 of the smaller of the host's memory and the cgroup's
+    /// limit.
+    pub fn choose(operator: Option<u64>) -> Self {
+        if let Some(bytes) = operator {
+            return Self {
+                bytes,
+                source: BudgetSource::Operator,
+            };
+        }
+        match (physical_memory(), cgroup_memory_limit()) {
+            (host, Some(cg)) if host.is_none_or(|h| cg < h) => Self {
+                bytes: cg / DEFAULT_RESIDENT_FRACTION,
+                source: BudgetSource::Cgroup(cg),
+            },
+            (Some(host), _) => Self {
+                bytes: host / DEFAULT_RESIDENT_FRACTION,
+                source: BudgetSource::Host(host),
+            },
+            (None, _) => Self {
+                bytes: u64::MAX,
+                source: BudgetSource::Unknown,
+            },
+        }
+    }
+
+    /// What each linear memory and each table may keep resident so that a pool of `slots`
+    /// instances never keeps more than the budget, even when every slot has been used: seven
+    /// eighths for memories, one eighth for tables, each capped at what a request is expected to
+    /// dirty, in whole pages.
+    pub fn keep_per_slot(&self, slots: u32) -> (u64, u64) {
+        let share = self.bytes / u64::from(slots.max(1));
+        let page = |n: u64| n & !(4 * KIB - 1);
+        let keep = |n: u64, max: u64| page(n.min(max));
+        (
+            keep(
+                share / 8 * 7 / u64::from(MEMORIES_PER_SLOT),
+                MAX_MEMORY_KEEP,
+            ),
+            keep(share / 8 / u64::from(TABLES_PER_SLOT), MAX_TABLE_KEEP),
+        )
+    }
+}
+
+impl fmt::Display for ResidentBudget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.source {
+            BudgetSource::Operator => write!(f, "{} (set by the operator)", human(self.bytes)),
+            BudgetSource::Host(m) => write!(
+                f,
+                "{} (1/{DEFAULT_RESIDENT_FRACTION} of this host's {})",
+                human(self.bytes),
+                human(m)
+            ),
+            BudgetSource::Cgroup(m) => write!(
+                f,
+                "{} (1/{DEFAULT_RESIDENT_FRACTION} of the cgroup memory limit {})",
+                human(self.bytes),
+                human(m)
+            ),
+            BudgetSource::Unknown => write!(f, "unbounded (host memory unknown)"),
+        }
+    }
+}
+
+/// The memory limit of the cgroup this process runs in, and of its ancestors (the smallest
+/// applies): cgroup v2 `memory.max`, else v1 `memory.limit_in_bytes`. `None` when unlimited or
+/// unreadable.
+pub fn cgroup_memory_limit() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    let mut best: Option<u64> = None;
+    let mut consider = |v: Option<u64>| {
+        if let Some(v) = v {
+            best = Some(best.map_or(v, |b| b.min(v)));
+        }
+    };
+    for line in text.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (Some(_), Some(controllers), Some(path)) = (parts.next(), parts.next(), parts.next())
+        else {
+            continue;
+        };
+        let (root, file) = if controllers.is_empty() {
+            // v2: the unified hierarchy (mounted at /sys/fs/cgroup, or /sys/fs/cgroup/unified
+            // beside v1 controllers).
+            let root = ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"]
+                .into_iter()
+                .find(|r| std::path::Path::new(r).join("cgroup.controllers").exists());
+            (root.map(std::path::PathBuf::from), "memory.max")
+        } else if controllers.split(',').any(|c| c == "memory") {
+            (
+                Some(std::path::PathBuf::from("/sys/fs/cgroup/memory")),
+                "memory.limit_in_bytes",
+            )
+        } else {
+            continue;
+        };
+        let Some(root) = root else { continue };
+        let mut dir = root.join(path.trim_start_matches('/'));
+        loop {
+            consider(read_limit(&dir.join(file)));
+            if dir == root || !dir.pop() {
+                break;
+            }
+        }
+    }
+    best
+}
+
+/// A cgroup memory limit file: `max` (v2) or a huge number (v1) mean none.
+fn read_limit(file: &std::path::Path) -> Option<u64> {
+    let text = std::fs::read_to_string(file).ok()?;
+    let v: u64 = text.trim().parse().ok()?;
+    // v1 writes "unlimited" as the largest page-aligned i64.
+    (v < (1 << 60)).then_some(v)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_budget_bounds_what_every_slot_keeps() {
+        let b = ResidentBudget {
+            bytes: 1 << 30,
+            source: BudgetSource::Operator,
+        };
+        let (mem, table) = b.keep_per_slot(1000);
+        // 1 GiB over 1000 slots: ~1 MiB each, 7/8 for two memories, 1/8 for four tables.
+        assert!((400 << 10..=470 << 10).contains(&mem), "{mem}");
+        assert_eq!(mem % 4096, 0);
+        assert!(table <= 33 << 10, "{table}");
+        assert!(1000 * (2 * mem + 4 * table) <= 1 << 30);
+        // A large budget is capped per slot; a tiny one keeps nothing.
+        let big = ResidentBudget {
+            bytes: u64::MAX,
+            source: BudgetSource::Unknown,
+        };
+        assert_eq!(big.keep_per_slot(10), (16 << 20, 1 << 20));
+        let small = ResidentBudget {
+            bytes: 1 << 20,
+            source: BudgetSource::Operator,
+        };
+        assert_eq!(small.keep_per_slot(1000), (0, 0));
+        let (mem, table) = small.keep_per_slot(16);
+        assert_eq!((mem, table), (28 << 10, 0));
+    }
 
     #[test]
     fn big_host_gets_static_memories() {

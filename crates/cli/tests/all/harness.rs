@@ -216,6 +216,81 @@ pub fn limit_descriptors(cmd: &mut Command, nofile: u64) {
     }
 }
 
+/// A memory cgroup created below the test process's own (cgroup v2 or v1), removed on drop.
+pub struct MemoryCgroup {
+    dir: PathBuf,
+    /// Its `cgroup.procs`: write a pid there to move that process in.
+    pub procs: PathBuf,
+}
+
+impl Drop for MemoryCgroup {
+    fn drop(&mut self) {
+        // The processes in it are gone by now; a cgroup directory is removed with rmdir.
+        for _ in 0..50 {
+            if std::fs::remove_dir(&self.dir).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// A child of this process's memory cgroup with a memory limit of `limit` bytes, or `None`
+/// where cgroups cannot be written (not root, no memory controller).
+pub fn child_memory_cgroup(limit: u64) -> Option<MemoryCgroup> {
+    let text = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    let name = format!("wms-test-{}-{}", std::process::id(), limit);
+    for line in text.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+        let (root, file) = if controllers.is_empty() {
+            ("/sys/fs/cgroup", "memory.max")
+        } else if controllers.split(',').any(|c| c == "memory") {
+            ("/sys/fs/cgroup/memory", "memory.limit_in_bytes")
+        } else {
+            continue;
+        };
+        let dir = Path::new(root)
+            .join(path.trim_start_matches('/'))
+            .join(&name);
+        if std::fs::create_dir(&dir).is_err() {
+            continue;
+        }
+        if std::fs::write(dir.join(file), limit.to_string()).is_err() {
+            let _ = std::fs::remove_dir(&dir);
+            continue;
+        }
+        return Some(MemoryCgroup {
+            procs: dir.join("cgroup.procs"),
+            dir,
+        });
+    }
+    None
+}
+
+/// Makes the process `cmd` starts join the cgroup whose `cgroup.procs` is `procs`.
+pub fn run_in_cgroup(cmd: &mut Command, procs: &Path) {
+    use std::os::unix::process::CommandExt as _;
+    let procs = std::ffi::CString::new(procs.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: between fork and exec only open/write/close run (async-signal-safe); "0" moves
+    // the writing process itself.
+    unsafe {
+        cmd.pre_exec(move || {
+            let fd = libc::open(procs.as_ptr(), libc::O_WRONLY);
+            if fd < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            let ok = libc::write(fd, b"0".as_ptr().cast(), 1) == 1;
+            libc::close(fd);
+            if ok {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
+    }
+}
+
 /// Runs `wms ARGS...` to completion; returns (exit code, stdout, stderr).
 pub fn wms(args: &[&str]) -> (i32, String, String) {
     let out = wms_command()
@@ -264,6 +339,18 @@ pub fn testkit_app(components: &[(&str, &str, &str)]) -> String {
 
 pub fn examples(name: &str) -> PathBuf {
     Path::new(artifacts::EXAMPLES_DIR).join(name)
+}
+
+/// Current resident memory of a process, from /proc.
+pub fn rss(pid: i32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = s.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse::<u64>()
+        .unwrap()
+        * 1024
 }
 
 /// Peak resident memory of a process, from /proc.

@@ -6,6 +6,7 @@ mod board;
 mod hardening;
 mod harness;
 mod limits;
+mod memory;
 mod oci;
 mod outbound;
 mod run;
