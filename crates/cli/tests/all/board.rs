@@ -153,3 +153,45 @@ fn board_component_cranelift_cannot_compile_still_serves() {
         assert!(log.contains("runs in the Pulley interpreter"), "{log}");
     }
 }
+
+/// The memory of the board being modelled: what its cgroup limit is set to in the test.
+fn modelled_board_memory() -> (u64, &'static str) {
+    let runner = std::env::var(crate::harness::ENV_TEST_RUNNER).unwrap_or_default();
+    if runner.contains("riscv64") {
+        (8 << 30, "VisionFive 2 (8 GB)")
+    } else if runner.contains("aarch64") {
+        (4 << 30, "Jetson Nano (4 GB)")
+    } else if runner.contains("qemu-arm") {
+        (1 << 30, "Raspberry Pi 3 (1 GB)")
+    } else {
+        (4 << 30, "a 4 GB board (native build)")
+    }
+}
+
+#[test]
+fn board_resident_budget_fits_the_board_memory() {
+    // The host has more memory than the board: a memory cgroup limited to the board's memory
+    // stands for it, as systemd's MemoryMax= or a container limit would on the board.
+    let (memory, board) = modelled_board_memory();
+    let Some(cgroup) = crate::harness::child_memory_cgroup(memory) else {
+        eprintln!("no writable memory cgroup here (not root, or no memory controller): skipped");
+        return;
+    };
+    let procs = cgroup.procs.clone();
+    let server = Server::with_manifest_runner(&testkit_app(&[("kit", "/...", "")]), &[], |cmd| {
+        crate::harness::run_in_cgroup(cmd, &procs)
+    });
+    let log = server.wait_for_log("kept resident between requests");
+    let expected = format!(
+        "at most {}MiB (1/16 of the cgroup memory limit {}GiB) in total",
+        (memory / 16) >> 20,
+        memory >> 30
+    );
+    assert!(log.contains(&expected), "{board}: {log}");
+    rt().block_on(async {
+        let resp = client().get(server.url("/fine")).send().await.unwrap();
+        assert_eq!(resp.status(), 200);
+    });
+    drop(server);
+    drop(cgroup);
+}
