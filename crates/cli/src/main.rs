@@ -276,6 +276,20 @@ fn raise_descriptor_limit() -> u64 {
     limit
 }
 
+/// The manifest's `pool_resident_budget`: the operator's in a local manifest; an image's is
+/// ignored, since it would let a publisher decide how much of the host's memory the pool keeps.
+fn resident_budget_of(app: &wms_manifest::App) -> Option<u64> {
+    match app.pool_resident_budget {
+        Some(b) if app.from_image => {
+            tracing::warn!(
+                "the image's pool_resident_budget ({b} bytes) is ignored; the operator sets it with --pool-resident-budget"
+            );
+            None
+        }
+        other => other,
+    }
+}
+
 fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
     // Descriptors are split: a quarter for client connections, half for guests (the runtime
     // takes its share from the same limit), the rest for the server itself.
@@ -320,7 +334,7 @@ fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
             Allocation::Auto
         },
         precompiled: args.precompiled.clone().or(image_precompiled),
-        pool_resident_budget: args.pool_resident_budget.or(app.pool_resident_budget),
+        pool_resident_budget: args.pool_resident_budget.or(resident_budget_of(&app)),
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -93,6 +93,9 @@ pub struct App {
     /// The most the instance pool may keep resident between requests (`pool_resident_budget`);
     /// `None`: derived from the host's memory.
     pub pool_resident_budget: Option<u64>,
+    /// Read from an image ([`parse_image`]): untrusted, so what it grants that only the operator
+    /// may grant (outbound entries naming a local address, the pool's budget) is not honoured.
+    pub from_image: bool,
 }
 
 /// A validated component.
@@ -536,6 +539,7 @@ impl Parser<'_> {
             routes,
             max_concurrent_requests: max_concurrent,
             pool_resident_budget,
+            from_image: matches!(self.origin, Origin::Image(_)),
         })
     }
 

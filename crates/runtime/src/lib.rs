@@ -425,6 +425,8 @@ struct LoadedComponent {
     environment: Vec<(String, String)>,
     mounts: Vec<(PathBuf, String)>,
     allowed: Arc<[AllowedHost]>,
+    /// Outbound entries naming an address may reach local ones (a local manifest only).
+    may_name_local_addresses: bool,
     /// The descriptor budget all guests of the process share.
     fds: Arc<descriptors::Budget>,
     /// Rate limit of the component's guest output in the log.
@@ -577,6 +579,7 @@ impl Runtime {
                         .collect(),
                     mounts,
                     allowed: c.allowed_outbound_hosts.clone().into(),
+                    may_name_local_addresses: !app.from_image,
                     fds: fd_budget.clone(),
                     guest_log: guest_log::LogBudget::guest_lines(&name),
                     overload_log: guest_log::LogBudget::new(&name, "overload warnings", 1.0, 5.0),
@@ -695,6 +698,7 @@ fn new_store(engine: &Engine, comp: &LoadedComponent) -> Result<Store<HostState>
             policy: outbound::OutboundPolicy {
                 component: comp.id.clone(),
                 allowed: comp.allowed.clone(),
+                may_name_local_addresses: comp.may_name_local_addresses,
             },
             slots: descriptors::OutboundSlots::new(&comp.fds),
         },

@@ -27,6 +27,10 @@ use wms_manifest::outbound::{AllowedHost, is_allowed, names_address};
 pub(crate) struct OutboundPolicy {
     pub component: Arc<str>,
     pub allowed: Arc<[AllowedHost]>,
+    /// Whether an entry naming an address may reach a loopback, link-local or private one: only
+    /// in a local manifest (the operator's word); never from an image, whose manifest an
+    /// untrusted publisher wrote.
+    pub may_name_local_addresses: bool,
 }
 
 type IoFuture = Box<dyn Future<Output = Result<(), HttpError>> + Send>;
@@ -79,7 +83,8 @@ impl WasiHttpHooks for OutboundPolicy {
                 HttpError::HttpRequestDenied,
             );
         }
-        let explicit = names_address(&self.allowed, &scheme, &host, port);
+        let explicit =
+            self.may_name_local_addresses && names_address(&self.allowed, &scheme, &host, port);
         let component = self.component.clone();
         Box::new(async move {
             let connect_timeout = options

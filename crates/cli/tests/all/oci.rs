@@ -1329,3 +1329,44 @@ fn login_never_sends_a_password_to_a_plain_http_token_service_off_this_machine()
     assert!(err.contains("nothing was sent to it"), "{err}");
     assert!(!user.docker.path().join("config.json").exists());
 }
+
+#[test]
+fn an_image_cannot_grant_itself_the_nodes_local_addresses() {
+    // A local manifest naming 127.0.0.1 may reach it (the operator's word); the same entry in
+    // an image's manifest must not, or any image could reach the node's own services and the
+    // cloud metadata address.
+    let trap = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let trap_port = trap.local_addr().unwrap().port();
+    let registry = Registry::start();
+    let publisher = User::new();
+    let app = tempfile::tempdir().unwrap();
+    std::fs::write(
+        app.path().join("wms.toml"),
+        format!(
+            "spin_manifest_version = 2\n[application]\nname = \"kit\"\n[[trigger.http]]\nroute = \"/...\"\ncomponent = \"c\"\n[component.c]\nsource = {:?}\n",
+            artifacts::TESTKIT
+        ),
+    )
+    .unwrap();
+    let base = registry.reference("kit:base");
+    publisher.ok(&["push", app.path().to_str().unwrap(), &base]);
+    let reference = republish_with_app_manifest(&registry, &base, "local", |wasm| {
+        format!(
+            "spin_manifest_version = 2\n[application]\nname = \"kit\"\n[application.tool.wms]\npool_resident_budget = \"1TiB\"\n[[trigger.http]]\nroute = \"/...\"\ncomponent = \"c\"\n[component.c]\nsource = {{ digest = \"{wasm}\" }}\nallowed_outbound_hosts = [\"http://127.0.0.1:{trap_port}\"]\n"
+        )
+    });
+    let user = User::new();
+    let server = user.serve(&reference, &[]);
+    let (status, body) = get(server.url(&format!("/outbound?url=http://127.0.0.1:{trap_port}/")));
+    assert_eq!(status, 502, "{body}");
+    assert!(body.contains("DestinationIpProhibited"), "{body}");
+    trap.set_nonblocking(true).unwrap();
+    assert!(
+        trap.accept().is_err(),
+        "the image's guest reached 127.0.0.1"
+    );
+    // Nor does the image decide how much of the host's memory the pool keeps.
+    let log = server.wait_for_log("pool_resident_budget");
+    assert!(log.contains("is ignored"), "{log}");
+    assert!(!log.contains("set by the operator"), "{log}");
+}
