@@ -268,6 +268,9 @@ async fn send(
     // The connection is driven by its own task while the response is awaited; what it ends with
     // is the I/O result wasmtime-wasi-http reports to the guest.
     let conn = tokio::spawn(conn);
+    // Dropped with the I/O future (the guest dropped the response) or on an early return below:
+    // the connection ends with it instead of running on, uncounted, with no timeout of its own.
+    let guard = AbortOnDrop(conn.abort_handle());
     // On the wire the request line carries only the path (the Host header has the authority).
     let path = request
         .uri()
@@ -290,6 +293,7 @@ async fn send(
         .boxed_unsync()
     });
     let io: IoFuture = Box::new(async move {
+        let _guard = guard;
         match conn.await {
             Ok(Ok(())) | Err(_) => Ok(()),
             Ok(Err(e)) if e.is_timeout() => Err(HttpError::HttpResponseTimeout),
@@ -297,6 +301,15 @@ async fn send(
         }
     });
     Ok((response, io))
+}
+
+/// Aborts a spawned task when dropped.
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// A response body that fails when no frame arrives within `idle` (the guest's

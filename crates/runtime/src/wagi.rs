@@ -181,6 +181,42 @@ impl WagiModule {
     }
 }
 
+/// The most a body of unknown length is buffered to (to learn CONTENT_LENGTH): it is held in
+/// host memory per request, so it is bounded well below the server's body limit.
+fn unknown_length_cap(comp: &LoadedComponent) -> usize {
+    usize::try_from(comp.limits.max_memory.min(16 << 20)).unwrap_or(16 << 20)
+}
+
+/// The 413 answer for a body over a limit.
+fn too_large() -> http::Response<ResponseBody> {
+    http::Response::builder()
+        .status(StatusCode::PAYLOAD_TOO_LARGE)
+        .header(http::header::CONTENT_TYPE, "text/plain")
+        .body(
+            Full::new(Bytes::from_static(b"request body too large\n"))
+                .map_err(|e| match e {})
+                .boxed_unsync(),
+        )
+        .expect("a static response")
+}
+
+/// Reads a body whole, up to `cap` bytes; `Ok(None)` past the cap.
+async fn read_capped(
+    mut body: http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>,
+    cap: usize,
+) -> Result<Option<Bytes>, BoxError> {
+    let mut buf = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame?.into_data() {
+            if buf.len() + data.len() > cap {
+                return Ok(None);
+            }
+            buf.extend_from_slice(&data);
+        }
+    }
+    Ok(Some(buf.freeze()))
+}
+
 /// The CGI environment for a request, from its head and the `spin-*` headers the front end set.
 /// `content_length` is the body's length: declared, or counted after buffering.
 fn cgi_env(parts: &http::request::Parts, content_length: u64) -> Vec<(String, String)> {
@@ -304,23 +340,28 @@ where
     // component's timeout; a declared one streams.
     let (content_length, input) = match declared {
         Some(n) => (n, Input::Stream(body.boxed_unsync())),
-        None => match tokio::time::timeout_at(deadline, body.collect()).await {
+        None => match tokio::time::timeout_at(
+            deadline,
+            read_capped(body.boxed_unsync(), unknown_length_cap(&comp)),
+        )
+        .await
+        {
             Err(_) => {
                 let f = Failure::Timeout { timeout };
                 comp.log_failure(&f);
                 return Err(f);
             }
+            Ok(Ok(None)) => {
+                tracing::warn!(
+                    component = %comp.id,
+                    "413: a request body of unknown length over {} bytes (bodies without Content-Length are held in memory up to the lesser of 16 MiB and max_memory; with Content-Length they stream, up to --max-body)",
+                    unknown_length_cap(&comp)
+                );
+                return Ok(too_large());
+            }
             Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
                 tracing::warn!(component = %comp.id, "413: the request body is larger than the server's limit");
-                return Ok(http::Response::builder()
-                    .status(StatusCode::PAYLOAD_TOO_LARGE)
-                    .header(http::header::CONTENT_TYPE, "text/plain")
-                    .body(
-                        Full::new(Bytes::from_static(b"request body too large\n"))
-                            .map_err(|e| match e {})
-                            .boxed_unsync(),
-                    )
-                    .expect("a static response"));
+                return Ok(too_large());
             }
             Ok(Err(e)) => {
                 let f = Failure::RequestBody {
@@ -329,10 +370,7 @@ where
                 comp.log_failure(&f);
                 return Err(f);
             }
-            Ok(Ok(collected)) => {
-                let bytes = collected.to_bytes();
-                (bytes.len() as u64, Input::Buffered(bytes))
-            }
+            Ok(Ok(Some(bytes))) => (bytes.len() as u64, Input::Buffered(bytes)),
         },
     };
     let env = cgi_env(&parts, content_length);

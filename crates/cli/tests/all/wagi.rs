@@ -353,6 +353,37 @@ fn a_chunked_body_over_the_limit_is_413_and_the_module_never_runs() {
 }
 
 #[test]
+fn a_body_of_unknown_length_is_buffered_only_up_to_a_small_cap() {
+    // The server takes 1 GiB bodies by default; one without Content-Length is held in memory
+    // to learn CONTENT_LENGTH, so it is capped at the lesser of 16 MiB and max_memory.
+    let server = wagi_app("[component.c.tool.wms]\nmax_memory = \"4MiB\"");
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    rt().block_on(async {
+        let (_, body) = streamed(5 << 20);
+        let resp = h2
+            .put(server.url("/c/echo"))
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 413);
+        let (_, body) = streamed(100_000);
+        let resp = h2
+            .put(server.url("/c/echo"))
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.headers()["x-content-length"], "100000");
+    });
+    server.wait_for_log("a request body of unknown length over 4194304 bytes");
+}
+
+#[test]
 fn a_body_cut_short_fails_the_request_instead_of_looking_complete() {
     use std::io::{Read as _, Write as _};
     let server = wagi_app("");
