@@ -150,8 +150,12 @@ pub(crate) fn special_purpose(ip: IpAddr) -> Option<&'static str> {
                 Some("shared (100.64.0.0/10)")
             } else if v4.is_multicast() {
                 Some("multicast")
-            } else if v4.is_broadcast() {
-                Some("broadcast")
+            } else if v4.is_broadcast() || a >= 240 {
+                Some("reserved or broadcast (240.0.0.0/4)")
+            } else if a == 192 && b == 0 && v4.octets()[2] == 0 {
+                Some("IETF protocol assignments (192.0.0.0/24)")
+            } else if a == 198 && (b == 18 || b == 19) {
+                Some("benchmarking (198.18.0.0/15)")
             } else {
                 None
             }
@@ -160,7 +164,28 @@ pub(crate) fn special_purpose(ip: IpAddr) -> Option<&'static str> {
             if let Some(v4) = v6.to_ipv4_mapped() {
                 return special_purpose(IpAddr::V4(v4));
             }
-            let first = v6.segments()[0];
+            let seg = v6.segments();
+            let first = seg[0];
+            // Addresses that carry an IPv4 address and reach it through a translator: NAT64
+            // (64:ff9b::/96, 64:ff9b:1::/48), 6to4 (2002::/16) and IPv4-compatible (::a.b.c.d).
+            // Judged by the IPv4 address they lead to.
+            let embedded = |hi: u16, lo: u16| {
+                std::net::Ipv4Addr::new((hi >> 8) as u8, hi as u8, (lo >> 8) as u8, lo as u8)
+            };
+            let v4 = if seg[..6] == [0x64, 0xff9b, 0, 0, 0, 0]
+                || seg[..6] == [0; 6] && !v6.is_loopback() && !v6.is_unspecified()
+            {
+                Some(embedded(seg[6], seg[7]))
+            } else if seg[0] == 0x64 && seg[1] == 0xff9b && seg[2] == 1 {
+                Some(embedded(seg[6], seg[7]))
+            } else if first == 0x2002 {
+                Some(embedded(seg[1], seg[2]))
+            } else {
+                None
+            };
+            if let Some(why) = v4.and_then(|v4| special_purpose(IpAddr::V4(v4))) {
+                return Some(why);
+            }
             if v6.is_unspecified() {
                 Some("unspecified")
             } else if v6.is_loopback() {
@@ -378,7 +403,15 @@ mod tests {
             ("::", "unspecified"),
             ("224.0.0.1", "multicast"),
             ("ff02::1", "multicast"),
-            ("255.255.255.255", "broadcast"),
+            ("255.255.255.255", "reserved or broadcast (240.0.0.0/4)"),
+            ("240.0.0.1", "reserved or broadcast (240.0.0.0/4)"),
+            ("192.0.0.8", "IETF protocol assignments (192.0.0.0/24)"),
+            ("198.18.0.1", "benchmarking (198.18.0.0/15)"),
+            // IPv6 that leads to an IPv4 address through a translator.
+            ("64:ff9b::a9fe:a9fe", "link-local"),
+            ("64:ff9b:1::7f00:1", "loopback"),
+            ("2002:a00:1::1", "private"),
+            ("::7f00:1", "loopback"),
             ("100.100.100.200", "shared (100.64.0.0/10)"),
         ] {
             assert_eq!(special_purpose(ip.parse().unwrap()), Some(kind), "{ip}");
@@ -389,6 +422,8 @@ mod tests {
             "8.8.8.8",
             "2606:4700::1111",
             "100.128.0.1",
+            "64:ff9b::808:808",
+            "2002:808:808::1",
         ] {
             assert_eq!(special_purpose(ip.parse().unwrap()), None, "{ip}");
         }
