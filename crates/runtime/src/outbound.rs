@@ -172,11 +172,10 @@ pub(crate) fn special_purpose(ip: IpAddr) -> Option<&'static str> {
             let embedded = |hi: u16, lo: u16| {
                 std::net::Ipv4Addr::new((hi >> 8) as u8, hi as u8, (lo >> 8) as u8, lo as u8)
             };
-            let v4 = if seg[..6] == [0x64, 0xff9b, 0, 0, 0, 0]
-                || seg[..6] == [0; 6] && !v6.is_loopback() && !v6.is_unspecified()
-            {
-                Some(embedded(seg[6], seg[7]))
-            } else if seg[0] == 0x64 && seg[1] == 0xff9b && seg[2] == 1 {
+            let nat64 = seg[..6] == [0x64, 0xff9b, 0, 0, 0, 0]
+                || (seg[0] == 0x64 && seg[1] == 0xff9b && seg[2] == 1);
+            let compatible = seg[..6] == [0; 6] && !v6.is_loopback() && !v6.is_unspecified();
+            let v4 = if nat64 || compatible {
                 Some(embedded(seg[6], seg[7]))
             } else if first == 0x2002 {
                 Some(embedded(seg[1], seg[2]))
