@@ -50,6 +50,8 @@ pub mod limits {
     /// board has a few GiB of memory and storage; 256 MiB is an order of magnitude above the
     /// largest real components and file sets.
     pub const LAYER: u64 = 256 << 20;
+    /// Entries in one files layer (each is a file or directory written to disk).
+    pub const FILES_ENTRIES: usize = 100_000;
 
     /// The cap for a blob of this media type, and what to call it in errors.
     pub fn for_blob(media_type: &str, is_config: bool) -> (u64, &'static str) {
@@ -233,19 +235,20 @@ pub fn materialize(
 /// Fills a private temporary directory with `fill` and renames it to `dir`; when another process
 /// got there first, theirs is kept.
 fn build_once(dir: &Path, fill: impl FnOnce(&Path) -> anyhow::Result<()>) -> anyhow::Result<()> {
-    let tmp = dir.with_extension(format!("tmp-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
-    let filled = fill(&tmp);
-    if let Err(e) = filled {
-        let _ = std::fs::remove_dir_all(&tmp);
-        return Err(e);
-    }
-    if let Err(e) = std::fs::rename(&tmp, dir) {
-        let _ = std::fs::remove_dir_all(&tmp);
-        if !dir.exists() {
-            return Err(e).with_context(|| format!("cannot create {}", dir.display()));
-        }
+    // A random name beside `dir` (0700): a process id alone repeats across containers that
+    // share a cache (each is PID 1), and one would delete the other's half-built directory.
+    let parent = dir.parent().unwrap_or(Path::new("."));
+    let name = dir.file_name().unwrap_or_default().to_string_lossy();
+    let tmp = tempfile::Builder::new()
+        .prefix(&format!("{name}.tmp-"))
+        .tempdir_in(parent)
+        .with_context(|| format!("cannot create a directory in {}", parent.display()))?;
+    // Dropping `tmp` removes what is left of it: everything on failure, nothing once renamed.
+    fill(tmp.path())?;
+    if let Err(e) = std::fs::rename(tmp.path(), dir)
+        && !dir.exists()
+    {
+        return Err(e).with_context(|| format!("cannot create {}", dir.display()));
     }
     Ok(())
 }
@@ -550,7 +553,13 @@ fn verify_stored(store: &Store, digest: &str) -> anyhow::Result<()> {
 fn extract_tar(reader: impl std::io::Read, out: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(out)?;
     let mut archive = tar::Archive::new(reader);
-    for entry in archive.entries()? {
+    for (n, entry) in archive.entries()?.enumerate() {
+        if n >= limits::FILES_ENTRIES {
+            bail!(
+                "the files layer has more than {} entries; wms unpacks at most that many\n  help: ship fewer, larger files (an archive the component reads itself)",
+                limits::FILES_ENTRIES
+            );
+        }
         let mut entry = entry?;
         let path = entry.path()?.into_owned();
         match entry.header().entry_type() {
@@ -567,8 +576,22 @@ fn extract_tar(reader: impl std::io::Read, out: &Path) -> anyhow::Result<()> {
         {
             bail!("entry {} leaves the files directory", path.display());
         }
-        if !entry.unpack_in(out)? {
-            bail!("entry {} leaves the files directory", path.display());
+        // Written here, not by `unpack_in`: the image's modes and times are not applied (a
+        // directory of mode 000 would stop the rest from unpacking and from being cleaned up;
+        // the guest sees the files read-only anyway).
+        let to = out.join(&path);
+        if entry.header().entry_type() == tar::EntryType::Directory {
+            std::fs::create_dir_all(&to)
+                .with_context(|| format!("cannot create {}", to.display()))?;
+        } else {
+            if let Some(dir) = to.parent() {
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("cannot create {}", dir.display()))?;
+            }
+            let mut file = std::fs::File::create(&to)
+                .with_context(|| format!("cannot create {}", to.display()))?;
+            std::io::copy(&mut entry, &mut file)
+                .with_context(|| format!("cannot write {}", to.display()))?;
         }
     }
     Ok(())
@@ -877,6 +900,36 @@ mod tests {
         assert_eq!(component_id("team/hello-api"), "hello-api");
         assert_eq!(component_id("Shop_Front"), "shop-front");
         assert_eq!(component_id("9lives"), "app-9lives");
+    }
+
+    #[test]
+    fn the_images_modes_are_not_applied() {
+        // A directory of mode 000 before its files stopped the unpacking (and its clean-up).
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_size(0);
+        h.set_mode(0);
+        h.set_entry_type(tar::EntryType::Directory);
+        b.append_data(&mut h, "d", &b""[..]).unwrap();
+        let mut h = tar::Header::new_gnu();
+        h.set_size(2);
+        h.set_mode(0);
+        h.set_entry_type(tar::EntryType::Regular);
+        b.append_data(&mut h, "d/f", &b"hi"[..]).unwrap();
+        let bytes = b.into_inner().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        extract_tar(bytes.as_slice(), dir.path()).unwrap();
+        assert_eq!(std::fs::read(dir.path().join("d/f")).unwrap(), b"hi");
+        // The owner can read and clean up both, whatever the image said (root would pass the
+        // read above anyway).
+        use std::os::unix::fs::PermissionsExt as _;
+        for p in ["d", "d/f"] {
+            let mode = std::fs::metadata(dir.path().join(p))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o600, 0o600, "{p}: {mode:o}");
+        }
     }
 
     #[test]
