@@ -159,9 +159,9 @@ pub(crate) struct InstanceFds {
     component: Arc<str>,
     /// Mounted directories: Wasmtime opens each when the context is built.
     preopens: usize,
-    /// Table indexes of the descriptors a component guest opened (pruned of closed ones
-    /// before each open, so a guest that closes what it opens can open forever).
-    files: Vec<u32>,
+    /// What a component guest opened (pruned of closed ones before each open, so a guest that
+    /// closes what it opens can open forever).
+    files: Vec<Held>,
     /// Descriptors taken from the budget for files. Closes are noticed at the next open
     /// (or when the instance ends), so this may briefly count a closed file: the budget
     /// errs on the side of the server.
@@ -187,7 +187,10 @@ impl InstanceFds {
 
     /// Before a component guest opens a file: may it hold one more?
     pub(crate) fn begin_open_p2(&mut self, table: &mut ResourceTable) -> Result<(), Denied> {
-        self.files.retain(|rep| is_descriptor(table, *rep));
+        self.files.retain(|held| match held {
+            Held::File(file) => file.strong_count() > 0,
+            Held::Dir(rep) => is_descriptor(table, *rep),
+        });
         self.begin_open(self.files.len())
     }
 
@@ -234,11 +237,11 @@ impl InstanceFds {
         Err(denied)
     }
 
-    /// After the open: `Some(table index)` if it succeeded (component guests), `None` if it
-    /// failed; `opened_p1` for preview 1 guests, which are recounted at the next open.
-    pub(crate) fn end_open_p2(&mut self, rep: Option<u32>) {
-        match rep {
-            Some(rep) => self.files.push(rep),
+    /// After the open: what was opened if it succeeded (component guests), `None` if it
+    /// failed; `end_open_p1` for preview 1 guests, which are recounted at the next open.
+    pub(crate) fn end_open_p2(&mut self, opened: Option<Held>) {
+        match opened {
+            Some(held) => self.files.push(held),
             None => self.undo(),
         }
     }
@@ -258,6 +261,26 @@ impl InstanceFds {
 impl Drop for InstanceFds {
     fn drop(&mut self) {
         self.budget.give(self.preopens + self.counted);
+    }
+}
+
+/// A descriptor a component guest opened, as long as it holds a host file open.
+pub(crate) enum Held {
+    /// A file: open while anything holds its host file, which the streams made from it share
+    /// (`read-via-stream` and the like), so dropping the descriptor and keeping a stream still
+    /// counts.
+    File(std::sync::Weak<std::fs::File>),
+    /// A directory, by table index (nothing else shares its handle).
+    Dir(u32),
+}
+
+impl Held {
+    /// What the table entry `fd` holds.
+    pub(crate) fn of(table: &ResourceTable, fd: &Resource<Descriptor>) -> Self {
+        match table.get(fd) {
+            Ok(Descriptor::File(f)) => Held::File(Arc::downgrade(&f.file)),
+            _ => Held::Dir(fd.rep()),
+        }
     }
 }
 

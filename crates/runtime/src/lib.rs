@@ -335,10 +335,10 @@ pub(crate) fn add_open_hook<T: HoldsFds + WasiView>(linker: &mut Linker<T>) -> a
                         HostDescriptor::open_at(&mut view, dir, path_flags, path, oflags, flags)
                             .await
                     };
-                    let (fds, _) = store.data_mut().fds_and_table();
+                    let (fds, table) = store.data_mut().fds_and_table();
                     match result {
                         Ok(fd) => {
-                            fds.end_open_p2(Some(fd.rep()));
+                            fds.end_open_p2(Some(descriptors::Held::of(table, &fd)));
                             Ok((Ok(fd),))
                         }
                         Err(e) => {

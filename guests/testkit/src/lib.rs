@@ -174,6 +174,37 @@ impl wasip2::exports::http::incoming_handler::Guest for Testkit {
                     format!("opened {} files, then: {error}", held.len()).as_bytes(),
                 );
             }
+            "hoard-streams" => {
+                // Opens the mounted wms.toml again and again through wasi:filesystem, keeps a
+                // read stream of each and drops the descriptor: the stream keeps the host file
+                // open, so this must count against the cap like a held descriptor.
+                use wasip2::filesystem::types::{DescriptorFlags, OpenFlags, PathFlags};
+                let dirs = wasip2::filesystem::preopens::get_directories();
+                let (dir, _) = dirs.first().expect("a mounted directory");
+                let mut held = Vec::new();
+                let error = loop {
+                    if held.len() >= 100_000 {
+                        break "no error".to_string();
+                    }
+                    match dir.open_at(
+                        PathFlags::empty(),
+                        "wms.toml",
+                        OpenFlags::empty(),
+                        DescriptorFlags::READ,
+                    ) {
+                        Ok(fd) => match fd.read_via_stream(0) {
+                            Ok(stream) => held.push(stream),
+                            Err(e) => break format!("{e:?}"),
+                        },
+                        Err(e) => break format!("{e:?}"),
+                    }
+                };
+                respond(
+                    out,
+                    500,
+                    format!("opened {} files, then: {error}", held.len()).as_bytes(),
+                );
+            }
             "log-flood" => {
                 // Text that would colour a terminal or forge a log line, a long line, then
                 // more lines than the log lets through.

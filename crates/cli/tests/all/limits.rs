@@ -314,3 +314,29 @@ fn guest_output_is_escaped_truncated_and_rate_limited() {
     assert!(flood < 1000, "{flood} of 2000 lines were logged");
     assert!(log.contains("dropped"), "{log}");
 }
+
+#[test]
+fn streams_of_dropped_descriptors_still_count_against_the_cap() {
+    // A read stream shares its file's host descriptor: opening, keeping the stream and
+    // dropping the descriptor got around the cap of 256 (about 2,800 per instance) before.
+    let server = Server::with_manifest(
+        &testkit_app(&[("kit", "/...", "files = [\"wms.toml\"]")]),
+        &[],
+    );
+    rt().block_on(async {
+        let resp = client()
+            .get(server.url("/hoard-streams"))
+            .send()
+            .await
+            .unwrap();
+        let body = resp.text().await.unwrap();
+        let n: usize = body
+            .strip_prefix("opened ")
+            .and_then(|b| b.split(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("{body}"));
+        assert!(n <= 256, "a guest held {n} files through streams: {body}");
+        assert!(body.contains("quota"), "{body}");
+        assert_eq!(status(server.url("/fine")).await, 200);
+    });
+}
