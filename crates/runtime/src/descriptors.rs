@@ -229,7 +229,7 @@ impl InstanceFds {
                 ),
                 Denied::Process => tracing::warn!(
                     component = %self.component,
-                    "guests together hold their whole descriptor budget ({}): this guest's open fails",
+                    "guests together hold their whole descriptor budget ({}): this guest's open fails; raise the soft descriptor limit (ulimit -n, or LimitNOFILE= in the systemd unit) and restart wms",
                     self.budget.limit
                 ),
             }

@@ -393,7 +393,7 @@ impl wasmtime_wasi_http::WasiHttpHooks for CountedHooks {
                             descriptors::MAX_OUTBOUND_REQUESTS
                         ),
                         descriptors::Denied::Process => {
-                            "guests together hold their whole descriptor budget".to_string()
+                            "guests together hold their whole descriptor budget (raise the soft descriptor limit, ulimit -n or LimitNOFILE=, and restart wms)".to_string()
                         }
                     }
                 );
@@ -460,7 +460,7 @@ impl LoadedComponent {
     pub(crate) fn instance_fds(&self) -> Result<descriptors::InstanceFds, Failure> {
         descriptors::InstanceFds::new(&self.fds, &self.id, self.mounts.len()).ok_or_else(|| {
             let f = Failure::Overloaded {
-                scope: "descriptors: guests hold their whole budget".to_string(),
+                scope: "descriptors: guests hold their whole budget; raise the soft descriptor limit (ulimit -n, or LimitNOFILE=) and restart wms".to_string(),
             };
             self.log_failure(&f);
             f

@@ -107,38 +107,3 @@ impl Body for GuardedBody {
         self.inner.size_hint()
     }
 }
-
-/// A response body that holds `guard` until it is done or dropped.
-pub(crate) struct WithGuard<G> {
-    inner: wms_runtime::ResponseBody,
-    _guard: G,
-}
-
-impl<G> WithGuard<G> {
-    pub(crate) fn new(inner: wms_runtime::ResponseBody, guard: G) -> Self {
-        Self {
-            inner,
-            _guard: guard,
-        }
-    }
-}
-
-impl<G: Unpin> Body for WithGuard<G> {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}

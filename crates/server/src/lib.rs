@@ -210,7 +210,13 @@ impl Front {
     async fn handle(&self, req: Request<Incoming>, busy: conn::Busy) -> Response<ResponseBody> {
         let response = self.route(req).await;
         // The connection counts as busy until the response body is done or dropped.
-        response.map(|b| body::WithGuard::new(b, busy).boxed_unsync())
+        response.map(|b| {
+            b.map_frame(move |frame| {
+                let _busy = &busy;
+                frame
+            })
+            .boxed_unsync()
+        })
     }
 
     async fn route(&self, mut req: Request<Incoming>) -> Response<ResponseBody> {

@@ -173,14 +173,11 @@ fn board_resident_budget_fits_the_board_memory() {
     // The host has more memory than the board: a memory cgroup limited to the board's memory
     // stands for it, as systemd's MemoryMax= or a container limit would on the board.
     let (memory, board) = modelled_board_memory();
-    let Some(cgroup) = crate::harness::child_memory_cgroup(memory) else {
-        eprintln!("no writable memory cgroup here (not root, or no memory controller): skipped");
+    let Some((server, cgroup)) =
+        crate::harness::serve_in_memory_cgroup(&testkit_app(&[("kit", "/...", "")]), memory)
+    else {
         return;
     };
-    let procs = cgroup.procs.clone();
-    let server = Server::with_manifest_runner(&testkit_app(&[("kit", "/...", "")]), &[], |cmd| {
-        crate::harness::run_in_cgroup(cmd, &procs)
-    });
     let log = server.wait_for_log("kept resident between requests");
     let expected = format!(
         "at most {}MiB (1/16 of the cgroup memory limit {}GiB) in total",

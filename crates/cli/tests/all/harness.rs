@@ -268,6 +268,25 @@ pub fn child_memory_cgroup(limit: u64) -> Option<MemoryCgroup> {
     None
 }
 
+/// `wms up` of `manifest` in a new memory cgroup limited to `limit` bytes (returned with it, to
+/// be dropped after the server). `None` only where cgroups cannot be written by a non-root user;
+/// as root (CI) failing to make one fails the test, so it cannot pass without running.
+pub fn serve_in_memory_cgroup(manifest: &str, limit: u64) -> Option<(Server, MemoryCgroup)> {
+    let Some(cgroup) = child_memory_cgroup(limit) else {
+        // SAFETY: geteuid has no preconditions.
+        assert_ne!(
+            unsafe { libc::geteuid() },
+            0,
+            "cannot create a memory cgroup as root: is the memory controller mounted?"
+        );
+        eprintln!("no writable memory cgroup for this user: skipped");
+        return None;
+    };
+    let procs = cgroup.procs.clone();
+    let server = Server::with_manifest_runner(manifest, &[], |cmd| run_in_cgroup(cmd, &procs));
+    Some((server, cgroup))
+}
+
 /// Makes the process `cmd` starts join the cgroup whose `cgroup.procs` is `procs`.
 pub fn run_in_cgroup(cmd: &mut Command, procs: &Path) {
     use std::os::unix::process::CommandExt as _;

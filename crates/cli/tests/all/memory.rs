@@ -77,14 +77,11 @@ fn a_low_budget_is_never_exceeded_while_serving() {
 #[test]
 fn the_budget_follows_the_cgroup_memory_limit() {
     // A real cgroup below this test's own, limited to 1 GiB, that `wms up` is started in.
-    let Some(cgroup) = crate::harness::child_memory_cgroup(1 << 30) else {
-        eprintln!("no writable memory cgroup here (not root, or no memory controller): skipped");
+    let Some((server, cgroup)) =
+        crate::harness::serve_in_memory_cgroup(&testkit_app(&[("kit", "/...", "")]), 1 << 30)
+    else {
         return;
     };
-    let procs = cgroup.procs.clone();
-    let server = Server::with_manifest_runner(&testkit_app(&[("kit", "/...", "")]), &[], |cmd| {
-        crate::harness::run_in_cgroup(cmd, &procs)
-    });
     let log = server.wait_for_log("kept resident between requests");
     assert!(
         log.contains("at most 64MiB (1/16 of the cgroup memory limit 1GiB) in total"),
