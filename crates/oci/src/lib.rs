@@ -218,7 +218,12 @@ pub fn materialize(
         let pdir = dir.with_extension(format!("precompiled-{target}"));
         if pdir.exists() {
             check_precompiled_dir(&manifest, target, &pdir);
-        } else {
+        } else if precompiled_layers(&manifest, target)
+            .iter()
+            .any(|(_, l, _)| store.has_blob(&l.digest, l.size as u64))
+        {
+            // Only once some of this target's code is in the store: an empty directory made
+            // before it was pulled would hide it for good.
             build_once(&pdir, |tmp| precompiled_dir(store, &manifest, target, tmp))?;
         }
         if std::fs::read_dir(&pdir).is_ok_and(|mut d| d.next().is_some()) {
@@ -455,6 +460,13 @@ fn precompiled_layers<'a>(
         if id.is_empty() || id.contains(['/', '\\']) || id.starts_with('.') {
             tracing::warn!(
                 "precompiled layer {} names component `{id}`, which is not a component id; ignored",
+                l.digest
+            );
+            continue;
+        }
+        if store::digest_hex(wasm_digest).is_err() {
+            tracing::warn!(
+                "precompiled layer {} gives `{wasm_digest}` as its wasm digest, not a sha256 digest; ignored",
                 l.digest
             );
             continue;
