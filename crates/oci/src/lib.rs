@@ -50,6 +50,10 @@ pub mod limits {
     /// board has a few GiB of memory and storage; 256 MiB is an order of magnitude above the
     /// largest real components and file sets.
     pub const LAYER: u64 = 256 << 20;
+    /// Blobs (config and layers) of one image.
+    pub const LAYERS: usize = 256;
+    /// Bytes of one image, all blobs together.
+    pub const IMAGE: u64 = 2 << 30;
     /// Entries in one files layer (each is a file or directory written to disk).
     pub const FILES_ENTRIES: usize = 100_000;
 

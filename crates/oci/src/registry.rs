@@ -513,6 +513,22 @@ impl Registry {
                         .is_some_and(|x| x == t)
                 })
         }));
+        // The image as a whole, before anything is downloaded: each layer is capped, and so
+        // are their number and total size (a board's storage is a few GiB).
+        let image_size: u64 = wanted.iter().map(|d| d.size.max(0) as u64).sum();
+        if wanted.len() > limits::LAYERS || image_size > limits::IMAGE {
+            return Err(malformed(
+                &doing,
+                &self.reference,
+                &format!(
+                    "{} blobs, {} bytes in all; wms takes at most {} blobs and {} bytes per image",
+                    wanted.len(),
+                    image_size,
+                    limits::LAYERS,
+                    limits::IMAGE
+                ),
+            ));
+        }
         for (i, d) in wanted.iter().enumerate() {
             digest_hex(&d.digest)
                 .map_err(|e| malformed(&doing, &self.reference, &format!("{e:#}")))?;
