@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# The pool's resident-memory budget, one run on one machine, side by side:
-# 1. throughput of examples/multi (GET /hello, and POST /echo with 1 KiB) with the default budget
-#    and with an unbounded one (`--pool-resident-budget 1TiB`: every slot keeps 16 MiB, the
-#    behaviour before the budget), wrk -t1 -c32, with the ratio;
+# The pool's resident-memory budget and idle release, one run on one machine, side by side:
+# 1. throughput of examples/multi (GET /hello, and POST /echo with 1 KiB) with the defaults
+#    (budget, idle slots given back after 10 s) and with an unbounded pool
+#    (`--pool-resident-budget 1TiB --pool-idle-release 0`: every used slot keeps 16 MiB for good,
+#    the behaviour before both), wrk -t1 -c32, with the ratio;
 # 2. RSS over time (sampled every 250 ms) through three bursts of 16 concurrent guests that grow
-#    their memory to the 128 MiB limit and the 20 s idle period after, for both settings, as a
-#    CSV and an SVG plot.
+#    their memory to the 128 MiB limit and the 20 s idle period after, for the defaults, the
+#    unbounded pool, and the unbounded budget with the idle release on (`released`), as a CSV
+#    and an SVG plot.
 # Writes bench/results/memory-*.{md,csv,svg}. Needs wrk and curl; builds wms, the examples and
 # the testkit guest (release).
 set -euo pipefail
@@ -50,13 +52,22 @@ wrk.body = string.rep("a", 1024)
 LUA
 rps() { wrk -t1 -c32 -d"$DURATION" "$@" | awk '/Requests\/sec/ {printf "%.0f", $2}'; }
 
+# The flags of each setting.
+flags() {
+  case $1 in
+    default) ;;
+    released) echo --pool-resident-budget 1TiB ;;
+    unbounded) echo --pool-resident-budget 1TiB --pool-idle-release 0 ;;
+  esac
+}
+
 # Alternating rounds, median of each: one run on this VM moves by up to 20%.
 ROUNDS=${ROUNDS:-3}
 declare -A R
 for mode in default unbounded; do R[$mode,hello]=""; R[$mode,echo]=""; done
 for _ in $(seq "$ROUNDS"); do
   for mode in default unbounded; do
-    args=(); [ "$mode" = unbounded ] && args=(--pool-resident-budget 1TiB)
+    read -ra args <<< "$(flags "$mode")"
     start "$work" "${args[@]}"
     wrk -t1 -c32 -d2s "http://127.0.0.1:$PORT/hello" >/dev/null
     R[$mode,hello]+=" $(rps "http://127.0.0.1:$PORT/hello")"
@@ -68,8 +79,8 @@ median() { tr ' ' '\n' | grep . | sort -n | awk '{a[NR]=$1} END {print a[int((NR
 for k in "${!R[@]}"; do R[$k]=$(echo "${R[$k]}" | median); done
 
 CSV="$work/rss.csv"; echo "mode,seconds,rss_mib" > "$CSV"
-for mode in default unbounded; do
-  args=(); [ "$mode" = unbounded ] && args=(--pool-resident-budget 1TiB)
+for mode in default released unbounded; do
+  read -ra args <<< "$(flags "$mode")"
   start "$work/kit" "${args[@]}"
   for _ in $(seq 20); do curl -s -o /dev/null "http://127.0.0.1:$PORT/fine"; done
   ( t0=$(date +%s.%N); while kill -0 "$PID" 2>/dev/null; do
@@ -102,7 +113,7 @@ tmax = max(t for s in series.values() for t, _ in s)
 ymax = max(v for s in series.values() for _, v in s) * 1.1
 x = lambda t: L + (W - L - 10) * t / tmax
 y = lambda v: H - B - (H - B - 10) * v / ymax
-colors = {"default": "#1f77b4", "unbounded": "#d62728"}
+colors = {"default": "#1f77b4", "released": "#2ca02c", "unbounded": "#d62728"}
 out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" font-family="sans-serif" font-size="11">',
        f'<rect width="{W}" height="{H}" fill="white"/>',
        f'<line x1="{L}" y1="{H-B}" x2="{W-10}" y2="{H-B}" stroke="black"/><line x1="{L}" y1="10" x2="{L}" y2="{H-B}" stroke="black"/>']
@@ -116,7 +127,7 @@ out.append(f'<text x="12" y="{H/2}" transform="rotate(-90 12 {H/2})" text-anchor
 for k, (mode, pts) in enumerate(sorted(series.items())):
     d = " ".join(f"{x(t):.1f},{y(v):.1f}" for t, v in pts)
     out.append(f'<polyline fill="none" stroke="{colors.get(mode, "black")}" stroke-width="2" points="{d}"/>')
-    out.append(f'<text x="{W-150}" y="{25+15*k}" fill="{colors.get(mode, "black")}">{mode} budget</text>')
+    out.append(f'<text x="{W-150}" y="{25+15*k}" fill="{colors.get(mode, "black")}">{mode}</text>')
 out.append("</svg>")
 open(sys.argv[2], "w").write("\n".join(out))
 PY
@@ -133,16 +144,15 @@ OUT="bench/results/memory-$STAMP.md"
 {
 echo "machine: $(uname -m), $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); wrk -t1 -c32 -d$DURATION, median of $ROUNDS alternating rounds"
 echo
-echo "| request | default budget (req/s) | unbounded (req/s) | default / unbounded |"
+echo "| request | defaults (req/s) | unbounded (req/s) | defaults / unbounded |"
 echo "|---|---:|---:|---:|"
 for k in hello echo; do
   echo "| $k | ${R[default,$k]} | ${R[unbounded,$k]} | $(python3 -c "print(f'{${R[default,$k]}/${R[unbounded,$k]}:.3f}')") |"
 done
 echo
-echo "| budget | RSS before the bursts (MiB) | peak | 20 s after the last burst |"
+echo "| setting | RSS before the bursts (MiB) | peak | 20 s after the last burst |"
 echo "|---|---:|---:|---:|"
-echo "| default | $(summary default) |"
-echo "| unbounded | $(summary unbounded) |"
+for mode in default released unbounded; do echo "| $mode | $(summary $mode) |"; done
 echo
 echo "RSS over time: memory-$STAMP.svg (data: memory-$STAMP.csv)"
 } | tee "$OUT"

@@ -108,6 +108,10 @@ struct UpArgs {
     /// the cgroup's limit, whichever is smaller).
     #[arg(long, value_name = "SIZE", value_parser = budget_arg)]
     pool_resident_budget: Option<u64>,
+    /// How long pool slots may stay idle before what they keep is given back to the kernel
+    /// (a fresh pool replaces the old one; `0` never gives it back).
+    #[arg(long, value_name = "DURATION", value_parser = idle_release_arg, default_value = "10s")]
+    pool_idle_release: Duration,
     #[command(flatten)]
     image: oci::ImageArgs,
 }
@@ -229,6 +233,15 @@ fn timeout_arg(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
+/// Zero (never), or at least a second: each release builds a fresh pool.
+fn idle_release_arg(s: &str) -> Result<Duration, String> {
+    let d = duration_arg(s)?;
+    if !d.is_zero() && d < Duration::from_secs(1) {
+        return Err("0 (never), or at least 1s".to_string());
+    }
+    Ok(d)
+}
+
 /// A size flag such as `256MiB`, up to 1TiB.
 fn budget_arg(s: &str) -> Result<u64, String> {
     let size: bytesize::ByteSize = s
@@ -335,6 +348,7 @@ fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
         },
         precompiled: args.precompiled.clone().or(image_precompiled),
         pool_resident_budget: args.pool_resident_budget.or(resident_budget_of(&app)),
+        pool_idle_release: Some(args.pool_idle_release),
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -12,10 +12,11 @@ mod command;
 mod guest_log;
 mod outbound;
 pub mod pool;
+mod release;
 mod wagi;
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, anyhow, bail};
@@ -82,7 +83,13 @@ pub struct RuntimeOptions {
     /// The most the pool may keep resident between requests, in bytes (default: 1/16 of the
     /// host's or the cgroup's memory; see [`pool::ResidentBudget`]).
     pub pool_resident_budget: Option<u64>,
+    /// How long pool slots may stay idle before what they keep is given back to the kernel
+    /// (default [`DEFAULT_POOL_IDLE_RELEASE`]; zero: never).
+    pub pool_idle_release: Option<Duration>,
 }
+
+/// The default of [`RuntimeOptions::pool_idle_release`].
+pub const DEFAULT_POOL_IDLE_RELEASE: Duration = Duration::from_secs(10);
 
 /// What the pool keeps resident between requests.
 #[derive(Debug, Clone)]
@@ -91,6 +98,8 @@ pub struct Resident {
     /// Per linear memory and per table.
     pub memory: u64,
     pub table: u64,
+    /// Idle slots give back what they keep after this long (`None`: never).
+    pub idle_release: Option<Duration>,
 }
 
 /// What the engine was configured with, for the start-up log and for tests.
@@ -119,6 +128,10 @@ impl std::fmt::Display for EngineReport {
                 pool::human(r.memory),
                 pool::human(r.table)
             )?;
+            match r.idle_release {
+                Some(d) => write!(f, ", given back after {d:?} idle")?,
+                None => write!(f, ", never given back")?,
+            }
         }
         write!(
             f,
@@ -415,6 +428,7 @@ impl wasmtime_wasi_http::WasiHttpHooks for CountedHooks {
 }
 
 /// A component ready to serve: its pre-instantiated code and everything each request needs.
+#[derive(Clone)]
 struct LoadedComponent {
     id: Arc<str>,
     /// The engine its code was compiled for: the process's, or the Pulley fallback.
@@ -468,6 +482,7 @@ impl LoadedComponent {
     }
 }
 
+#[derive(Clone)]
 enum Kind {
     Http(ProxyPre<HostState>),
     Wagi(wagi::WagiModule),
@@ -481,11 +496,22 @@ enum Outcome {
 
 /// A loaded app, ready to serve requests.
 pub struct Runtime {
-    components: IndexMap<Arc<LoadedComponent>>,
+    /// The app's code on the current engine: replaced whole when idle pool memory is given back
+    /// (requests in flight keep the code they started with).
+    current: Arc<RwLock<Arc<Generation>>>,
     global: Arc<Semaphore>,
+    /// The most requests in flight at once since the releaser last looked.
+    activity: Arc<release::Activity>,
     report: EngineReport,
     descriptors: descriptors::DescriptorPlan,
     _staging: Vec<tempfile::TempDir>,
+}
+
+/// Every component's code on one engine and its pool.
+struct Generation {
+    components: IndexMap<Arc<LoadedComponent>>,
+    /// The engine with the pool (components in the Pulley fallback have their own).
+    engine: Engine,
 }
 
 impl Runtime {
@@ -493,7 +519,7 @@ impl Runtime {
     /// any cannot be read, compiled or linked as a `wasi:http` handler.
     pub fn new(app: &App, options: &RuntimeOptions) -> anyhow::Result<Self> {
         let (wanted, max_memory) = pool_demand(app);
-        let (engine, report) =
+        let (engine, report, config) =
             build_engine(options, wanted, max_memory, app.max_concurrent_requests)?;
         let descriptor_plan = descriptors::DescriptorPlan::current();
         tracing::info!("{descriptor_plan}");
@@ -586,9 +612,23 @@ impl Runtime {
                 }),
             ));
         }
+        let global = Arc::new(Semaphore::new(report.max_concurrent_requests));
+        let activity = Arc::new(release::Activity::default());
+        let current = Arc::new(RwLock::new(Arc::new(Generation { components, engine })));
+        if let Some(period) = report.resident.as_ref().and_then(|r| r.idle_release) {
+            release::start(release::Releaser {
+                current: Arc::downgrade(&current),
+                config,
+                period,
+                activity: activity.clone(),
+                global: global.clone(),
+                max_in_flight: report.max_concurrent_requests,
+            })?;
+        }
         Ok(Self {
-            global: Arc::new(Semaphore::new(report.max_concurrent_requests)),
-            components,
+            current,
+            global,
+            activity,
             report,
             descriptors: descriptor_plan,
             _staging: staging,
@@ -620,6 +660,9 @@ impl Runtime {
         B::Error: Into<BoxError>,
     {
         let comp = self
+            .current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
             .components
             .iter()
             .find(|(id, _)| id == component)
@@ -638,6 +681,8 @@ impl Runtime {
                 self.report.max_concurrent_requests
             ))
         })?;
+        self.activity
+            .started(self.report.max_concurrent_requests - self.global.available_permits());
         let local = match &comp.semaphore {
             None => None,
             Some(s) => Some(s.clone().try_acquire_owned().map_err(|_| {
@@ -928,7 +973,7 @@ fn build_engine(
     wanted_slots: u32,
     max_memory: u64,
     max_concurrent: usize,
-) -> anyhow::Result<(Engine, EngineReport)> {
+) -> anyhow::Result<(Engine, EngineReport, Config)> {
     let mut config = Config::new();
     config.epoch_interruption(true);
     let engine_kind = effective_engine(options.engine);
@@ -1000,12 +1045,18 @@ fn build_engine(
                             budget: budget.clone(),
                             memory,
                             table,
+                            idle_release: Some(
+                                options
+                                    .pool_idle_release
+                                    .unwrap_or(DEFAULT_POOL_IDLE_RELEASE),
+                            )
+                            .filter(|d| !d.is_zero()),
                         }
                     }),
                     pool: plan,
                     max_concurrent_requests: max_concurrent,
                 };
-                return Ok((engine, report));
+                return Ok((engine, report, cfg));
             }
             Err(e) if plan.pooling => {
                 // The probe said it fits but the mapping failed (other reservations, overcommit

@@ -116,6 +116,7 @@ pub(crate) fn add_p1_to_linker<T: P1State>(linker: &mut Linker<T>) -> anyhow::Re
     Ok(())
 }
 
+#[derive(Clone)]
 pub(crate) struct WagiModule {
     pre: InstancePre<WagiState>,
     argv: String,
@@ -177,6 +178,23 @@ impl WagiModule {
             pre,
             argv: argv.to_string(),
             entrypoint: entrypoint.to_string(),
+        })
+    }
+
+    /// The same module's code moved to another engine of the same configuration.
+    pub(crate) fn on_engine(
+        &self,
+        engine: &Engine,
+        linker: &Linker<WagiState>,
+    ) -> anyhow::Result<Self> {
+        let bytes = self.pre.module().serialize().map_err(wt)?;
+        // SAFETY: the bytes were serialized just now by Wasmtime from a module compiled by this
+        // process for the same configuration; nothing else could have changed them.
+        let module = unsafe { Module::deserialize(engine, &bytes) }.map_err(wt)?;
+        Ok(Self {
+            pre: linker.instantiate_pre(&module).map_err(wt)?,
+            argv: self.argv.clone(),
+            entrypoint: self.entrypoint.clone(),
         })
     }
 }

@@ -51,6 +51,115 @@ fn a_burst_leaves_little_resident_with_the_default_budget() {
     );
 }
 
+/// Without a budget's help (the old 16 MiB kept per memory), what a burst left in idle slots
+/// is given back once they stay idle for the period.
+#[test]
+fn idle_slots_give_back_what_they_keep() {
+    let server = Server::with_manifest(
+        &testkit_app(&[("kit", "/...", "")]),
+        &[
+            "--pool-resident-budget",
+            "1TiB",
+            "--pool-idle-release",
+            "2s",
+        ],
+    );
+    let log = server.wait_for_log("kept resident between requests");
+    assert!(log.contains("given back after 2s idle"), "{log}");
+    let baseline = warm(&server);
+    let kept = bursts(&server, Duration::from_millis(200));
+    // Proof that the test can fail: the burst's slots do keep their memory for now.
+    assert!(
+        kept > baseline + (128 << 20),
+        "RSS {} MiB after the bursts, {} MiB before",
+        kept >> 20,
+        baseline >> 20
+    );
+    let log = wait_for_log_within(&server, "gave back", Duration::from_secs(15));
+    std::thread::sleep(Duration::from_millis(500));
+    let after = rss(server.pid());
+    assert!(
+        after < baseline + (64 << 20),
+        "RSS {} MiB after the release, {} MiB before the bursts:\n{log}",
+        after >> 20,
+        baseline >> 20
+    );
+    // The fresh pool serves.
+    warm(&server);
+}
+
+/// Steady traffic keeps its warm slots (no release while it alone runs); a burst under it is
+/// given back while the traffic goes on, and no request fails across the swap.
+#[test]
+fn steady_traffic_stays_warm_and_a_burst_under_it_is_given_back() {
+    let server = Server::with_manifest(
+        &testkit_app(&[("kit", "/...", "")]),
+        &[
+            "--pool-resident-budget",
+            "1TiB",
+            "--pool-idle-release",
+            "2s",
+        ],
+    );
+    let baseline = warm(&server);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let steady = {
+        let url = server.url("/fine");
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            rt().block_on(async {
+                let (mut ok, mut failed) = (0u32, Vec::new());
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    match client().get(&url).send().await {
+                        Ok(r) if r.status() == 200 => ok += 1,
+                        Ok(r) => failed.push(r.status().to_string()),
+                        Err(e) => failed.push(e.to_string()),
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                (ok, failed)
+            })
+        })
+    };
+    // Three periods of steady traffic alone: its slots stay warm.
+    std::thread::sleep(Duration::from_secs(6));
+    assert!(
+        !server.log().contains("gave back"),
+        "steady traffic lost its warm slots:\n{}",
+        server.log()
+    );
+    let kept = bursts(&server, Duration::from_millis(200));
+    assert!(kept > baseline + (128 << 20), "RSS {} MiB", kept >> 20);
+    let log = wait_for_log_within(&server, "gave back", Duration::from_secs(15));
+    std::thread::sleep(Duration::from_millis(500));
+    let after = rss(server.pid());
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (ok, failed) = steady.join().unwrap();
+    assert!(failed.is_empty(), "steady requests failed: {failed:?}");
+    assert!(ok > 100, "only {ok} steady requests");
+    assert!(
+        after < baseline + (64 << 20),
+        "RSS {} MiB after the release under traffic, {} MiB before:\n{log}",
+        after >> 20,
+        baseline >> 20
+    );
+}
+
+fn wait_for_log_within(server: &Server, needle: &str, within: Duration) -> String {
+    let start = std::time::Instant::now();
+    loop {
+        let log = server.log();
+        if log.contains(needle) {
+            return log;
+        }
+        assert!(
+            start.elapsed() < within,
+            "log never contained {needle:?}:\n{log}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 #[test]
 fn a_low_budget_is_never_exceeded_while_serving() {
     let server = Server::with_manifest(
