@@ -5,13 +5,11 @@ mod oci;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand, ValueEnum};
-use wms_runtime::{Allocation, EngineKind, Runtime, RuntimeOptions};
-use wms_server::ServerOptions;
+use wms_runtime::{Allocation, EngineKind, RuntimeOptions};
 
 /// Address `wms up` listens on unless told otherwise.
 pub const ENV_LISTEN: &str = "WMS_LISTEN";
@@ -259,69 +257,7 @@ fn grace_arg(s: &str) -> Result<Duration, String> {
     duration_arg(s)
 }
 
-/// Raises the soft descriptor limit to the hard one (the kernel default soft limit, 1024, is
-/// smaller than a server needs) and returns it.
-fn raise_descriptor_limit() -> u64 {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit with a valid pointer to an rlimit struct.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
-            return 1024;
-        }
-        if lim.rlim_cur < lim.rlim_max {
-            let raised = libc::rlimit {
-                rlim_cur: lim.rlim_max,
-                rlim_max: lim.rlim_max,
-            };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
-                lim.rlim_cur = lim.rlim_max;
-            }
-        }
-    }
-    #[allow(
-        clippy::unnecessary_cast,
-        reason = "rlim_t is u32 on 32-bit boards (armv7) and u64 elsewhere"
-    )]
-    let limit = lim.rlim_cur as u64;
-    limit
-}
-
-/// The manifest's `pool_resident_budget`: the operator's in a local manifest; an image's is
-/// ignored, since it would let a publisher decide how much of the host's memory the pool keeps.
-fn resident_budget_of(app: &wms_manifest::App) -> Option<u64> {
-    match app.pool_resident_budget {
-        Some(b) if app.from_image => {
-            tracing::warn!(
-                "the image's pool_resident_budget ({b} bytes) is ignored; the operator sets it with --pool-resident-budget"
-            );
-            None
-        }
-        other => other,
-    }
-}
-
 fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
-    // Descriptors are split: a quarter for client connections, half for guests (the runtime
-    // takes its share from the same limit), the rest for the server itself.
-    let descriptors = raise_descriptor_limit();
-    let connection_share = usize::try_from(descriptors / 4)
-        .unwrap_or(usize::MAX)
-        .max(16);
-    let max_connections = match args.max_connections {
-        Some(n) => {
-            let n = n as usize;
-            if n > connection_share {
-                tracing::warn!(
-                    "--max-connections {n} is more than a quarter of the descriptor limit ({descriptors}): enough idle clients can then starve guests of descriptors"
-                );
-            }
-            n
-        }
-        None => wms_server::DEFAULT_MAX_CONNECTIONS.min(connection_share),
-    };
     let pulley = matches!(args.engine, Engine::Pulley);
     let (app, image_precompiled) = match oci::app_source(&args.app)? {
         oci::AppSource::Local(path) => (wms_manifest::load(&path)?, None),
@@ -347,72 +283,32 @@ fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
             Allocation::Auto
         },
         precompiled: args.precompiled.clone().or(image_precompiled),
-        pool_resident_budget: args.pool_resident_budget.or(resident_budget_of(&app)),
+        // None: the manifest's budget (wms_server::launch::resident_budget_of).
+        pool_resident_budget: args.pool_resident_budget,
         pool_idle_release: Some(args.pool_idle_release),
+    };
+    let launch = wms_server::launch::Launch {
+        listen: args.listen,
+        runtime: options,
+        max_body: args.max_body,
+        header_timeout: args.header_timeout,
+        idle_timeout: args.idle_timeout,
+        body_idle_timeout: args.body_idle_timeout,
+        max_connections: args.max_connections,
+        shutdown_grace: args.shutdown_grace,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    rt.block_on(async move {
-        let started = std::time::Instant::now();
-        let runtime = Runtime::new(&app, &options).with_context(|| {
-            format!(
-                "cannot start app `{}` from {}",
-                app.name,
-                app.manifest_path.display()
-            )
-        })?;
-        tracing::info!("{}", runtime.report());
-        tracing::info!(
-            "loaded {} component(s) in {:?}",
-            app.components.len(),
-            started.elapsed()
-        );
-        let listener = tokio::net::TcpListener::bind(args.listen)
-            .await
-            .with_context(|| {
-                format!(
-                    "cannot listen on {}; pick another address with --listen",
-                    args.listen
-                )
-            })?;
-        let addr = listener.local_addr()?;
-        println!("Serving http://{addr}");
-        println!("Available routes:");
-        for route in &app.routes {
-            println!(
-                "  {}: http://{addr}{}",
-                route.component,
-                route.pattern.raw()
-            );
-        }
-        let server_options = ServerOptions {
-            max_body: args.max_body,
-            header_read_timeout: args.header_timeout,
-            idle_timeout: args.idle_timeout,
-            body_idle_timeout: args.body_idle_timeout,
-            max_connections,
-            shutdown_grace: args.shutdown_grace,
-        };
-        tracing::info!(
-            "clients: at most {max_connections} connections (descriptor limit {descriptors}), request head within {:?}, idle connections closed after {:?}, request bodies stalled for {:?} fail",
-            args.header_timeout,
-            args.idle_timeout,
-            args.body_idle_timeout
-        );
-        let clean = wms_server::serve(
-            Arc::new(app),
-            Arc::new(runtime),
-            listener,
-            server_options,
-            shutdown_signal(),
-        )
-        .await;
-        Ok(if clean {
-            ExitCode::SUCCESS
-        } else {
-            ExitCode::FAILURE
-        })
+    let clean = rt.block_on(wms_server::launch::serve_app(
+        app,
+        launch,
+        wms_server::launch::shutdown_signal(),
+    ))?;
+    Ok(if clean {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     })
 }
 
@@ -546,15 +442,6 @@ fn run_command(args: RunArgs) -> anyhow::Result<ExitCode> {
             ExitCode::from(124)
         }
     })
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-    }
 }
 
 fn build(app: &wms_manifest::App) -> anyhow::Result<()> {

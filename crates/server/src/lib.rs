@@ -12,6 +12,7 @@
 
 mod body;
 mod conn;
+pub mod launch;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;

@@ -1,0 +1,185 @@
+//! Starting an app: the one pipeline behind `wms up` and the containerd shim
+//! (`containerd-shim-wms-v1`). A loaded app (local manifest or image) goes through the same
+//! descriptor split, runtime options, runtime, listener and HTTP front either way.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use wms_manifest::App;
+use wms_runtime::{Runtime, RuntimeOptions};
+
+use crate::ServerOptions;
+
+/// How to serve an app; the defaults are `wms up`'s.
+#[derive(Debug, Clone)]
+pub struct Launch {
+    pub listen: SocketAddr,
+    /// The operator's runtime options. A `pool_resident_budget` of `None` falls back to the
+    /// manifest's (a local manifest's only: an image's is ignored, see [`resident_budget_of`]).
+    pub runtime: RuntimeOptions,
+    pub max_body: u64,
+    pub header_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub body_idle_timeout: Duration,
+    /// `None`: [`crate::DEFAULT_MAX_CONNECTIONS`], or a quarter of the descriptor limit if lower.
+    pub max_connections: Option<u32>,
+    pub shutdown_grace: Duration,
+}
+
+impl Launch {
+    /// `wms up`'s defaults, listening on `listen`.
+    pub fn new(listen: SocketAddr) -> Self {
+        Self {
+            listen,
+            runtime: RuntimeOptions::default(),
+            max_body: crate::DEFAULT_MAX_BODY,
+            header_timeout: crate::DEFAULT_HEADER_READ_TIMEOUT,
+            idle_timeout: crate::DEFAULT_IDLE_TIMEOUT,
+            body_idle_timeout: crate::DEFAULT_BODY_IDLE_TIMEOUT,
+            max_connections: None,
+            shutdown_grace: crate::DEFAULT_SHUTDOWN_GRACE,
+        }
+    }
+}
+
+/// Raises the soft descriptor limit to the hard one (the kernel default soft limit, 1024, is
+/// smaller than a server needs) and returns it.
+pub fn raise_descriptor_limit() -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid pointer to an rlimit struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return 1024;
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                lim.rlim_cur = lim.rlim_max;
+            }
+        }
+    }
+    #[allow(
+        clippy::unnecessary_cast,
+        reason = "rlim_t is u32 on 32-bit boards (armv7) and u64 elsewhere"
+    )]
+    let limit = lim.rlim_cur as u64;
+    limit
+}
+
+/// The manifest's `pool_resident_budget`: the operator's in a local manifest; an image's is
+/// ignored, since it would let a publisher decide how much of the host's memory the pool keeps.
+pub fn resident_budget_of(app: &App) -> Option<u64> {
+    match app.pool_resident_budget {
+        Some(b) if app.from_image => {
+            tracing::warn!(
+                "the image's pool_resident_budget ({b} bytes) is ignored; the operator sets it with --pool-resident-budget"
+            );
+            None
+        }
+        other => other,
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+    }
+}
+
+/// Serves `app` until `shutdown` resolves: splits the descriptors (a quarter for client
+/// connections, half for guests, which the runtime takes from the same limit, the rest for the
+/// server itself), builds the runtime, listens on `launch.listen` (printing `Serving
+/// http://ADDR` and the routes), and serves. Returns whether every connection finished within
+/// the shutdown grace.
+pub async fn serve_app(
+    app: App,
+    launch: Launch,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<bool> {
+    let descriptors = raise_descriptor_limit();
+    let connection_share = usize::try_from(descriptors / 4)
+        .unwrap_or(usize::MAX)
+        .max(16);
+    let max_connections = match launch.max_connections {
+        Some(n) => {
+            let n = n as usize;
+            if n > connection_share {
+                tracing::warn!(
+                    "--max-connections {n} is more than a quarter of the descriptor limit ({descriptors}): enough idle clients can then starve guests of descriptors"
+                );
+            }
+            n
+        }
+        None => crate::DEFAULT_MAX_CONNECTIONS.min(connection_share),
+    };
+    let mut options = launch.runtime;
+    let manifest_budget = resident_budget_of(&app);
+    options.pool_resident_budget = options.pool_resident_budget.or(manifest_budget);
+    let started = std::time::Instant::now();
+    let runtime = Runtime::new(&app, &options).with_context(|| {
+        format!(
+            "cannot start app `{}` from {}",
+            app.name,
+            app.manifest_path.display()
+        )
+    })?;
+    tracing::info!("{}", runtime.report());
+    tracing::info!(
+        "loaded {} component(s) in {:?}",
+        app.components.len(),
+        started.elapsed()
+    );
+    let listener = tokio::net::TcpListener::bind(launch.listen)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen on {}; pick another address with --listen",
+                launch.listen
+            )
+        })?;
+    let addr = listener.local_addr()?;
+    println!("Serving http://{addr}");
+    println!("Available routes:");
+    for route in &app.routes {
+        println!(
+            "  {}: http://{addr}{}",
+            route.component,
+            route.pattern.raw()
+        );
+    }
+    let server_options = ServerOptions {
+        max_body: launch.max_body,
+        header_read_timeout: launch.header_timeout,
+        idle_timeout: launch.idle_timeout,
+        body_idle_timeout: launch.body_idle_timeout,
+        max_connections,
+        shutdown_grace: launch.shutdown_grace,
+    };
+    tracing::info!(
+        "clients: at most {max_connections} connections (descriptor limit {descriptors}), request head within {:?}, idle connections closed after {:?}, request bodies stalled for {:?} fail",
+        launch.header_timeout,
+        launch.idle_timeout,
+        launch.body_idle_timeout
+    );
+    Ok(crate::serve(
+        Arc::new(app),
+        Arc::new(runtime),
+        listener,
+        server_options,
+        shutdown,
+    )
+    .await)
+}
