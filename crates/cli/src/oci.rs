@@ -46,6 +46,10 @@ pub struct PushArgs {
     /// `pulley64`, `pulley32`; repeatable), used by `wms up` only when it trusts the publisher.
     #[arg(long = "precompile", value_name = "TARGET")]
     pub precompile: Vec<String>,
+    /// Push the image wrapped in one tar layer, for containerd and the `containerd-shim-wms-v1`
+    /// shim: containerd 1.6 cannot unpack wasm layers (see docs/shim.md).
+    #[arg(long)]
+    pub containerd: bool,
     #[command(flatten)]
     pub net: NetArgs,
 }
@@ -202,6 +206,11 @@ pub fn push(args: PushArgs) -> anyhow::Result<ExitCode> {
             }
         }
         wms_oci::image::app_image(&loaded, &precompiled)?
+    };
+    let image = if args.containerd {
+        wms_oci::containerd::containerd_image(&image)?
+    } else {
+        image
     };
     let options = args.net.options();
     let report = runtime()?.block_on(async {

@@ -66,7 +66,7 @@ pub struct ImageBuild {
 }
 
 impl ImageBuild {
-    fn assemble(config: Blob, layers: Vec<Blob>, created: &str) -> anyhow::Result<Self> {
+    pub(crate) fn assemble(config: Blob, layers: Vec<Blob>, created: &str) -> anyhow::Result<Self> {
         let manifest = OciImageManifest {
             schema_version: 2,
             media_type: Some(media::OCI_MANIFEST.to_string()),

@@ -12,6 +12,7 @@
 //! turns a stored image into an app directory `wms up` loads like any other.
 
 pub mod auth;
+pub mod containerd;
 #[cfg(test)]
 mod fuzz;
 pub mod image;
