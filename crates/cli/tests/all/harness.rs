@@ -387,3 +387,80 @@ pub fn peak_rss(pid: i32) -> u64 {
         .unwrap()
         * 1024
 }
+
+/// A `docker-registry` serving from a temporary directory; killed on drop.
+pub struct Registry {
+    child: Child,
+    pub addr: String,
+    dir: tempfile::TempDir,
+}
+
+impl Registry {
+    pub fn start() -> Registry {
+        Self::start_with(None)
+    }
+
+    /// With `user`/`password` as the only htpasswd entry (basic auth).
+    pub fn start_with(credentials: Option<(&str, &str)>) -> Registry {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = format!(
+            "version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:0\n",
+            dir.path().join("data").display()
+        );
+        if let Some((user, password)) = credentials {
+            let htpasswd = dir.path().join("htpasswd");
+            let hash = bcrypt::hash(password, 4).unwrap();
+            std::fs::write(&htpasswd, format!("{user}:{hash}\n")).unwrap();
+            config.push_str(&format!(
+                "auth:\n  htpasswd:\n    realm: wms-test\n    path: {}\n",
+                htpasswd.display()
+            ));
+        }
+        let cfg = dir.path().join("config.yml");
+        std::fs::write(&cfg, config).unwrap();
+        let mut child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(&cfg)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("docker-registry is not installed: apt-get install docker-registry");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if let Some(rest) = line.split("listening on ").nth(1) {
+                    let addr = rest.split(['"', ' ']).next().unwrap().to_string();
+                    let _ = tx.send(addr);
+                }
+            }
+        });
+        let addr = rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("docker-registry did not say where it listens");
+        Registry { child, addr, dir }
+    }
+
+    pub fn reference(&self, name: &str) -> String {
+        format!("{}/{name}", self.addr)
+    }
+
+    /// Where the registry keeps blob `digest` on disk.
+    pub fn blob_file(&self, digest: &str) -> PathBuf {
+        let hex = digest.strip_prefix("sha256:").unwrap();
+        self.dir
+            .path()
+            .join("data/docker/registry/v2/blobs/sha256")
+            .join(&hex[..2])
+            .join(hex)
+            .join("data")
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

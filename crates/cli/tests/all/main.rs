@@ -11,5 +11,6 @@ mod oci;
 mod outbound;
 mod run;
 mod serving;
+mod shim;
 mod startup;
 mod wagi;

@@ -1,89 +1,11 @@
 //! OCI distribution against real parts: Debian's `docker-registry` on a loopback port (with and
 //! without htpasswd auth), `skopeo`, and `wkg` from crates.io.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::harness::{Server, artifacts, client, examples, rt, wms_command};
-
-/// A `docker-registry` serving from a temporary directory; killed on drop.
-struct Registry {
-    child: Child,
-    addr: String,
-    dir: tempfile::TempDir,
-}
-
-impl Registry {
-    fn start() -> Registry {
-        Self::start_with(None)
-    }
-
-    /// With `user`/`password` as the only htpasswd entry (basic auth).
-    fn start_with(credentials: Option<(&str, &str)>) -> Registry {
-        let dir = tempfile::tempdir().unwrap();
-        let mut config = format!(
-            "version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:0\n",
-            dir.path().join("data").display()
-        );
-        if let Some((user, password)) = credentials {
-            let htpasswd = dir.path().join("htpasswd");
-            let hash = bcrypt::hash(password, 4).unwrap();
-            std::fs::write(&htpasswd, format!("{user}:{hash}\n")).unwrap();
-            config.push_str(&format!(
-                "auth:\n  htpasswd:\n    realm: wms-test\n    path: {}\n",
-                htpasswd.display()
-            ));
-        }
-        let cfg = dir.path().join("config.yml");
-        std::fs::write(&cfg, config).unwrap();
-        let mut child = Command::new("docker-registry")
-            .arg("serve")
-            .arg(&cfg)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("docker-registry is not installed: apt-get install docker-registry");
-        let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if let Some(rest) = line.split("listening on ").nth(1) {
-                    let addr = rest.split(['"', ' ']).next().unwrap().to_string();
-                    let _ = tx.send(addr);
-                }
-            }
-        });
-        let addr = rx
-            .recv_timeout(Duration::from_secs(20))
-            .expect("docker-registry did not say where it listens");
-        Registry { child, addr, dir }
-    }
-
-    fn reference(&self, name: &str) -> String {
-        format!("{}/{name}", self.addr)
-    }
-
-    /// Where the registry keeps blob `digest` on disk.
-    fn blob_file(&self, digest: &str) -> PathBuf {
-        let hex = digest.strip_prefix("sha256:").unwrap();
-        self.dir
-            .path()
-            .join("data/docker/registry/v2/blobs/sha256")
-            .join(&hex[..2])
-            .join(hex)
-            .join("data")
-    }
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use crate::harness::{Registry, Server, artifacts, client, examples, rt, wms_command};
 
 /// A user's environment: own content store (cache) and own Docker config.
 struct User {
@@ -1217,11 +1139,8 @@ fn precompiled_code_is_trusted_by_whole_registry_and_verified_before_use() {
     // Trusted by its exact registry: loaded. Then the copy prepared for this start is changed
     // on disk: checked at the next start, refused.
     let server = trusting(&consumer, &registry.addr);
-    assert!(
-        server.log().contains("loaded precompiled code"),
-        "{}",
-        server.log()
-    );
+    // Its log comes on stderr, read apart from the address on stdout: wait for the line.
+    server.wait_for_log("loaded precompiled code");
     drop(server);
     let copies: Vec<PathBuf> = std::fs::read_dir(consumer.cache.path().join("oci/apps"))
         .unwrap()

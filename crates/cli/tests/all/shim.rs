@@ -1,0 +1,385 @@
+//! The containerd shim (`containerd-shim-wms-v1`, runtime `io.containerd.wms.v1`) against real
+//! parts: Debian's containerd with its own root, state, socket and config in a temporary
+//! directory, the shim on its PATH, Debian's `docker-registry`, images pushed with
+//! `wms push --containerd` and pulled with `ctr image pull --plain-http` (docs/shim.md).
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::harness::{Registry, WMS, client, examples, rt, wms_command};
+
+/// The shim under test: `WMS_TEST_SHIM`, else beside the `wms` binary in the same target
+/// directory (cargo builds it with the workspace: `cargo build -p wms-shim`).
+fn shim_binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("WMS_TEST_SHIM") {
+        return p.into();
+    }
+    let path = Path::new(WMS).with_file_name("containerd-shim-wms-v1");
+    assert!(
+        path.is_file(),
+        "{} is missing: build it with `cargo build -p wms-shim` (scripts/test does) or set WMS_TEST_SHIM",
+        path.display()
+    );
+    path
+}
+
+fn on_path(name: &str) -> Option<PathBuf> {
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
+/// Why this test cannot run here, if it cannot: containerd needs root, and Debian's `containerd`
+/// and `runc` packages (scripts/test and .ci/run install them).
+fn cannot_run() -> Option<String> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Some("containerd needs root; run the tests as root".to_string());
+    }
+    for tool in ["containerd", "ctr"] {
+        if on_path(tool).is_none() {
+            return Some(format!(
+                "`{tool}` is not installed: apt-get install containerd runc (scripts/test does as root)"
+            ));
+        }
+    }
+    None
+}
+
+/// A containerd of this test's own: root, state, socket and config in a temporary directory,
+/// the CRI plugin off, the shim on its PATH. Stopped on drop.
+struct Containerd {
+    child: Child,
+    dir: tempfile::TempDir,
+    socket: PathBuf,
+}
+
+impl Containerd {
+    fn start() -> Containerd {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let socket = d.join("containerd.sock");
+        let config = format!(
+            "version = 2\nroot = \"{root}\"\nstate = \"{state}\"\ndisabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\n[grpc]\n  address = \"{sock}\"\n\n[ttrpc]\n  address = \"{sock}.ttrpc\"\n\n[debug]\n  address = \"\"\n",
+            root = d.join("root").display(),
+            state = d.join("state").display(),
+            sock = socket.display(),
+        );
+        std::fs::write(d.join("config.toml"), config).unwrap();
+        // The shim is found on containerd's PATH by its name.
+        let bin = d.join("bin");
+        std::fs::create_dir(&bin).unwrap();
+        std::os::unix::fs::symlink(shim_binary(), bin.join("containerd-shim-wms-v1")).unwrap();
+        let path = std::env::join_paths(
+            std::iter::once(bin.clone())
+                .chain(std::env::split_paths(&std::env::var_os("PATH").unwrap())),
+        )
+        .unwrap();
+        let home = d.join("home");
+        std::fs::create_dir(&home).unwrap();
+        let log = std::fs::File::create(d.join("containerd.log")).unwrap();
+        let child = Command::new("containerd")
+            .arg("--config")
+            .arg(d.join("config.toml"))
+            .env("PATH", path)
+            // Nothing of the shim's reaches the user's home or cache.
+            .env("HOME", &home)
+            .env("XDG_CACHE_HOME", home.join("cache"))
+            .env_remove("WMS_CACHE_DIR")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("cannot start containerd");
+        let c = Containerd { child, dir, socket };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !c.ctr(&["version"]).status.success() {
+            assert!(
+                Instant::now() < deadline,
+                "containerd did not start within 30 s:\n{}",
+                c.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        c
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("containerd.log")).unwrap_or_default()
+    }
+
+    fn ctr_command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new("ctr");
+        cmd.arg("--address").arg(&self.socket).args(args);
+        cmd
+    }
+
+    fn ctr(&self, args: &[&str]) -> std::process::Output {
+        self.ctr_command(args).output().unwrap()
+    }
+
+    /// Runs `ctr ARGS...`, which must succeed; its standard output.
+    fn ctr_ok(&self, args: &[&str]) -> String {
+        let out = self.ctr(args);
+        assert!(
+            out.status.success(),
+            "ctr {args:?} failed ({}):\n{}{}\ncontainerd:\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            self.log()
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        // A failed test may leave its task running: shims outlive containerd, so stop them first.
+        let tasks = self.ctr(&["task", "ls", "-q"]);
+        for id in String::from_utf8_lossy(&tasks.stdout).split_whitespace() {
+            let _ = self.ctr(&["task", "kill", "-s", "SIGKILL", id]);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while !self.ctr(&["task", "delete", id]).status.success() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        let containers = self.ctr(&["container", "ls", "-q"]);
+        for id in String::from_utf8_lossy(&containers.stdout).split_whitespace() {
+            let _ = self.ctr(&["container", "delete", id]);
+        }
+        // SAFETY: kill with our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A child whose standard output and error are collected as they come.
+struct Collected {
+    child: Child,
+    out: Arc<Mutex<String>>,
+}
+
+impl Collected {
+    fn spawn(mut cmd: Command) -> Collected {
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let out = Arc::new(Mutex::new(String::new()));
+        for stream in [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ] {
+            let out = out.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines() {
+                    let Ok(line) = line else { break };
+                    let mut o = out.lock().unwrap();
+                    o.push_str(&line);
+                    o.push('\n');
+                }
+            });
+        }
+        Collected { child, out }
+    }
+
+    fn output(&self) -> String {
+        self.out.lock().unwrap().clone()
+    }
+
+    fn wait_for(&mut self, needle: &str, within: Duration) {
+        let deadline = Instant::now() + within;
+        while !self.output().contains(needle) {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                // Let the readers catch the last lines.
+                std::thread::sleep(Duration::from_millis(200));
+                panic!(
+                    "exited ({status}) before printing {needle:?}:\n{}",
+                    self.output()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {needle:?} within {within:?}:\n{}",
+                self.output()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+}
+
+impl Drop for Collected {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Processes running `binary` (by their executable) with `arg` on their command line.
+fn processes_of(binary: &Path, arg: &Path) -> Vec<i32> {
+    let target = std::fs::canonicalize(binary).unwrap();
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        let arg = arg.as_os_str().as_encoded_bytes();
+        if std::fs::read_link(entry.path().join("exe")).is_ok_and(|exe| exe == target)
+            && cmdline.split(|b| *b == 0).any(|a| a == arg)
+        {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `wms push --containerd APP REF` with a cache and Docker config of the test's own.
+fn push_for_containerd(app: &Path, reference: &str) {
+    let home = tempfile::tempdir().unwrap();
+    let out = wms_command()
+        .args(["push", "--containerd"])
+        .arg(app)
+        .arg(reference)
+        .env("WMS_CACHE_DIR", home.path().join("cache"))
+        .env("DOCKER_CONFIG", home.path().join("docker"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "wms push --containerd failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn an_app_image_pulled_by_containerd_serves_http_and_stops_on_kill() {
+    if let Some(why) = cannot_run() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let shim = shim_binary();
+    let registry = Registry::start();
+    let reference = registry.reference("hello-containerd:1");
+    push_for_containerd(&examples("hello"), &reference);
+
+    let containerd = Containerd::start();
+    // containerd unpacks the image like any other (containerd 1.6 could not unpack wasm layers).
+    containerd.ctr_ok(&["image", "pull", "--plain-http", &reference]);
+
+    let port = free_port();
+    let listen = format!("WMS_LISTEN=127.0.0.1:{port}");
+    let id = &format!("wms-shim-test-{}", std::process::id());
+    let mut run = Collected::spawn(containerd.ctr_command(&[
+        "run",
+        "--rm",
+        "--runtime",
+        "io.containerd.wms.v1",
+        "--net-host",
+        "--env",
+        &listen,
+        &reference,
+        id,
+    ]));
+    run.wait_for(
+        &format!("Serving http://127.0.0.1:{port}"),
+        Duration::from_secs(60),
+    );
+
+    let body = rt().block_on(async {
+        let resp = client()
+            .get(format!("http://127.0.0.1:{port}/"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        resp.text().await.unwrap()
+    });
+    assert_eq!(body.trim_end(), "Hello from wms!");
+
+    let tasks = containerd.ctr_ok(&["task", "ls"]);
+    let pid: i32 = tasks
+        .lines()
+        .find(|l| l.starts_with(id))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no running task {id}:\n{tasks}"));
+    assert!(
+        !processes_of(&shim, &containerd.socket).is_empty(),
+        "no shim process while the task runs"
+    );
+
+    // `ctr task kill` sends SIGTERM: the app stops accepting, drains and exits 0.
+    containerd.ctr_ok(&["task", "kill", id]);
+    let status = run
+        .wait_exit(Duration::from_secs(30))
+        .unwrap_or_else(|| panic!("the task did not stop within 30 s:\n{}", run.output()));
+    let output = run.output();
+    assert!(status.success(), "ctr run exited {status}:\n{output}");
+    assert!(output.contains("SIGTERM received"), "{output}");
+
+    // Nothing is left: no task, no container (--rm), no guest process, no shim.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let tasks = containerd.ctr_ok(&["task", "ls"]);
+        let containers = containerd.ctr_ok(&["container", "ls", "-q"]);
+        let stray = processes_of(&shim, &containerd.socket);
+        let guest_alive = Path::new(&format!("/proc/{pid}")).exists();
+        let mounts: Vec<String> = std::fs::read_to_string("/proc/mounts")
+            .unwrap()
+            .lines()
+            .filter(|l| l.contains(containerd.dir.path().to_str().unwrap()))
+            .map(str::to_string)
+            .collect();
+        if !tasks.contains(id.as_str())
+            && !containers.contains(id.as_str())
+            && stray.is_empty()
+            && !guest_alive
+            && mounts.is_empty()
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "left behind after the task stopped: tasks {tasks:?}, containers {containers:?}, shim processes {stray:?}, guest process {pid} alive: {guest_alive}, mounts {mounts:?}\ncontainerd:\n{}",
+            containerd.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

@@ -1,0 +1,142 @@
+//! `containerd-shim-wms-v1`: containerd's runtime `io.containerd.wms.v1`, serving wms apps.
+//!
+//! runwasi's `containerd-shim-wasm` does the containerd side: the shim API, the container
+//! (namespaces, cgroups, root filesystem, stdio) and its process. Inside that process, this shim
+//! reads the wms image bundle from the container's root filesystem (`wms push --containerd`; see
+//! `wms_oci::containerd`), prepares it as `wms up` prepares a pulled image, and serves it through
+//! the same pipeline as `wms up` (`wms_server::launch`), on `WMS_LISTEN` from the container's
+//! environment (default `0.0.0.0:8080`) until SIGTERM or SIGINT. docs/shim.md says how to install
+//! it and what is not done yet.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::Path;
+
+use anyhow::Context as _;
+use containerd_shim_wasm::sandbox::Sandbox;
+use containerd_shim_wasm::sandbox::context::RuntimeContext;
+use containerd_shim_wasm::shim::{Cli as _, Config, Shim, Version};
+
+/// The listen address variable read from the container's environment (as `wms up` reads it).
+const ENV_LISTEN: &str = "WMS_LISTEN";
+/// Where a container's app listens unless `WMS_LISTEN` says otherwise: all addresses, since the
+/// container's network namespace is its own (or the host's with host networking).
+const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
+/// Log filter from the container's environment (tracing `EnvFilter` syntax, default `info`).
+const ENV_LOG: &str = "WMS_LOG";
+/// Where the shim keeps the prepared image inside the container's root filesystem (removed with
+/// the container's snapshot).
+const STATE_DIR: &str = "/.wms-shim";
+
+struct WmsShim;
+
+#[derive(Default)]
+struct WmsSandbox;
+
+impl Shim for WmsShim {
+    type Sandbox = WmsSandbox;
+
+    fn name() -> &'static str {
+        "wms"
+    }
+
+    fn version() -> Version {
+        Version {
+            version: env!("CARGO_PKG_VERSION"),
+            revision: "<none>",
+        }
+    }
+
+    /// None: the image is read from the container's root filesystem, where containerd unpacked
+    /// it, not from wasm layers in the content store (containerd 1.6 cannot pull those).
+    fn supported_layers_types() -> &'static [&'static str] {
+        &[]
+    }
+}
+
+impl Sandbox for WmsSandbox {
+    async fn run_wasi(&self, ctx: &impl RuntimeContext) -> anyhow::Result<i32> {
+        let env = container_env(ctx.envs());
+        init_logging(&env);
+        match serve(&env).await {
+            Ok(code) => Ok(code),
+            Err(e) => {
+                // The container's stderr: `ctr run` and the kubelet's logs show it.
+                eprintln!("error: {e:#}");
+                Ok(1)
+            }
+        }
+    }
+
+    /// Every container given to this runtime is a wms app; what is not is refused when it starts,
+    /// with the reason on its stderr.
+    async fn can_handle(&self, _ctx: &impl RuntimeContext) -> anyhow::Result<()> {
+        Ok(())
+    }
+}
+
+/// The container's `NAME=VALUE` environment as a map (later entries win, as in a shell).
+fn container_env(envs: &[String]) -> HashMap<String, String> {
+    envs.iter()
+        .filter_map(|e| e.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn init_logging(env: &HashMap<String, String>) {
+    let filter = env
+        .get(ENV_LOG)
+        .and_then(|f| tracing_subscriber::EnvFilter::try_new(f).ok())
+        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(false)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Prepares the bundled image and serves it until SIGTERM or SIGINT; the exit code.
+async fn serve(env: &HashMap<String, String>) -> anyhow::Result<i32> {
+    let listen = env.get(ENV_LISTEN).map_or(DEFAULT_LISTEN, String::as_str);
+    let listen: SocketAddr = listen.parse().with_context(|| {
+        format!("{ENV_LISTEN}={listen:?} is not an address; write e.g. {DEFAULT_LISTEN}")
+    })?;
+    let state = Path::new(STATE_DIR);
+    wms_oci::store::private_dir(state)?;
+    let store = wms_oci::Store::open(state.join("oci"))?;
+    // Names the single component of a wasm artifact; an app image names its own.
+    let reference = wms_oci::parse_reference("containerd.local/wms/app:latest")?;
+    // Precompiled code is not used yet: which publishers the node trusts is not configured here.
+    let m = wms_oci::containerd::materialize_bundle(&store, &reference, Path::new("/"), None)
+        .context("cannot prepare the container's wms image")?;
+    let launch = wms_server::launch::Launch::new(listen);
+    let clean =
+        wms_server::launch::serve_app(m.app, launch, wms_server::launch::shutdown_signal()).await?;
+    Ok(if clean { 0 } else { 1 })
+}
+
+fn main() {
+    WmsShim::run(Config {
+        default_log_level: "info".to_string(),
+        ..Default::default()
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_container_environment_is_read_like_a_shell_reads_it() {
+        let env = container_env(&[
+            "PATH=/bin".to_string(),
+            "WMS_LISTEN=127.0.0.1:1".to_string(),
+            "EMPTY=".to_string(),
+            "NOEQUALS".to_string(),
+            "WMS_LISTEN=127.0.0.1:2".to_string(),
+        ]);
+        assert_eq!(env["WMS_LISTEN"], "127.0.0.1:2");
+        assert_eq!(env["EMPTY"], "");
+        assert!(!env.contains_key("NOEQUALS"));
+    }
+}
