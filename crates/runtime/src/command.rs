@@ -7,13 +7,15 @@ use std::time::Duration;
 
 use anyhow::{Context as _, anyhow, bail};
 use wasmtime::component::{Component, ResourceTable};
-use wasmtime::{Config, Engine, Module, Store};
+use wasmtime::{Config, Engine, Module};
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::p2::bindings::CommandPre;
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use crate::descriptors::{self, Budget, DescriptorPlan, InstanceFds};
-use crate::{EngineKind, HoldsFds, MemoryLimiter, wt};
+use crate::engine::start_epoch_ticker;
+use crate::guest::{GuestState, MemoryLimiter, add_open_hook, guest_store};
+use crate::{EngineKind, wt};
 
 /// A host directory made visible to the command.
 #[derive(Debug, Clone)]
@@ -55,9 +57,13 @@ struct P1Command {
     fds: InstanceFds,
 }
 
-impl HoldsFds for P1Command {
+impl GuestState for P1Command {
     fn fds_and_table(&mut self) -> (&mut InstanceFds, &mut ResourceTable) {
         (&mut self.fds, self.p1.ctx().table)
+    }
+
+    fn limiter(&mut self) -> &mut MemoryLimiter {
+        &mut self.limiter
     }
 }
 
@@ -74,9 +80,13 @@ struct P2State {
     fds: InstanceFds,
 }
 
-impl HoldsFds for P2State {
+impl GuestState for P2State {
     fn fds_and_table(&mut self) -> (&mut InstanceFds, &mut ResourceTable) {
         (&mut self.fds, &mut self.table)
+    }
+
+    fn limiter(&mut self) -> &mut MemoryLimiter {
+        &mut self.limiter
     }
 }
 
@@ -114,7 +124,7 @@ pub async fn run_command(options: &CommandOptions) -> anyhow::Result<CommandOutc
         config.target(t).map_err(wt)?;
     }
     let engine = Engine::new(&config).map_err(wt)?;
-    crate::start_epoch_ticker(&engine);
+    start_epoch_ticker(&engine);
 
     // A command is the only guest of its process, with the same caps as a served one.
     let budget = Budget::new(DescriptorPlan::current().guests);
@@ -163,9 +173,7 @@ pub async fn run_command(options: &CommandOptions) -> anyhow::Result<CommandOutc
             .ctx()
             .table
             .set_max_capacity(descriptors::table_capacity());
-        let mut store = Store::new(&engine, state);
-        store.limiter(|s| &mut s.limiter);
-        crate::arm_deadline(&mut store, timeout);
+        let mut store = guest_store(&engine, state, timeout);
         let pre = linker
             .instantiate_pre(&module)
             .map_err(wt)
@@ -183,13 +191,13 @@ pub async fn run_command(options: &CommandOptions) -> anyhow::Result<CommandOutc
             .with_context(|| format!("cannot compile {}", options.path.display()))?;
         let mut linker = wasmtime::component::Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(wt)?;
-        crate::add_open_hook(&mut linker)?;
+        add_open_hook(&mut linker)?;
         let pre = linker
             .instantiate_pre(&component)
             .map_err(wt)
             .context("cannot link the component's imports")?;
         let pre = CommandPre::new(pre).map_err(|e| anyhow!("{} does not export `wasi:cli/run`: {e}; `wms run` runs commands, `wms up` serves HTTP components", options.path.display()))?;
-        let mut store = Store::new(
+        let mut store = guest_store(
             &engine,
             P2State {
                 wasi: wasi.build(),
@@ -201,9 +209,8 @@ pub async fn run_command(options: &CommandOptions) -> anyhow::Result<CommandOutc
                 limiter,
                 fds,
             },
+            timeout,
         );
-        store.limiter(|s| &mut s.limiter);
-        crate::arm_deadline(&mut store, timeout);
         let result = tokio::time::timeout(timeout, async {
             let command = pre.instantiate_async(&mut store).await?;
             command.wasi_cli_run().call_run(&mut store).await

@@ -154,7 +154,7 @@ fn rebuild(old: &Generation, config: &Config) -> anyhow::Result<Generation> {
                 let component = unsafe { Component::deserialize(&engine, &bytes) }.map_err(wt)?;
                 let linker = match &http_linker {
                     Some(l) => l,
-                    None => http_linker.insert(crate::http_linker(&engine)?),
+                    None => http_linker.insert(crate::http_p2::http_linker(&engine)?),
                 };
                 let pre = linker.instantiate_pre(&component).map_err(wt)?;
                 Kind::Http(ProxyPre::new(pre).map_err(wt)?)
@@ -176,7 +176,7 @@ fn rebuild(old: &Generation, config: &Config) -> anyhow::Result<Generation> {
             }),
         ));
     }
-    crate::start_epoch_ticker(&engine);
+    crate::engine::start_epoch_ticker(&engine);
     Ok(Generation { components, engine })
 }
 

@@ -19,17 +19,15 @@ use http_body_util::{BodyExt, Full, StreamBody};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::OwnedSemaphorePermit;
 use wasmtime::component::ResourceTable;
-use wasmtime::{Engine, InstancePre, Linker, Module, Store};
+use wasmtime::{Engine, InstancePre, Linker, Module};
 use wasmtime_wasi::cli::{AsyncStdinStream, AsyncStdoutStream};
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::p1::wasi_snapshot_preview1::{self, WasiSnapshotPreview1};
 use wasmtime_wasi::{FsPerms, WasiCtxBuilder, WasiView};
 
 use crate::descriptors::{self, InstanceFds};
-use crate::{
-    BoxError, Failure, GuardedBody, HoldsFds, LoadedComponent, MemoryLimiter, Outcome,
-    ResponseBody, wt,
-};
+use crate::guest::{GuardedBody, GuestState, MemoryLimiter, Outcome};
+use crate::{BoxError, Failure, LoadedComponent, ResponseBody, wt};
 
 /// Longest CGI header block accepted.
 const MAX_HEAD: usize = 64 * 1024;
@@ -44,14 +42,18 @@ pub(crate) struct WagiState {
     fds: InstanceFds,
 }
 
-impl HoldsFds for WagiState {
+impl GuestState for WagiState {
     fn fds_and_table(&mut self) -> (&mut InstanceFds, &mut ResourceTable) {
         (&mut self.fds, self.p1.ctx().table)
+    }
+
+    fn limiter(&mut self) -> &mut MemoryLimiter {
+        &mut self.limiter
     }
 }
 
 /// Store data of a preview 1 guest: its context and its descriptor counts.
-pub(crate) trait P1State: HoldsFds {
+pub(crate) trait P1State: GuestState {
     fn p1(&mut self) -> &mut WasiP1Ctx;
 }
 
@@ -457,16 +459,12 @@ where
         .ctx()
         .table
         .set_max_capacity(descriptors::table_capacity());
-    let mut store = Store::new(engine, state);
-    store.limiter(|s| &mut s.limiter);
-    crate::arm_deadline(&mut store, comp.limits.timeout);
+    let mut store = crate::guest::guest_store(engine, state, comp.limits.timeout);
 
     let pre = module.pre.clone();
     let entrypoint = module.entrypoint.clone();
     let task_comp = comp.clone();
-    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<bool>();
-    let task = tokio::spawn(async move {
-        let _permits = permits;
+    let (task, done_rx, guest) = crate::guest::spawn_guest(&comp, permits, async move {
         let comp = task_comp;
         let body_failed = async move {
             match body_failed_rx.await {
@@ -492,20 +490,15 @@ where
                 Ok(Ok(())) => Outcome::Done,
                 Ok(Err(e)) => match e.downcast_ref::<wasmtime_wasi::I32Exit>() {
                     Some(exit) if exit.0 == 0 => Outcome::Done,
-                    _ => Outcome::Failed(crate::classify(&e, store.data().limiter.exceeded, &comp)),
+                    _ => Outcome::Failed(crate::failure::classify(&e, store.data().limiter.exceeded, &comp)),
                 },
             },
         };
         // Closing stdout ends the response body.
         drop(store);
         drop(open_stdin);
-        if let Outcome::Failed(f) = &outcome {
-            comp.log_failure(f);
-        }
-        let _ = done_tx.send(matches!(outcome, Outcome::Failed(_)));
         outcome
     });
-    let guest = crate::GuestTask::new(&task, &comp.id);
     let outcome_of = |task: tokio::task::JoinHandle<Outcome>| async move {
         match task.await {
             Ok(outcome) => outcome,

@@ -1,0 +1,441 @@
+//! One guest instance: its store data, memory limiter, counted descriptors and outbound
+//! requests, deadline, and the task that runs it (cancelled when its client goes away).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use bytes::Bytes;
+use tokio::sync::OwnedSemaphorePermit;
+use wasmtime::component::{Linker, Resource, ResourceTable};
+use wasmtime::{Engine, Store, UpdateDeadline};
+use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
+
+use crate::{BoxError, Failure, LoadedComponent, ResponseBody, descriptors, outbound, pool, wt};
+
+/// Store data of one request.
+pub struct HostState {
+    wasi: WasiCtx,
+    http: WasiHttpCtx,
+    table: ResourceTable,
+    hooks: CountedHooks,
+    pub(crate) limiter: MemoryLimiter,
+    fds: descriptors::InstanceFds,
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl WasiHttpView for HostState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.hooks,
+        }
+    }
+}
+
+/// Caps an instance's linear memory (the sum over all its memories, so a component with several
+/// memories gets no more than one with a single memory), its tables, and how many instances,
+/// memories and tables its store may create (the pool enforces the same counts per slot; on
+/// demand, Wasmtime's defaults of 10,000 each would apply). Remembers whether the memory cap was
+/// hit so the failure can be reported as a memory limit rather than a bare trap.
+pub(crate) struct MemoryLimiter {
+    max_memory: usize,
+    /// Bytes of linear memory the instance's memories hold together.
+    total: usize,
+    /// The growth last allowed, taken back if Wasmtime then fails to grow.
+    pending: usize,
+    pub(crate) exceeded: bool,
+}
+
+/// Table elements an instance may hold.
+pub(crate) const MAX_TABLE_ELEMENTS: usize = pool::TABLE_ELEMENTS;
+
+/// Core instances one store may create: a component is several (its modules, the preview 1
+/// adapter, shims); the same number the pool reserves per component.
+const MAX_CORE_INSTANCES: usize = pool::CORE_INSTANCES_PER_SLOT as usize;
+
+impl wasmtime::ResourceLimiter for MemoryLimiter {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        // Wasmtime asks with current = 0 when it creates a memory, so `total` covers every
+        // memory of the store from its creation.
+        let growth = desired.saturating_sub(current);
+        match self.total.checked_add(growth) {
+            Some(total) if total <= self.max_memory => {
+                self.total = total;
+                self.pending = growth;
+                Ok(true)
+            }
+            _ => {
+                self.exceeded = true;
+                Ok(false)
+            }
+        }
+    }
+
+    fn memory_grow_failed(&mut self, _error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.total -= std::mem::take(&mut self.pending);
+        Ok(())
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= MAX_TABLE_ELEMENTS)
+    }
+
+    fn instances(&self) -> usize {
+        MAX_CORE_INSTANCES
+    }
+
+    fn memories(&self) -> usize {
+        pool::MEMORIES_PER_SLOT as usize
+    }
+
+    fn tables(&self) -> usize {
+        pool::TABLES_PER_SLOT as usize
+    }
+}
+
+/// Store data that counts its guest's descriptors.
+pub(crate) trait GuestState: Send + 'static {
+    /// The instance's counts and the resource table its descriptors live in.
+    fn fds_and_table(&mut self) -> (&mut descriptors::InstanceFds, &mut ResourceTable);
+    /// The limiter of its memories, tables and instances.
+    fn limiter(&mut self) -> &mut MemoryLimiter;
+}
+
+/// A store for one guest run, every executor's: its limiter installed and its deadline armed.
+pub(crate) fn guest_store<T: GuestState>(engine: &Engine, state: T, timeout: Duration) -> Store<T> {
+    let mut store = Store::new(engine, state);
+    store.limiter(|s| s.limiter());
+    arm_deadline(&mut store, timeout);
+    store
+}
+
+impl GuestState for HostState {
+    fn fds_and_table(&mut self) -> (&mut descriptors::InstanceFds, &mut ResourceTable) {
+        (&mut self.fds, &mut self.table)
+    }
+
+    fn limiter(&mut self) -> &mut MemoryLimiter {
+        &mut self.limiter
+    }
+}
+
+/// The `wasi:filesystem` interface whose `open-at` is wrapped (the version of Wasmtime's WIT; a
+/// guest importing any 0.2.x resolves to it).
+const FS_TYPES: &str = "wasi:filesystem/types@0.2.12";
+
+/// Replaces `descriptor.open-at`, the only call through which a component guest creates a host
+/// descriptor (sockets are never granted), with one that counts: over its instance's cap or the
+/// process budget the open fails with `quota` and nothing is opened.
+pub(crate) fn add_open_hook<T: GuestState + WasiView>(
+    linker: &mut Linker<T>,
+) -> anyhow::Result<()> {
+    use wasmtime_wasi::filesystem::{Descriptor, WasiFilesystemView};
+    use wasmtime_wasi::p2::bindings::filesystem::types::{
+        DescriptorFlags, ErrorCode, HostDescriptor, OpenFlags, PathFlags,
+    };
+    type Args = (
+        Resource<Descriptor>,
+        PathFlags,
+        String,
+        OpenFlags,
+        DescriptorFlags,
+    );
+    linker.allow_shadowing(true);
+    linker
+        .instance(FS_TYPES)
+        .map_err(wt)?
+        .func_wrap_async(
+            "[method]descriptor.open-at",
+            |mut store: wasmtime::StoreContextMut<'_, T>,
+             (dir, path_flags, path, oflags, flags): Args| {
+                Box::new(async move {
+                    {
+                        let (fds, table) = store.data_mut().fds_and_table();
+                        if fds.begin_open_p2(table).is_err() {
+                            return Ok((Err(ErrorCode::Quota),));
+                        }
+                    }
+                    let result = {
+                        let mut view = store.data_mut().filesystem();
+                        HostDescriptor::open_at(&mut view, dir, path_flags, path, oflags, flags)
+                            .await
+                    };
+                    let (fds, table) = store.data_mut().fds_and_table();
+                    match result {
+                        Ok(fd) => {
+                            fds.end_open_p2(Some(descriptors::Held::of(table, &fd)));
+                            Ok((Ok(fd),))
+                        }
+                        Err(e) => {
+                            fds.end_open_p2(None);
+                            e.downcast().map(|code| (Err(code),))
+                        }
+                    }
+                })
+            },
+        )
+        .map_err(wt)
+        .context("wrap wasi:filesystem open-at")?;
+    linker.allow_shadowing(false);
+    Ok(())
+}
+
+/// The outbound policy plus the count of requests in flight: over the instance's cap or the
+/// process budget a request fails with `connection-limit-reached` before any connection opens.
+pub(crate) struct CountedHooks {
+    policy: outbound::OutboundPolicy,
+    slots: descriptors::OutboundSlots,
+}
+
+type SendFuture = Box<
+    dyn Future<
+            Output = Result<
+                (
+                    http::Response<wasmtime_wasi_http::WasiBody>,
+                    Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
+                ),
+                wasmtime_wasi_http::Error,
+            >,
+        > + Send,
+>;
+
+impl wasmtime_wasi_http::WasiHttpHooks for CountedHooks {
+    fn send_request(
+        &mut self,
+        request: http::Request<wasmtime_wasi_http::WasiBody>,
+        options: Option<wasmtime_wasi_http::RequestOptions>,
+        fut: Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
+    ) -> SendFuture {
+        let permit = match self.slots.acquire() {
+            Ok(p) => p,
+            Err(denied) => {
+                tracing::warn!(
+                    component = %self.policy.component,
+                    "outbound request refused: {}",
+                    match denied {
+                        descriptors::Denied::Instance => format!(
+                            "the guest has {} requests in flight, its limit",
+                            descriptors::MAX_OUTBOUND_REQUESTS
+                        ),
+                        descriptors::Denied::Process => {
+                            "guests together hold their whole descriptor budget (raise the soft descriptor limit, ulimit -n or LimitNOFILE=, and restart wms)".to_string()
+                        }
+                    }
+                );
+                return Box::new(async { Err(wasmtime_wasi_http::Error::ConnectionLimitReached) });
+            }
+        };
+        let send = self.policy.send_request(request, options, fut);
+        Box::new(async move {
+            let (response, io) = Box::into_pin(send).await?;
+            // The connection lives as long as this future (Wasmtime runs it as a task that ends
+            // with the connection, or is aborted with the response): so does the permit.
+            let io = async move {
+                let _permit = permit;
+                Box::into_pin(io).await
+            };
+            Ok((response, Box::new(io) as Box<dyn Future<Output = _> + Send>))
+        })
+    }
+}
+
+pub(crate) fn new_store(
+    engine: &Engine,
+    comp: &LoadedComponent,
+) -> Result<Store<HostState>, Failure> {
+    // Before the mounts are opened: they are descriptors too.
+    let fds = comp.instance_fds()?;
+    let mut wasi = WasiCtxBuilder::new();
+    wasi.envs(&comp.environment)
+        .stdout(comp.guest_output("stdout"))
+        .stderr(comp.guest_output("stderr"))
+        // The defaults, said out loud: descriptors are counted on the assumption that guests
+        // get no sockets.
+        .allow_tcp(false)
+        .allow_udp(false);
+    for (host, guest) in &comp.mounts {
+        wasi.preopened_dir(host, guest, FsPerms::ReadOnly)
+            .map_err(|e| Failure::Internal {
+                message: format!(
+                    "component `{}`: mount {} at {guest}: {e:?}",
+                    comp.id,
+                    host.display()
+                ),
+            })?;
+    }
+    let mut table = ResourceTable::new();
+    table.set_max_capacity(descriptors::table_capacity());
+    let state = HostState {
+        wasi: wasi.build(),
+        http: WasiHttpCtx::new(),
+        table,
+        hooks: CountedHooks {
+            policy: outbound::OutboundPolicy {
+                component: comp.id.clone(),
+                allowed: comp.allowed.clone(),
+                may_name_local_addresses: comp.may_name_local_addresses,
+            },
+            slots: descriptors::OutboundSlots::new(&comp.fds),
+        },
+        limiter: MemoryLimiter::new(comp.limits.max_memory),
+        fds,
+    };
+    Ok(guest_store(engine, state, comp.limits.timeout))
+}
+
+/// Stops the guest once `timeout` has passed; until then it yields to other tasks every epoch
+/// tick, so a guest in a CPU loop cannot starve the requests sharing its thread.
+fn arm_deadline<T>(store: &mut Store<T>, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    store.set_epoch_deadline(1);
+    store.epoch_deadline_callback(move |_| {
+        if Instant::now() >= deadline {
+            Ok(UpdateDeadline::Interrupt)
+        } else {
+            Ok(UpdateDeadline::Yield(1))
+        }
+    });
+}
+
+impl MemoryLimiter {
+    pub(crate) fn new(max_memory: u64) -> Self {
+        Self {
+            max_memory: usize::try_from(max_memory).unwrap_or(usize::MAX),
+            total: 0,
+            pending: 0,
+            exceeded: false,
+        }
+    }
+}
+
+/// A guest's response body that ends in an error, not a clean end, when the guest fails
+/// (trap, timeout) after it has sent the response head: the client must not mistake a cut-off
+/// body for a complete one. On HTTP/1.1 the connection is closed.
+pub(crate) struct GuardedBody {
+    pub(crate) inner: ResponseBody,
+    pub(crate) done: Option<tokio::sync::oneshot::Receiver<bool>>,
+    /// The guest producing the body: cancelled when the body is dropped before the end.
+    pub(crate) _guest: GuestTask,
+}
+
+/// A running guest, cancelled when this is dropped: a guest whose client went away stops at
+/// its next yield (at most one epoch tick later) and releases its instance and permits.
+pub(crate) struct GuestTask {
+    handle: tokio::task::AbortHandle,
+    component: Arc<str>,
+}
+
+impl GuestTask {
+    fn new<T>(task: &tokio::task::JoinHandle<T>, component: &Arc<str>) -> Self {
+        Self {
+            handle: task.abort_handle(),
+            component: component.clone(),
+        }
+    }
+}
+
+impl Drop for GuestTask {
+    fn drop(&mut self) {
+        if !self.handle.is_finished() {
+            tracing::info!(component = %self.component, "client went away; guest cancelled");
+            self.handle.abort();
+        }
+    }
+}
+
+impl http_body::Body for GuardedBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
+        use std::task::Poll;
+        match std::pin::Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(None) => {}
+            other => return other,
+        }
+        let Some(done) = self.done.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match std::pin::Pin::new(done).poll(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(failed) => {
+                self.done = None;
+                if failed.unwrap_or(true) {
+                    Poll::Ready(Some(Err(
+                        "the guest failed while sending the response body".into(),
+                    )))
+                } else {
+                    Poll::Ready(None)
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done.is_none() && self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// What the guest task reports to the request once it is over.
+pub(crate) enum Outcome {
+    Done,
+    Failed(Failure),
+}
+
+/// A guest run as its own task, the one way every HTTP executor starts one: it holds the
+/// request's permits until it ends, logs its failure, and reports on `done` whether it failed
+/// (what a [`GuardedBody`] waits for). Dropping the returned [`GuestTask`] cancels it.
+pub(crate) fn spawn_guest<F>(
+    comp: &Arc<LoadedComponent>,
+    permits: (OwnedSemaphorePermit, Option<OwnedSemaphorePermit>),
+    run: F,
+) -> (
+    tokio::task::JoinHandle<Outcome>,
+    tokio::sync::oneshot::Receiver<bool>,
+    GuestTask,
+)
+where
+    F: Future<Output = Outcome> + Send + 'static,
+{
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<bool>();
+    let task_comp = comp.clone();
+    let task = tokio::spawn(async move {
+        let _permits = permits;
+        let outcome = run.await;
+        if let Outcome::Failed(f) = &outcome {
+            task_comp.log_failure(f);
+        }
+        let _ = done_tx.send(matches!(outcome, Outcome::Failed(_)));
+        outcome
+    });
+    let guest = GuestTask::new(&task, &comp.id);
+    (task, done_rx, guest)
+}

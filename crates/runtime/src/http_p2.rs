@@ -1,0 +1,160 @@
+//! The `wasi:http` 0.2 executor: a fresh instance per request, the response streamed from the
+//! guest task.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{Context as _, anyhow};
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use tokio::sync::OwnedSemaphorePermit;
+use wasmtime::Engine;
+use wasmtime::Store;
+use wasmtime::component::Linker;
+use wasmtime_wasi_http::WasiHttpView;
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
+
+use crate::guest::{GuardedBody, HostState, Outcome, add_open_hook, new_store, spawn_guest};
+use crate::load::{compile, export_names};
+use crate::{BoxError, Failure, Kind, LoadedComponent, ResponseBody, failure::classify, wt};
+
+/// Serves one request with a fresh instance of `comp`.
+pub(crate) async fn handle<B>(
+    comp: Arc<LoadedComponent>,
+    request: http::Request<B>,
+    permits: (OwnedSemaphorePermit, Option<OwnedSemaphorePermit>),
+) -> Result<http::Response<ResponseBody>, Failure>
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let request = request.map(|body| {
+        body.map_err(|e| {
+            let e: BoxError = e.into();
+            if e.is::<http_body_util::LengthLimitError>() {
+                wasmtime_wasi_http::Error::HttpRequestBodySize(None)
+            } else {
+                wasmtime_wasi_http::Error::InternalError(Some(e.to_string()))
+            }
+        })
+    });
+    let store = new_store(&comp.engine, &comp)?;
+    run(comp, store, request, permits).await
+}
+
+pub(crate) async fn run<B>(
+    comp: Arc<LoadedComponent>,
+    mut store: Store<HostState>,
+    request: http::Request<B>,
+    permits: (OwnedSemaphorePermit, Option<OwnedSemaphorePermit>),
+) -> Result<http::Response<ResponseBody>, Failure>
+where
+    B: http_body::Body<Data = Bytes, Error = wasmtime_wasi_http::Error> + Send + 'static,
+{
+    let internal = |e: wasmtime::Error| Failure::Internal {
+        message: format!("{e:#}"),
+    };
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let req = store
+        .data_mut()
+        .http()
+        .new_incoming_request(Scheme::Http, request)
+        .map_err(internal)?;
+    let out = store
+        .data_mut()
+        .http()
+        .new_response_outparam(tx)
+        .map_err(internal)?;
+    let timeout = comp.limits.timeout;
+    let deadline = tokio::time::Instant::now() + timeout;
+    let task_comp = comp.clone();
+    // If the client goes away (this future or the response body is dropped), so does the guest.
+    let (task, done_rx, guest) = spawn_guest(&comp, permits, async move {
+        let comp = task_comp;
+        let result = tokio::time::timeout_at(deadline, async {
+            let Kind::Http(pre) = &comp.kind else {
+                unreachable!("only wasi:http components reach run()")
+            };
+            let proxy = pre.instantiate_async(&mut store).await?;
+            proxy
+                .wasi_http_incoming_handler()
+                .call_handle(&mut store, req, out)
+                .await
+        })
+        .await;
+        match result {
+            Err(_) => Outcome::Failed(Failure::Timeout { timeout }),
+            Ok(Ok(())) => Outcome::Done,
+            Ok(Err(e)) => Outcome::Failed(classify(&e, store.data().limiter.exceeded, &comp)),
+        }
+    });
+    match rx.await {
+        Ok(Ok(response)) => Ok(response.map(|b| {
+            GuardedBody {
+                inner: b.map_err(|e| Box::new(e) as BoxError).boxed_unsync(),
+                done: Some(done_rx),
+                _guest: guest,
+            }
+            .boxed_unsync()
+        })),
+        Ok(Err(code)) => {
+            let f = Failure::GuestError {
+                message: format!("{code:?}"),
+            };
+            tracing::error!(component = %comp.id, "{f}");
+            Err(f)
+        }
+        Err(_) => match task.await {
+            Ok(Outcome::Failed(f)) => Err(f),
+            Ok(Outcome::Done) => {
+                tracing::error!(component = %comp.id, "{}", Failure::NoResponse);
+                Err(Failure::NoResponse)
+            }
+            Err(e) => Err(Failure::Internal {
+                message: format!("request task failed: {e}"),
+            }),
+        },
+    }
+}
+
+/// WASI 0.2 and wasi:http, with file opens counted.
+pub(crate) fn http_linker(engine: &Engine) -> anyhow::Result<Linker<HostState>> {
+    let mut linker: Linker<HostState> = Linker::new(engine);
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+        .map_err(wt)
+        .context("link WASI 0.2")?;
+    wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
+        .map_err(wt)
+        .context("link wasi:http 0.2")?;
+    add_open_hook(&mut linker)?;
+    Ok(linker)
+}
+
+/// Compiles a `wasi:http` component and checks at start that it links and exports the handler.
+pub(crate) fn load_http(
+    engine: &Engine,
+    linker: &Linker<HostState>,
+    id: &str,
+    source: &Path,
+    precompiled: Option<&Path>,
+) -> anyhow::Result<ProxyPre<HostState>> {
+    let component = compile(engine, id, source, precompiled)?;
+    let pre = linker
+        .instantiate_pre(&component)
+        .map_err(|e| anyhow!("{e:?}"))
+        .with_context(|| {
+            format!(
+                "component `{id}` ({}): cannot link its imports",
+                source.display()
+            )
+        })?;
+    ProxyPre::new(pre).map_err(|e| {
+        let exports = export_names(engine, &component);
+        anyhow!(
+            "component `{id}` ({}) does not export `wasi:http/incoming-handler@0.2.x`: {e}\n  it exports: {}\n  help: build it as an HTTP handler (e.g. `wasip2::http::proxy::export!` or `#[wstd::http_server]`), or run commands with `wms run`",
+            source.display(),
+            if exports.is_empty() { "nothing".to_string() } else { exports.join(", ") }
+        )
+    })
+}
