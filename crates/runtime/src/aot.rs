@@ -148,23 +148,18 @@ impl std::fmt::Display for CodegenUnsupported {
 impl std::error::Error for CodegenUnsupported {}
 
 /// Compiles a component, turning a code generator panic into an error for this component
-/// instead of a crash of the whole process, and explaining validation errors about SIMD.
+/// instead of a crash of the whole process; a component refused for its SIMD instructions (an
+/// engine without SIMD) is [`CodegenUnsupported`] too, so it can move to Pulley.
 pub(crate) fn precompile(engine: &Engine, wasm: &[u8]) -> anyhow::Result<Vec<u8>> {
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         engine.precompile_component(wasm)
     }));
     match result {
         Ok(Ok(code)) => Ok(code),
-        Ok(Err(e)) => {
-            let text = format!("{e:#}");
-            if text.contains("SIMD") || text.contains("simd") {
-                Err(anyhow::Error::new(CodegenUnsupported(format!(
-                    "{text}\n  help: the component uses 128-bit SIMD, which Cranelift cannot compile for this CPU (riscv64 without the vector extension); serve it with `--engine pulley`, or build it without the simd128 target feature"
-                ))))
-            } else {
-                Err(anyhow!("{e:?}"))
-            }
-        }
+        Ok(Err(e)) if needs_simd(wasm) => Err(anyhow::Error::new(CodegenUnsupported(format!(
+            "{e:#}\n  help: the component uses 128-bit SIMD, which Cranelift cannot compile for this CPU (riscv64 without the vector extension); serve it with `--engine pulley`, or build it without the simd128 target feature"
+        )))),
+        Ok(Err(e)) => Err(anyhow!("{e:?}")),
         Err(panic) => {
             let what = panic
                 .downcast_ref::<&str>()
@@ -176,6 +171,19 @@ pub(crate) fn precompile(engine: &Engine, wasm: &[u8]) -> anyhow::Result<Vec<u8>
             ))))
         }
     }
+}
+
+/// Whether `wasm` is valid only with WebAssembly SIMD: checked by validating it with and without,
+/// so a compile error on an engine without SIMD is known to be about SIMD, not guessed from its
+/// text.
+fn needs_simd(wasm: &[u8]) -> bool {
+    use wasmparser::{Validator, WasmFeatures};
+    let all = WasmFeatures::all();
+    let without = all - WasmFeatures::SIMD - WasmFeatures::RELAXED_SIMD;
+    Validator::new_with_features(all).validate_all(wasm).is_ok()
+        && Validator::new_with_features(without)
+            .validate_all(wasm)
+            .is_err()
 }
 
 /// Writes a precompiled artifact and its sidecar for `wms compile`.
@@ -214,4 +222,34 @@ pub(crate) fn write_verified(path: &Path, contents: &[u8]) -> anyhow::Result<()>
     std::io::Write::write_all(&mut tmp, &Sha256::digest(contents))?;
     tmp.persist(path)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    const HEADER: [u8; 8] = [0, b'a', b's', b'm', 1, 0, 0, 0];
+
+    /// A module with one function returning `result`, whose body is `code`.
+    fn module(result: u8, code: &[u8]) -> Vec<u8> {
+        let mut m = HEADER.to_vec();
+        m.extend([1, 5, 1, 0x60, 0, 1, result]); // type section: () -> result
+        m.extend([3, 2, 1, 0]); // function section
+        let body_len = (code.len() + 2) as u8; // no locals, the code, end
+        m.extend([10, body_len + 2, 1, body_len, 0]);
+        m.extend(code);
+        m.push(0x0b);
+        m
+    }
+
+    #[test]
+    fn simd_use_is_found_by_validation() {
+        let plain = module(0x7f, &[0x41, 1]); // i32.const 1
+        let mut v128_const = vec![0xfd, 0x0c];
+        v128_const.extend([0; 16]);
+        let simd = module(0x7b, &v128_const);
+        assert!(wasmparser::Validator::new().validate_all(&plain).is_ok());
+        assert!(!super::needs_simd(&plain));
+        assert!(super::needs_simd(&simd));
+        // Not wasm at all: not a SIMD problem.
+        assert!(!super::needs_simd(b"not wasm"));
+    }
 }
