@@ -421,27 +421,11 @@ fn run_command(args: RunArgs) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()?;
     let outcome = rt.block_on(wms_runtime::run_command(&options))?;
-    Ok(match outcome {
-        wms_runtime::CommandOutcome::Exit(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
-        wms_runtime::CommandOutcome::Trap(message) => {
-            eprintln!("error: {} trapped: {message}", args.file);
-            ExitCode::from(134)
-        }
-        wms_runtime::CommandOutcome::MemoryLimit(limit) => {
-            eprintln!(
-                "error: {} exceeded its memory limit of {limit} bytes (--max-memory)",
-                args.file
-            );
-            ExitCode::from(134)
-        }
-        wms_runtime::CommandOutcome::Timeout(t) => {
-            eprintln!(
-                "error: {} did not finish within {t:?} (--timeout)",
-                args.file
-            );
-            ExitCode::from(124)
-        }
-    })
+    let (code, message) = wms_server::launch::command_status(&outcome, &args.file);
+    if let Some(message) = message {
+        eprintln!("error: {message}");
+    }
+    Ok(ExitCode::from(code))
 }
 
 fn build(app: &wms_manifest::App) -> anyhow::Result<()> {

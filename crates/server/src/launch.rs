@@ -89,6 +89,27 @@ pub fn resident_budget_of(app: &App) -> Option<u64> {
     }
 }
 
+/// A finished command's exit status as `wms run` and the shim report it, with what to print on
+/// standard error: its own status (a status outside 0..=255 is 1), 124 when it ran past its
+/// timeout, 134 when it trapped or exceeded its memory limit. `what` names the command.
+pub fn command_status(outcome: &wms_runtime::CommandOutcome, what: &str) -> (u8, Option<String>) {
+    use wms_runtime::CommandOutcome;
+    match outcome {
+        CommandOutcome::Exit(code) => (u8::try_from(*code).unwrap_or(1), None),
+        CommandOutcome::Trap(message) => (134, Some(format!("{what} trapped: {message}"))),
+        CommandOutcome::MemoryLimit(limit) => (
+            134,
+            Some(format!(
+                "{what} exceeded its memory limit of {limit} bytes (--max-memory)"
+            )),
+        ),
+        CommandOutcome::Timeout(t) => (
+            124,
+            Some(format!("{what} did not finish within {t:?} (--timeout)")),
+        ),
+    }
+}
+
 /// Resolves on SIGINT or SIGTERM.
 pub async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};

@@ -5,8 +5,10 @@
 //! reads the wms image bundle from the container's root filesystem (`wms push --containerd`; see
 //! `wms_oci::containerd`), prepares it as `wms up` prepares a pulled image, and serves it through
 //! the same pipeline as `wms up` (`wms_server::launch`), on `WMS_LISTEN` from the container's
-//! environment (default `0.0.0.0:8080`) until SIGTERM or SIGINT. docs/shim.md says how to install
-//! it and what is not done yet.
+//! environment (default `0.0.0.0:8080`) until SIGTERM or SIGINT. A wasm artifact that does not
+//! export `wasi:http/incoming-handler` is a command: it runs to completion as `wms run` runs it,
+//! with the container's arguments and environment, and its exit status is the container's.
+//! docs/shim.md says how to install it and what is not done yet.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -24,6 +26,12 @@ const ENV_LISTEN: &str = "WMS_LISTEN";
 const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
 /// Log filter from the container's environment (tracing `EnvFilter` syntax, default `info`).
 const ENV_LOG: &str = "WMS_LOG";
+/// The reference a bundle is prepared under: its last segment names a wasm artifact's component
+/// (and a command's `argv[0]`).
+const REFERENCE: &str = "containerd.local/wms/app:latest";
+/// A command's memory limit, `wms run`'s default (the container's own limit is not applied to
+/// the guest yet).
+const COMMAND_MAX_MEMORY: u64 = 128 << 20;
 /// Where the shim keeps the prepared image inside the container's root filesystem (removed with
 /// the container's snapshot).
 const STATE_DIR: &str = "/.wms-shim";
@@ -58,7 +66,7 @@ impl Sandbox for WmsSandbox {
     async fn run_wasi(&self, ctx: &impl RuntimeContext) -> anyhow::Result<i32> {
         let env = container_env(ctx.envs());
         init_logging(&env);
-        match serve(&env).await {
+        match run(ctx.args(), ctx.envs(), &env).await {
             Ok(code) => Ok(code),
             Err(e) => {
                 // The container's stderr: `ctr run` and the kubelet's logs show it.
@@ -95,24 +103,83 @@ fn init_logging(env: &HashMap<String, String>) {
         .try_init();
 }
 
-/// Prepares the bundled image and serves it until SIGTERM or SIGINT; the exit code.
-async fn serve(env: &HashMap<String, String>) -> anyhow::Result<i32> {
-    let listen = env.get(ENV_LISTEN).map_or(DEFAULT_LISTEN, String::as_str);
-    let listen: SocketAddr = listen.parse().with_context(|| {
-        format!("{ENV_LISTEN}={listen:?} is not an address; write e.g. {DEFAULT_LISTEN}")
-    })?;
+/// Prepares the bundled image, then serves it until SIGTERM or SIGINT, or runs it to completion
+/// when it is a command; the container's exit code.
+async fn run(
+    args: &[String],
+    envs: &[String],
+    env: &HashMap<String, String>,
+) -> anyhow::Result<i32> {
     let state = Path::new(STATE_DIR);
     wms_oci::store::private_dir(state)?;
     let store = wms_oci::Store::open(state.join("oci"))?;
     // Names the single component of a wasm artifact; an app image names its own.
-    let reference = wms_oci::parse_reference("containerd.local/wms/app:latest")?;
+    let reference = wms_oci::parse_reference(REFERENCE)?;
     // Precompiled code is not used yet: which publishers the node trusts is not configured here.
     let m = wms_oci::containerd::materialize_bundle(&store, &reference, Path::new("/"), None)
         .context("cannot prepare the container's wms image")?;
+    if let Some(wasm) = &m.wasm {
+        let bytes = std::fs::read(wasm)?;
+        let info = wms_oci::meta::inspect(&bytes, "the image's wasm")?;
+        let serves_http = info.component.as_ref().is_some_and(|c| {
+            c.exports
+                .iter()
+                .any(|e| e.starts_with("wasi:http/incoming-handler"))
+        });
+        if !serves_http {
+            return run_command(wasm, &m.app, args, envs).await;
+        }
+    }
+    let listen = env.get(ENV_LISTEN).map_or(DEFAULT_LISTEN, String::as_str);
+    let listen: SocketAddr = listen.parse().with_context(|| {
+        format!("{ENV_LISTEN}={listen:?} is not an address; write e.g. {DEFAULT_LISTEN}")
+    })?;
     let launch = wms_server::launch::Launch::new(listen);
     let clean =
         wms_server::launch::serve_app(m.app, launch, wms_server::launch::shutdown_signal()).await?;
     Ok(if clean { 0 } else { 1 })
+}
+
+/// Runs a command artifact as `wms run` does, with the container's arguments (after the
+/// entrypoint the bundle's config names) and its whole environment; no directories yet.
+async fn run_command(
+    wasm: &Path,
+    app: &wms_manifest::App,
+    args: &[String],
+    envs: &[String],
+) -> anyhow::Result<i32> {
+    let program = app
+        .components
+        .keys()
+        .next()
+        .cloned()
+        .unwrap_or_else(|| "app".to_string());
+    let entrypoint = format!("/{}/manifest.json", wms_oci::containerd::BUNDLE_DIR);
+    let rest = match args.first() {
+        Some(first) if *first == entrypoint => &args[1..],
+        _ => args,
+    };
+    let mut argv = vec![program.clone()];
+    argv.extend(rest.iter().cloned());
+    let options = wms_runtime::CommandOptions {
+        path: wasm.to_path_buf(),
+        args: argv,
+        env: envs
+            .iter()
+            .filter_map(|e| e.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        dirs: Vec::new(),
+        timeout: None,
+        max_memory: COMMAND_MAX_MEMORY,
+        engine: wms_runtime::EngineKind::Cranelift,
+    };
+    let outcome = wms_runtime::run_command(&options).await?;
+    let (code, message) = wms_server::launch::command_status(&outcome, &program);
+    if let Some(message) = message {
+        eprintln!("error: {message}");
+    }
+    Ok(i32::from(code))
 }
 
 fn main() {

@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::harness::{Registry, WMS, client, examples, rt, wms_command};
+use crate::harness::{Registry, WMS, artifacts, client, examples, rt, wms_command};
 
 /// The shim under test: `WMS_TEST_SHIM`, else beside the `wms` binary in the same target
 /// directory (cargo builds it with the workspace: `cargo build -p wms-shim`).
@@ -382,4 +382,51 @@ fn an_app_image_pulled_by_containerd_serves_http_and_stops_on_kill() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+#[test]
+fn a_command_image_runs_to_completion_with_its_args_env_and_exit_code() {
+    if let Some(why) = cannot_run() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let registry = Registry::start();
+    let p2 = registry.reference("cmd-containerd:p2");
+    let p1 = registry.reference("cmd-containerd:p1");
+    push_for_containerd(Path::new(artifacts::CMD), &p2);
+    push_for_containerd(Path::new(artifacts::CMD_P1), &p1);
+    let containerd = Containerd::start();
+    containerd.ctr_ok(&["image", "pull", "--plain-http", &p2]);
+    containerd.ctr_ok(&["image", "pull", "--plain-http", &p1]);
+
+    // `ctr run` (attached) exits with the task's status and relays its output.
+    let run = |image: &str, n: usize, extra: &[&str], args: &[&str]| {
+        let id = format!("wms-cmd-{}-{n}", std::process::id());
+        let mut cmd = containerd.ctr_command(&["run", "--rm", "--runtime", "io.containerd.wms.v1"]);
+        cmd.args(extra).arg(image).arg(&id).args(args);
+        let out = cmd.output().unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, out, err) = run(&p2, 1, &[], &["args", "from", "containerd"]);
+    assert_eq!((code, out.trim()), (0, "from|containerd"), "{err}");
+    let (code, out, err) = run(&p2, 2, &["--env", "GREETING=hi"], &["env"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.lines().any(|l| l == "GREETING=hi"), "{out}\n{err}");
+    // A preview 1 module reports any status; a trap is 134, as with `wms run`.
+    let (code, _, err) = run(&p1, 3, &[], &["exit", "7"]);
+    assert_eq!(code, 7, "{err}");
+    let (code, _, err) = run(&p1, 4, &[], &["trap"]);
+    assert_eq!(code, 134, "{err}");
+    assert!(err.contains("trapped"), "{err}");
+    let (code, _, err) = run(&p2, 5, &[], &["trap"]);
+    assert_ne!(code, 0, "{err}");
+
+    let tasks = containerd.ctr_ok(&["task", "ls", "-q"]);
+    assert!(tasks.trim().is_empty(), "tasks left: {tasks}");
+    let stray = processes_of(&shim_binary(), &containerd.socket);
+    assert!(stray.is_empty(), "shim processes left: {stray:?}");
 }
