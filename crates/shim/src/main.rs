@@ -29,8 +29,10 @@ const ENV_LOG: &str = "WMS_LOG";
 /// The reference a bundle is prepared under: its last segment names a wasm artifact's component
 /// (and a command's `argv[0]`).
 const REFERENCE: &str = "containerd.local/wms/app:latest";
-/// A command's memory limit, `wms run`'s default (the container's own limit is not applied to
-/// the guest yet).
+/// A command's memory limit: `wms run`'s default. The container's own limit is not known here:
+/// containerd-shim-wasm 1.0 gives the sandbox the container's arguments and environment, not its
+/// spec, and the container does not see its cgroup; the kernel enforces that limit on the whole
+/// process.
 const COMMAND_MAX_MEMORY: u64 = 128 << 20;
 /// Where the shim keeps the prepared image inside the container's root filesystem (removed with
 /// the container's snapshot).

@@ -430,3 +430,144 @@ fn a_command_image_runs_to_completion_with_its_args_env_and_exit_code() {
     let stray = processes_of(&shim_binary(), &containerd.socket);
     assert!(stray.is_empty(), "shim processes left: {stray:?}");
 }
+
+/// Leftovers of containers whose id starts with `prefix`: cgroups (v1 controllers or v2) under
+/// containerd's `default` namespace path, and mounts.
+fn leftovers(prefix: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut parents = vec![PathBuf::from("/sys/fs/cgroup/default")];
+    for entry in std::fs::read_dir("/sys/fs/cgroup")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        parents.push(entry.path().join("default"));
+    }
+    for parent in parents {
+        for entry in std::fs::read_dir(&parent).into_iter().flatten().flatten() {
+            if entry.file_name().to_string_lossy().starts_with(prefix) {
+                found.push(entry.path().display().to_string());
+            }
+        }
+    }
+    for line in std::fs::read_to_string("/proc/mounts").unwrap().lines() {
+        if line.contains(prefix) {
+            found.push(line.to_string());
+        }
+    }
+    found
+}
+
+/// A root filesystem for a runc container running the host's own `sleep`: the host's `/usr`
+/// bind-mounted read-only, and `bin`, `lib`... as on the host (links into `usr` on Debian 12).
+fn host_rootfs(dir: &Path) -> Vec<String> {
+    let rootfs = dir.join("rootfs");
+    std::fs::create_dir_all(rootfs.join("usr")).unwrap();
+    let mut mounts = vec!["type=bind,src=/usr,dst=/usr,options=rbind:ro".to_string()];
+    for top in ["bin", "sbin", "lib", "lib64"] {
+        let host = Path::new("/").join(top);
+        match std::fs::read_link(&host) {
+            Ok(target) => std::os::unix::fs::symlink(target, rootfs.join(top)).unwrap(),
+            Err(_) if host.is_dir() => {
+                std::fs::create_dir(rootfs.join(top)).unwrap();
+                mounts.push(format!("type=bind,src=/{top},dst=/{top},options=rbind:ro"));
+            }
+            Err(_) => {}
+        }
+    }
+    mounts
+}
+
+#[test]
+fn twenty_start_stop_cycles_leave_nothing_behind_and_a_runc_container_runs_beside() {
+    if let Some(why) = cannot_run() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let shim = shim_binary();
+    let registry = Registry::start();
+    let reference = registry.reference("hello-cycles:1");
+    push_for_containerd(&examples("hello"), &reference);
+    let containerd = Containerd::start();
+    containerd.ctr_ok(&["image", "pull", "--plain-http", &reference]);
+
+    // A runc container beside the wms ones, started first and still running at the end.
+    let runc_id = format!("runc-beside-{}", std::process::id());
+    let mounts = host_rootfs(containerd.dir.path());
+    let rootfs = containerd.dir.path().join("rootfs");
+    let mut args = vec!["run", "--detach", "--null-io", "--rootfs"];
+    for m in &mounts {
+        args.extend(["--mount", m]);
+    }
+    args.extend([rootfs.to_str().unwrap(), &runc_id, "/usr/bin/sleep", "600"]);
+    containerd.ctr_ok(&args);
+
+    let prefix = format!("wms-cycle-{}-", std::process::id());
+    for cycle in 0..20 {
+        let port = free_port();
+        let listen = format!("WMS_LISTEN=127.0.0.1:{port}");
+        let id = format!("{prefix}{cycle}");
+        let mut run = Collected::spawn(containerd.ctr_command(&[
+            "run",
+            "--rm",
+            "--runtime",
+            "io.containerd.wms.v1",
+            "--net-host",
+            "--env",
+            &listen,
+            &reference,
+            &id,
+        ]));
+        run.wait_for(
+            &format!("Serving http://127.0.0.1:{port}"),
+            Duration::from_secs(60),
+        );
+        let status = rt().block_on(async {
+            client()
+                .get(format!("http://127.0.0.1:{port}/"))
+                .send()
+                .await
+                .unwrap()
+                .status()
+        });
+        assert_eq!(status, 200, "cycle {cycle}");
+        containerd.ctr_ok(&["task", "kill", &id]);
+        let status = run
+            .wait_exit(Duration::from_secs(30))
+            .unwrap_or_else(|| panic!("cycle {cycle}: the task did not stop:\n{}", run.output()));
+        assert!(
+            status.success(),
+            "cycle {cycle}: ctr run exited {status}:\n{}",
+            run.output()
+        );
+    }
+
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let tasks = containerd.ctr_ok(&["task", "ls"]);
+        let containers = containerd.ctr_ok(&["container", "ls", "-q"]);
+        let stray = processes_of(&shim, &containerd.socket);
+        let left = leftovers(&prefix);
+        if !tasks.contains(&prefix)
+            && !containers.contains(&prefix)
+            && stray.is_empty()
+            && left.is_empty()
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "left behind by 20 cycles: tasks {tasks:?}, containers {containers:?}, shim processes {stray:?}, cgroups and mounts {left:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    let tasks = containerd.ctr_ok(&["task", "ls"]);
+    assert!(
+        tasks
+            .lines()
+            .any(|l| l.starts_with(&runc_id) && l.contains("RUNNING")),
+        "the runc container is not running beside the wms ones:\n{tasks}"
+    );
+    // Stopped and removed by Containerd's drop.
+}
