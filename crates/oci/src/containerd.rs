@@ -184,6 +184,47 @@ pub fn materialize_bundle(
     crate::materialize(store, reference, &digest, precompiled_target)
 }
 
+/// Like [`materialize_bundle`], from the bundle layer's bytes instead of a root filesystem: the
+/// layer is unpacked into `scratch` first, regular files and directories only and never outside
+/// it, as files layers are (for the shim's compiler, which runs before the container exists).
+pub fn materialize_bundle_layer(
+    store: &Store,
+    reference: &Reference,
+    layer: &[u8],
+    scratch: &Path,
+    precompiled_target: Option<&str>,
+) -> anyhow::Result<Materialized> {
+    crate::extract_tar(layer, scratch).context("cannot unpack the bundle layer")?;
+    materialize_bundle(store, reference, scratch, precompiled_target)
+}
+
+/// A reproducible tar of the regular files directly in `dir` (compiled code to cache).
+pub fn pack_files(dir: &Path) -> anyhow::Result<Vec<u8>> {
+    let mut names: Vec<_> = std::fs::read_dir(dir)?
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+        .map(|e| e.file_name())
+        .collect();
+    names.sort();
+    let mut tar = tar::Builder::new(Vec::new());
+    tar.mode(tar::HeaderMode::Deterministic);
+    for name in names {
+        let data = std::fs::read(dir.join(&name))?;
+        let mut header = tar::Header::new_ustar();
+        header.set_entry_type(tar::EntryType::Regular);
+        header.set_mode(0o644);
+        header.set_mtime(0);
+        header.set_size(data.len() as u64);
+        tar.append_data(&mut header, &name, data.as_slice())?;
+    }
+    Ok(tar.into_inner()?)
+}
+
+/// Unpacks a tar into `out`: regular files and directories only, never outside `out`.
+pub fn unpack_files(tar: &[u8], out: &Path) -> anyhow::Result<()> {
+    crate::extract_tar(tar, out)
+}
+
 /// Reads a regular file (not a link) of at most `max` bytes.
 fn read_regular(path: &Path, max: u64) -> anyhow::Result<Vec<u8>> {
     let meta = std::fs::symlink_metadata(path)?;

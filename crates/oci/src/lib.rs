@@ -567,7 +567,7 @@ fn verify_stored(store: &Store, digest: &str) -> anyhow::Result<()> {
 /// Unpacks a files layer, streamed: regular files and directories only, never outside `out`.
 /// What it writes is bounded by the layer's size (capped at [`limits::LAYER`]): those entry
 /// types hold no sparse or linked data that could expand.
-fn extract_tar(reader: impl std::io::Read, out: &Path) -> anyhow::Result<()> {
+pub(crate) fn extract_tar(reader: impl std::io::Read, out: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(out)?;
     let mut archive = tar::Archive::new(reader);
     for (n, entry) in archive.entries()?.enumerate() {

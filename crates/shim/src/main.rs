@@ -16,8 +16,8 @@ use std::path::Path;
 
 use anyhow::Context as _;
 use containerd_shim_wasm::sandbox::Sandbox;
-use containerd_shim_wasm::sandbox::context::RuntimeContext;
-use containerd_shim_wasm::shim::{Cli as _, Config, Shim, Version};
+use containerd_shim_wasm::sandbox::context::{RuntimeContext, Source, WasmLayer};
+use containerd_shim_wasm::shim::{Cli as _, Compiler, Config, Shim, Version};
 
 /// The listen address variable read from the container's environment (as `wms up` reads it).
 const ENV_LISTEN: &str = "WMS_LISTEN";
@@ -57,18 +57,110 @@ impl Shim for WmsShim {
         }
     }
 
-    /// None: the image is read from the container's root filesystem, where containerd unpacked
-    /// it, not from wasm layers in the content store (containerd 1.6 cannot pull those).
+    /// The bundle's tar layer (of an image whose config says architecture `wasm`), read from
+    /// containerd's content store only to compile it: its code is cached there (see
+    /// [`WmsCompiler`]). The app itself is read from the container's root filesystem, where
+    /// containerd unpacked the same layer.
     fn supported_layers_types() -> &'static [&'static str] {
-        &[]
+        &[wms_oci::media::FILES_TAR]
     }
+
+    async fn compiler() -> Option<impl Compiler> {
+        Some(WmsCompiler)
+    }
+}
+
+/// Compiles an HTTP app's components when its image first starts on this node; containerd-shim-wasm
+/// keeps the result in containerd's content store (labelled `runwasi.io/precompiled/wms/KEY`, kept
+/// as long as the image) and hands it to later starts instead of compiling again.
+struct WmsCompiler;
+
+impl Compiler for WmsCompiler {
+    fn cache_key(&self) -> impl std::hash::Hash {
+        // Wasmtime checks the code itself on load (version, target, CPU features, memory
+        // layout) and the runtime checks the wasm it was made from; the key moves the cache on
+        // with every wms version and architecture.
+        (
+            "wms",
+            env!("CARGO_PKG_VERSION"),
+            std::env::consts::ARCH,
+            "wasmtime-48",
+        )
+    }
+
+    async fn compile(&self, layers: &[WasmLayer]) -> anyhow::Result<Vec<Option<Vec<u8>>>> {
+        let layers = layers.to_vec();
+        tokio::task::spawn_blocking(move || {
+            layers
+                .iter()
+                .map(|l| {
+                    if !is_bundle(l) {
+                        return Ok(None);
+                    }
+                    compile_bundle(&l.layer)
+                })
+                .collect()
+        })
+        .await?
+    }
+}
+
+fn is_bundle(layer: &WasmLayer) -> bool {
+    layer
+        .config
+        .annotations()
+        .as_ref()
+        .is_some_and(|a| a.contains_key(wms_oci::containerd::ANN_BUNDLE))
+}
+
+/// This host's code for an HTTP app's components, as a tar of `wms compile`'s output; `None`
+/// for a command (run by `wms_runtime::run_command`, which compiles it itself).
+fn compile_bundle(layer: &[u8]) -> anyhow::Result<Option<Vec<u8>>> {
+    let scratch = tempfile::tempdir()?;
+    let store = wms_oci::Store::open(scratch.path().join("oci"))?;
+    let reference = wms_oci::parse_reference(REFERENCE)?;
+    let m = wms_oci::containerd::materialize_bundle_layer(
+        &store,
+        &reference,
+        layer,
+        &scratch.path().join("bundle"),
+        None,
+    )?;
+    if let Some(wasm) = &m.wasm
+        && !serves_http(wasm)?
+    {
+        return Ok(None);
+    }
+    let out = scratch.path().join("code");
+    let target = wms_runtime::CompileTarget {
+        target: None,
+        cpu_features: Vec::new(),
+        address_space: None,
+    };
+    wms_runtime::compile_app(&m.app, &target, &out)?;
+    Ok(Some(wms_oci::containerd::pack_files(&out)?))
+}
+
+/// Whether a wasm artifact is an HTTP component (else it is a command).
+fn serves_http(wasm: &Path) -> anyhow::Result<bool> {
+    let bytes = std::fs::read(wasm)?;
+    let info = wms_oci::meta::inspect(&bytes, "the image's wasm")?;
+    Ok(info.component.as_ref().is_some_and(|c| {
+        c.exports
+            .iter()
+            .any(|e| e.starts_with("wasi:http/incoming-handler"))
+    }))
 }
 
 impl Sandbox for WmsSandbox {
     async fn run_wasi(&self, ctx: &impl RuntimeContext) -> anyhow::Result<i32> {
         let env = container_env(ctx.envs());
         init_logging(&env);
-        match run(ctx.args(), ctx.envs(), &env).await {
+        let cached = match ctx.entrypoint().source {
+            Source::Oci(layers) => layers.iter().find(|l| l.precompiled && is_bundle(l)),
+            Source::File(_) => None,
+        };
+        match run(ctx.args(), ctx.envs(), &env, cached).await {
             Ok(code) => Ok(code),
             Err(e) => {
                 // The container's stderr: `ctr run` and the kubelet's logs show it.
@@ -111,6 +203,7 @@ async fn run(
     args: &[String],
     envs: &[String],
     env: &HashMap<String, String>,
+    cached: Option<&WasmLayer>,
 ) -> anyhow::Result<i32> {
     let state = Path::new(STATE_DIR);
     wms_oci::store::private_dir(state)?;
@@ -120,23 +213,26 @@ async fn run(
     // Precompiled code is not used yet: which publishers the node trusts is not configured here.
     let m = wms_oci::containerd::materialize_bundle(&store, &reference, Path::new("/"), None)
         .context("cannot prepare the container's wms image")?;
-    if let Some(wasm) = &m.wasm {
-        let bytes = std::fs::read(wasm)?;
-        let info = wms_oci::meta::inspect(&bytes, "the image's wasm")?;
-        let serves_http = info.component.as_ref().is_some_and(|c| {
-            c.exports
-                .iter()
-                .any(|e| e.starts_with("wasi:http/incoming-handler"))
-        });
-        if !serves_http {
-            return run_command(wasm, &m.app, args, envs).await;
-        }
+    if let Some(wasm) = &m.wasm
+        && !serves_http(wasm)?
+    {
+        return run_command(wasm, &m.app, args, envs).await;
     }
     let listen = env.get(ENV_LISTEN).map_or(DEFAULT_LISTEN, String::as_str);
     let listen: SocketAddr = listen.parse().with_context(|| {
         format!("{ENV_LISTEN}={listen:?} is not an address; write e.g. {DEFAULT_LISTEN}")
     })?;
-    let launch = wms_server::launch::Launch::new(listen);
+    let mut launch = wms_server::launch::Launch::new(listen);
+    if let Some(layer) = cached {
+        // Compiled by this shim at the image's first start and kept by containerd; the runtime
+        // uses a component's code only when it was made from exactly that component's wasm and
+        // Wasmtime accepts it for this engine, and compiles otherwise.
+        let dir = state.join("precompiled");
+        match wms_oci::containerd::unpack_files(&layer.layer, &dir) {
+            Ok(()) => launch.runtime.precompiled = Some(dir),
+            Err(e) => tracing::warn!("the code cached in containerd is not used: {e:#}"),
+        }
+    }
     let clean =
         wms_server::launch::serve_app(m.app, launch, wms_server::launch::shutdown_signal()).await?;
     Ok(if clean { 0 } else { 1 })

@@ -478,6 +478,90 @@ fn host_rootfs(dir: &Path) -> Vec<String> {
     mounts
 }
 
+/// Starts `reference` as container `id` serving on a free loopback port, checks that it answers
+/// 200, stops it with `ctr task kill` and returns its output (it must exit 0).
+fn serve_once(containerd: &Containerd, reference: &str, id: &str) -> String {
+    let port = free_port();
+    let listen = format!("WMS_LISTEN=127.0.0.1:{port}");
+    let mut run = Collected::spawn(containerd.ctr_command(&[
+        "run",
+        "--rm",
+        "--runtime",
+        "io.containerd.wms.v1",
+        "--net-host",
+        "--env",
+        &listen,
+        reference,
+        id,
+    ]));
+    run.wait_for(
+        &format!("Serving http://127.0.0.1:{port}"),
+        Duration::from_secs(60),
+    );
+    let status = rt().block_on(async {
+        client()
+            .get(format!("http://127.0.0.1:{port}/"))
+            .send()
+            .await
+            .unwrap()
+            .status()
+    });
+    assert_eq!(status, 200, "{id}:\n{}", run.output());
+    containerd.ctr_ok(&["task", "kill", id]);
+    let status = run
+        .wait_exit(Duration::from_secs(30))
+        .unwrap_or_else(|| panic!("{id}: the task did not stop:\n{}", run.output()));
+    assert!(
+        status.success(),
+        "{id}: ctr run exited {status}:\n{}",
+        run.output()
+    );
+    run.output()
+}
+
+#[test]
+fn the_second_start_uses_code_compiled_at_the_first_and_kept_by_containerd() {
+    if let Some(why) = cannot_run() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let registry = Registry::start();
+    let reference = registry.reference("hello-cached:1");
+    push_for_containerd(&examples("hello"), &reference);
+    let containerd = Containerd::start();
+    containerd.ctr_ok(&["image", "pull", "--plain-http", &reference]);
+    let compiles = || {
+        containerd
+            .log()
+            .matches("precompiling layers for image")
+            .count()
+    };
+    assert_eq!(compiles(), 0);
+
+    // First start: the shim compiles the app and containerd keeps the code, labelled for wms
+    // and referenced from the image so that it lives as long as the image.
+    let id = format!("wms-cache-{}", std::process::id());
+    let first = serve_once(&containerd, &reference, &format!("{id}-1"));
+    assert_eq!(compiles(), 1, "{}", containerd.log());
+    assert!(first.contains("loaded precompiled code"), "{first}");
+    let content = containerd.ctr_ok(&["content", "ls"]);
+    let cached: Vec<&str> = content
+        .lines()
+        .filter(|l| l.contains("runwasi.io/precompiled/wms/") && l.contains("/original="))
+        .collect();
+    assert_eq!(
+        cached.len(),
+        1,
+        "no compiled code in containerd's store:\n{content}"
+    );
+
+    // Second start: the code comes from containerd's store, nothing is compiled.
+    let second = serve_once(&containerd, &reference, &format!("{id}-2"));
+    assert_eq!(compiles(), 1, "compiled again:\n{}", containerd.log());
+    assert!(second.contains("loaded precompiled code"), "{second}");
+    assert!(!second.contains("compiled in"), "{second}");
+}
+
 #[test]
 fn twenty_start_stop_cycles_leave_nothing_behind_and_a_runc_container_runs_beside() {
     if let Some(why) = cannot_run() {
@@ -504,42 +588,7 @@ fn twenty_start_stop_cycles_leave_nothing_behind_and_a_runc_container_runs_besid
 
     let prefix = format!("wms-cycle-{}-", std::process::id());
     for cycle in 0..20 {
-        let port = free_port();
-        let listen = format!("WMS_LISTEN=127.0.0.1:{port}");
-        let id = format!("{prefix}{cycle}");
-        let mut run = Collected::spawn(containerd.ctr_command(&[
-            "run",
-            "--rm",
-            "--runtime",
-            "io.containerd.wms.v1",
-            "--net-host",
-            "--env",
-            &listen,
-            &reference,
-            &id,
-        ]));
-        run.wait_for(
-            &format!("Serving http://127.0.0.1:{port}"),
-            Duration::from_secs(60),
-        );
-        let status = rt().block_on(async {
-            client()
-                .get(format!("http://127.0.0.1:{port}/"))
-                .send()
-                .await
-                .unwrap()
-                .status()
-        });
-        assert_eq!(status, 200, "cycle {cycle}");
-        containerd.ctr_ok(&["task", "kill", &id]);
-        let status = run
-            .wait_exit(Duration::from_secs(30))
-            .unwrap_or_else(|| panic!("cycle {cycle}: the task did not stop:\n{}", run.output()));
-        assert!(
-            status.success(),
-            "cycle {cycle}: ctr run exited {status}:\n{}",
-            run.output()
-        );
+        serve_once(&containerd, &reference, &format!("{prefix}{cycle}"));
     }
 
     let deadline = Instant::now() + Duration::from_secs(15);
