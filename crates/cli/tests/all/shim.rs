@@ -59,15 +59,32 @@ struct Containerd {
 
 impl Containerd {
     fn start() -> Containerd {
+        Self::start_with(None)
+    }
+
+    /// With `cri` as the CRI plugin's configuration (`{dir}` is this containerd's directory);
+    /// without, the CRI plugin is off.
+    fn start_with(cri: Option<&str>) -> Containerd {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
         let socket = d.join("containerd.sock");
-        let config = format!(
-            "version = 2\nroot = \"{root}\"\nstate = \"{state}\"\ndisabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\n[grpc]\n  address = \"{sock}\"\n\n[ttrpc]\n  address = \"{sock}.ttrpc\"\n\n[debug]\n  address = \"\"\n",
+        let mut config = format!(
+            "version = 2\nroot = \"{root}\"\nstate = \"{state}\"\n{disabled}\n[grpc]\n  address = \"{sock}\"\n\n[ttrpc]\n  address = \"{sock}.ttrpc\"\n\n[debug]\n  address = \"\"\n",
             root = d.join("root").display(),
             state = d.join("state").display(),
             sock = socket.display(),
+            disabled = if cri.is_some() {
+                ""
+            } else {
+                "disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n"
+            },
         );
+        if let Some(cri) = cri {
+            config.push('\n');
+            config.push_str(&cri.replace("{dir}", &d.display().to_string()));
+            std::fs::create_dir_all(d.join("cni/bin")).unwrap();
+            std::fs::create_dir_all(d.join("cni/conf")).unwrap();
+        }
         std::fs::write(d.join("config.toml"), config).unwrap();
         // The shim is found on containerd's PATH by its name.
         let bin = d.join("bin");
@@ -138,17 +155,21 @@ impl Containerd {
 impl Drop for Containerd {
     fn drop(&mut self) {
         // A failed test may leave its task running: shims outlive containerd, so stop them first.
-        let tasks = self.ctr(&["task", "ls", "-q"]);
-        for id in String::from_utf8_lossy(&tasks.stdout).split_whitespace() {
-            let _ = self.ctr(&["task", "kill", "-s", "SIGKILL", id]);
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while !self.ctr(&["task", "delete", id]).status.success() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(100));
+        for ns in ["default", "k8s.io"] {
+            let tasks = self.ctr(&["-n", ns, "task", "ls", "-q"]);
+            for id in String::from_utf8_lossy(&tasks.stdout).split_whitespace() {
+                let _ = self.ctr(&["-n", ns, "task", "kill", "-s", "SIGKILL", id]);
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while !self.ctr(&["-n", ns, "task", "delete", id]).status.success()
+                    && Instant::now() < deadline
+                {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
             }
-        }
-        let containers = self.ctr(&["container", "ls", "-q"]);
-        for id in String::from_utf8_lossy(&containers.stdout).split_whitespace() {
-            let _ = self.ctr(&["container", "delete", id]);
+            let containers = self.ctr(&["-n", ns, "container", "ls", "-q"]);
+            for id in String::from_utf8_lossy(&containers.stdout).split_whitespace() {
+                let _ = self.ctr(&["-n", ns, "container", "delete", id]);
+            }
         }
         // SAFETY: kill with our own child's pid.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
@@ -619,4 +640,268 @@ fn twenty_start_stop_cycles_leave_nothing_behind_and_a_runc_container_runs_besid
         "the runc container is not running beside the wms ones:\n{tasks}"
     );
     // Stopped and removed by Containerd's drop.
+}
+
+/// The architecture name of this host in image configs (Go's).
+fn goarch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    }
+}
+
+/// A pause image built here, as an OCI archive for `ctr image import`: Debian's static busybox
+/// sleeping, named `name`. Nothing is fetched.
+fn pause_archive(dir: &Path, name: &str) -> PathBuf {
+    use sha2::Digest as _;
+    let digest = |b: &[u8]| format!("sha256:{:x}", sha2::Sha256::digest(b));
+    let tar_of = |entries: &[(&str, &[u8], u32)]| {
+        let mut t = tar::Builder::new(Vec::new());
+        for (path, data, mode) in entries {
+            let mut h = tar::Header::new_ustar();
+            h.set_size(data.len() as u64);
+            h.set_mode(*mode);
+            h.set_mtime(0);
+            h.set_entry_type(tar::EntryType::Regular);
+            t.append_data(&mut h, path, *data).unwrap();
+        }
+        t.into_inner().unwrap()
+    };
+    let busybox = std::fs::read("/bin/busybox").expect("busybox-static is not installed");
+    let layer = tar_of(&[("bin/busybox", &busybox, 0o755)]);
+    let config = serde_json::to_vec(&serde_json::json!({
+        "architecture": goarch(),
+        "os": "linux",
+        "config": { "Entrypoint": ["/bin/busybox", "sleep", "2147483647"] },
+        "rootfs": { "type": "layers", "diff_ids": [digest(&layer)] },
+    }))
+    .unwrap();
+    let manifest = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": { "mediaType": "application/vnd.oci.image.config.v1+json",
+                    "digest": digest(&config), "size": config.len() },
+        "layers": [{ "mediaType": "application/vnd.oci.image.layer.v1.tar",
+                     "digest": digest(&layer), "size": layer.len() }],
+    }))
+    .unwrap();
+    let index = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "manifests": [{
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": digest(&manifest), "size": manifest.len(),
+            "annotations": { "io.containerd.image.name": name },
+        }],
+    }))
+    .unwrap();
+    let blob = |b: &[u8]| format!("blobs/sha256/{}", &digest(b)[7..]);
+    let (lb, cb, mb) = (blob(&layer), blob(&config), blob(&manifest));
+    let archive = tar_of(&[
+        ("oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#, 0o644),
+        ("index.json", &index, 0o644),
+        (&lb, &layer, 0o644),
+        (&cb, &config, 0o644),
+        (&mb, &manifest, 0o644),
+    ]);
+    let path = dir.join("pause.tar");
+    std::fs::write(&path, archive).unwrap();
+    path
+}
+
+/// containerd's CRI service, as the kubelet drives it, on our own containerd's socket.
+async fn cri_clients(
+    socket: &Path,
+) -> (
+    k8s_cri::v1::runtime_service_client::RuntimeServiceClient<tonic::transport::Channel>,
+    k8s_cri::v1::image_service_client::ImageServiceClient<tonic::transport::Channel>,
+) {
+    let socket = socket.to_path_buf();
+    let channel = tonic::transport::Endpoint::try_from("http://[::]:50051")
+        .unwrap()
+        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
+            let socket = socket.clone();
+            async move {
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                    tokio::net::UnixStream::connect(socket).await?,
+                ))
+            }
+        }))
+        .await
+        .unwrap();
+    (
+        k8s_cri::v1::runtime_service_client::RuntimeServiceClient::new(channel.clone()),
+        k8s_cri::v1::image_service_client::ImageServiceClient::new(channel),
+    )
+}
+
+#[test]
+fn the_kubelets_path_runs_a_pod_with_runtime_handler_wms() {
+    use k8s_cri::v1::*;
+    if let Some(why) = cannot_run() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let shim = shim_binary();
+    let registry = Registry::start();
+    let reference = registry.reference("hello-pod:1");
+    push_for_containerd(&examples("hello"), &reference);
+    let pause = "localhost/wms-test/pause:1";
+    // The CRI plugin on, as on a node: the `wms` handler, the local pause image as sandbox image,
+    // the test registry over plain HTTP, an empty CNI directory (the pod uses the host's network),
+    // OOM scores no lower than containerd's own (this machine withholds CAP_SYS_RESOURCE, which
+    // the sandbox's -998 needs).
+    let cri = format!(
+        "[plugins.\"io.containerd.grpc.v1.cri\"]\n  sandbox_image = \"{pause}\"\n  restrict_oom_score_adj = true\n  [plugins.\"io.containerd.grpc.v1.cri\".cni]\n    bin_dir = \"{{dir}}/cni/bin\"\n    conf_dir = \"{{dir}}/cni/conf\"\n  [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.runc]\n    runtime_type = \"io.containerd.runc.v2\"\n  [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.wms]\n    runtime_type = \"io.containerd.wms.v1\"\n  [plugins.\"io.containerd.grpc.v1.cri\".registry.mirrors.\"{reg}\"]\n    endpoint = [\"http://{reg}\"]\n",
+        reg = registry.addr,
+    );
+    let containerd = Containerd::start_with(Some(&cri));
+    let archive = pause_archive(containerd.dir.path(), pause);
+    containerd.ctr_ok(&["-n", "k8s.io", "image", "import", archive.to_str().unwrap()]);
+
+    let port = free_port();
+    let logs = containerd.dir.path().join("pods");
+    std::fs::create_dir_all(&logs).unwrap();
+    let sandbox = PodSandboxConfig {
+        metadata: Some(PodSandboxMetadata {
+            name: "hello".into(),
+            uid: format!("uid-{}", std::process::id()),
+            namespace: "default".into(),
+            attempt: 0,
+        }),
+        log_directory: logs.display().to_string(),
+        linux: Some(LinuxPodSandboxConfig {
+            security_context: Some(LinuxSandboxSecurityContext {
+                namespace_options: Some(NamespaceOption {
+                    network: NamespaceMode::Node as i32,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let rt = rt();
+    let (mut runtime, mut images) = rt.block_on(cri_clients(&containerd.socket));
+    let (pod, container) = rt.block_on(async {
+        images
+            .pull_image(PullImageRequest {
+                image: Some(ImageSpec {
+                    image: reference.clone(),
+                    ..Default::default()
+                }),
+                sandbox_config: Some(sandbox.clone()),
+                ..Default::default()
+            })
+            .await
+            .unwrap_or_else(|e| panic!("PullImage: {e}\ncontainerd:\n{}", containerd.log()));
+        let pod = runtime
+            .run_pod_sandbox(RunPodSandboxRequest {
+                config: Some(sandbox.clone()),
+                runtime_handler: "wms".into(),
+            })
+            .await
+            .unwrap_or_else(|e| panic!("RunPodSandbox: {e}\ncontainerd:\n{}", containerd.log()))
+            .into_inner()
+            .pod_sandbox_id;
+        let container = runtime
+            .create_container(CreateContainerRequest {
+                pod_sandbox_id: pod.clone(),
+                config: Some(ContainerConfig {
+                    metadata: Some(ContainerMetadata {
+                        name: "hello".into(),
+                        attempt: 0,
+                    }),
+                    image: Some(ImageSpec {
+                        image: reference.clone(),
+                        ..Default::default()
+                    }),
+                    envs: vec![KeyValue {
+                        key: "WMS_LISTEN".into(),
+                        value: format!("127.0.0.1:{port}"),
+                    }],
+                    log_path: "hello.log".into(),
+                    ..Default::default()
+                }),
+                sandbox_config: Some(sandbox.clone()),
+            })
+            .await
+            .unwrap_or_else(|e| panic!("CreateContainer: {e}\ncontainerd:\n{}", containerd.log()))
+            .into_inner()
+            .container_id;
+        runtime
+            .start_container(StartContainerRequest {
+                container_id: container.clone(),
+            })
+            .await
+            .unwrap_or_else(|e| panic!("StartContainer: {e}\ncontainerd:\n{}", containerd.log()));
+        (pod, container)
+    });
+
+    // The pod answers on the host's network.
+    let log = || std::fs::read_to_string(logs.join("hello.log")).unwrap_or_default();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let body = loop {
+        let got = rt.block_on(async {
+            client()
+                .get(format!("http://127.0.0.1:{port}/"))
+                .send()
+                .await
+                .ok()?
+                .text()
+                .await
+                .ok()
+        });
+        if let Some(body) = got {
+            break body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the pod did not answer within 60 s; its log:\n{}\ncontainerd:\n{}",
+            log(),
+            containerd.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(body.trim_end(), "Hello from wms!");
+
+    // As the kubelet stops a pod: the container with its grace period (SIGTERM), then the
+    // sandbox (which kills what is left), then the sandbox is removed.
+    rt.block_on(async {
+        runtime
+            .stop_container(StopContainerRequest {
+                container_id: container.clone(),
+                timeout: 30,
+            })
+            .await
+            .unwrap_or_else(|e| panic!("StopContainer: {e}\ncontainerd:\n{}", containerd.log()));
+        runtime
+            .stop_pod_sandbox(StopPodSandboxRequest {
+                pod_sandbox_id: pod.clone(),
+            })
+            .await
+            .unwrap_or_else(|e| panic!("StopPodSandbox: {e}\ncontainerd:\n{}", containerd.log()));
+        runtime
+            .remove_pod_sandbox(RemovePodSandboxRequest {
+                pod_sandbox_id: pod.clone(),
+            })
+            .await
+            .unwrap_or_else(|e| panic!("RemovePodSandbox: {e}\ncontainerd:\n{}", containerd.log()));
+    });
+    assert!(log().contains("SIGTERM received"), "{}", log());
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let tasks = containerd.ctr_ok(&["-n", "k8s.io", "task", "ls", "-q"]);
+        let containers = containerd.ctr_ok(&["-n", "k8s.io", "container", "ls", "-q"]);
+        let stray = processes_of(&shim, &containerd.socket);
+        if tasks.trim().is_empty() && containers.trim().is_empty() && stray.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "left behind by the pod: tasks {tasks:?}, containers {containers:?}, shim processes {stray:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
