@@ -198,6 +198,34 @@ pub fn materialize_bundle_layer(
     materialize_bundle(store, reference, scratch, precompiled_target)
 }
 
+/// Prepares a single wasm module or component found in a classic image's root filesystem (an
+/// image for platform `wasi/wasm` whose entry point is a `.wasm` file) exactly as a pulled wasm
+/// artifact: `wasm` becomes the one layer of an artifact stored in `store`, which is then
+/// materialised (one component named after `reference`'s repository, on every path).
+pub fn materialize_wasm(
+    store: &Store,
+    reference: &Reference,
+    wasm: Vec<u8>,
+    label: &Path,
+) -> anyhow::Result<Materialized> {
+    let (cap, _) = limits::for_blob(media::WASM_LAYER, false);
+    if wasm.len() as u64 > cap {
+        bail!(
+            "{} has {} bytes, over wms's {} limit for a wasm layer",
+            label.display(),
+            wasm.len(),
+            limits::human(cap)
+        );
+    }
+    let image = crate::image::component_artifact(wasm, label)?;
+    for blob in std::iter::once(&image.config).chain(&image.layers) {
+        store.put_blob(&blob.digest(), &blob.data)?;
+    }
+    let digest = image.digest();
+    store.put_blob(&digest, &image.manifest)?;
+    crate::materialize(store, reference, &digest, None)
+}
+
 /// A reproducible tar of the regular files directly in `dir` (compiled code to cache).
 pub fn pack_files(dir: &Path) -> anyhow::Result<Vec<u8>> {
     let mut names: Vec<_> = std::fs::read_dir(dir)?

@@ -210,13 +210,36 @@ async fn run(
     let store = wms_oci::Store::open(state.join("oci"))?;
     // Names the single component of a wasm artifact; an app image names its own.
     let reference = wms_oci::parse_reference(REFERENCE)?;
-    // Precompiled code is not used yet: which publishers the node trusts is not configured here.
-    let m = wms_oci::containerd::materialize_bundle(&store, &reference, Path::new("/"), None)
-        .context("cannot prepare the container's wms image")?;
+    let bundle = Path::new("/").join(wms_oci::containerd::BUNDLE_DIR);
+    let (m, command_args) = if bundle.exists() {
+        // Precompiled code is not used yet: which publishers the node trusts is not configured.
+        let m = wms_oci::containerd::materialize_bundle(&store, &reference, Path::new("/"), None)
+            .context("cannot prepare the container's wms image")?;
+        // The bundle's entry point is not the command's.
+        let entrypoint = bundle.join("manifest.json");
+        let rest = match args.first() {
+            Some(first) if Path::new(first) == entrypoint => &args[1..],
+            _ => args,
+        };
+        (m, rest)
+    } else {
+        // A classic image: its entry point is a .wasm file in its root filesystem.
+        let entry = args.first().with_context(|| {
+            format!(
+                "the container has no wms image (no {}) and no entry point\n  help: push the app with `wms push --containerd`, or name a .wasm file as the image's entry point",
+                bundle.display()
+            )
+        })?;
+        let path = Path::new("/").join(entry);
+        let wasm = read_wasm(&path)?;
+        let m = wms_oci::containerd::materialize_wasm(&store, &reference, wasm, &path)
+            .with_context(|| format!("cannot prepare {}", path.display()))?;
+        (m, &args[1..])
+    };
     if let Some(wasm) = &m.wasm
         && !serves_http(wasm)?
     {
-        return run_command(wasm, &m.app, args, envs).await;
+        return run_command(wasm, &m.app, command_args, envs).await;
     }
     let listen = env.get(ENV_LISTEN).map_or(DEFAULT_LISTEN, String::as_str);
     let listen: SocketAddr = listen.parse().with_context(|| {
@@ -238,8 +261,35 @@ async fn run(
     Ok(if clean { 0 } else { 1 })
 }
 
-/// Runs a command artifact as `wms run` does, with the container's arguments (after the
-/// entrypoint the bundle's config names) and its whole environment; no directories yet.
+/// A classic image's entry point: a regular file of the container's root filesystem holding a
+/// wasm module or component, within the cap on a wasm layer.
+fn read_wasm(path: &Path) -> anyhow::Result<Vec<u8>> {
+    let meta = std::fs::metadata(path).with_context(|| {
+        format!(
+            "the container has no wms image and its entry point {} cannot be read",
+            path.display()
+        )
+    })?;
+    let (cap, _) = wms_oci::limits::for_blob(wms_oci::media::WASM_LAYER, false);
+    if !meta.is_file() || meta.len() > cap {
+        anyhow::bail!(
+            "the container's entry point {} is not a wasm file of at most {}",
+            path.display(),
+            wms_oci::limits::human(cap)
+        );
+    }
+    let bytes = std::fs::read(path)?;
+    if !bytes.starts_with(b"\0asm") {
+        anyhow::bail!(
+            "the container's entry point {} is not a wasm module or component\n  help: run native containers with runc; wms runs `wms push --containerd` images and wasi/wasm images whose entry point is a .wasm file",
+            path.display()
+        );
+    }
+    Ok(bytes)
+}
+
+/// Runs a command as `wms run` does, with `args` after `argv[0]` (the container's arguments,
+/// after the image's own entry point) and the container's whole environment; no directories yet.
 async fn run_command(
     wasm: &Path,
     app: &wms_manifest::App,
@@ -252,13 +302,8 @@ async fn run_command(
         .next()
         .cloned()
         .unwrap_or_else(|| "app".to_string());
-    let entrypoint = format!("/{}/manifest.json", wms_oci::containerd::BUNDLE_DIR);
-    let rest = match args.first() {
-        Some(first) if *first == entrypoint => &args[1..],
-        _ => args,
-    };
     let mut argv = vec![program.clone()];
-    argv.extend(rest.iter().cloned());
+    argv.extend(args.iter().cloned());
     let options = wms_runtime::CommandOptions {
         path: wasm.to_path_buf(),
         args: argv,

@@ -651,9 +651,14 @@ fn goarch() -> &'static str {
     }
 }
 
-/// A pause image built here, as an OCI archive for `ctr image import`: Debian's static busybox
-/// sleeping, named `name`. Nothing is fetched.
-fn pause_archive(dir: &Path, name: &str) -> PathBuf {
+/// An image built here as an OCI archive for `ctr image import`, named `name`: one tar layer of
+/// `files` (path, content, mode) and `config` completed with the layer's diff id.
+fn oci_archive(
+    dir: &Path,
+    name: &str,
+    files: &[(&str, &[u8], u32)],
+    mut config: serde_json::Value,
+) -> PathBuf {
     use sha2::Digest as _;
     let digest = |b: &[u8]| format!("sha256:{:x}", sha2::Sha256::digest(b));
     let tar_of = |entries: &[(&str, &[u8], u32)]| {
@@ -668,15 +673,9 @@ fn pause_archive(dir: &Path, name: &str) -> PathBuf {
         }
         t.into_inner().unwrap()
     };
-    let busybox = std::fs::read("/bin/busybox").expect("busybox-static is not installed");
-    let layer = tar_of(&[("bin/busybox", &busybox, 0o755)]);
-    let config = serde_json::to_vec(&serde_json::json!({
-        "architecture": goarch(),
-        "os": "linux",
-        "config": { "Entrypoint": ["/bin/busybox", "sleep", "2147483647"] },
-        "rootfs": { "type": "layers", "diff_ids": [digest(&layer)] },
-    }))
-    .unwrap();
+    let layer = tar_of(files);
+    config["rootfs"] = serde_json::json!({ "type": "layers", "diff_ids": [digest(&layer)] });
+    let config = serde_json::to_vec(&config).unwrap();
     let manifest = serde_json::to_vec(&serde_json::json!({
         "schemaVersion": 2,
         "mediaType": "application/vnd.oci.image.manifest.v1+json",
@@ -704,9 +703,97 @@ fn pause_archive(dir: &Path, name: &str) -> PathBuf {
         (&cb, &config, 0o644),
         (&mb, &manifest, 0o644),
     ]);
-    let path = dir.join("pause.tar");
+    let path = dir.join(format!("{}.tar", name.replace(['/', ':'], "_")));
     std::fs::write(&path, archive).unwrap();
     path
+}
+
+/// A pause image built here: Debian's static busybox sleeping. Nothing is fetched.
+fn pause_archive(dir: &Path, name: &str) -> PathBuf {
+    let busybox = std::fs::read("/bin/busybox").expect("busybox-static is not installed");
+    oci_archive(
+        dir,
+        name,
+        &[("bin/busybox", &busybox, 0o755)],
+        serde_json::json!({
+            "architecture": goarch(),
+            "os": "linux",
+            "config": { "Entrypoint": ["/bin/busybox", "sleep", "2147483647"] },
+        }),
+    )
+}
+
+/// A classic wasm image, as `docker buildx build --platform wasi/wasm` makes them: the `.wasm`
+/// in the root filesystem, named by the entry point.
+fn classic_wasm_archive(dir: &Path, name: &str, wasm: &Path, os: &str) -> PathBuf {
+    let bytes = std::fs::read(wasm).unwrap();
+    oci_archive(
+        dir,
+        name,
+        &[("app.wasm", &bytes, 0o755)],
+        serde_json::json!({
+            "architecture": "wasm",
+            "os": os,
+            "config": { "Entrypoint": ["/app.wasm"] },
+        }),
+    )
+}
+
+#[test]
+fn classic_wasi_wasm_images_run_their_entry_point() {
+    if let Some(why) = cannot_run() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let containerd = Containerd::start();
+    let dir = containerd.dir.path();
+    let (cmd, hello) = (
+        "localhost/wms-test/classic-cmd:1",
+        "localhost/wms-test/classic-hello:1",
+    );
+    for archive in [
+        classic_wasm_archive(dir, cmd, Path::new(artifacts::CMD_P1), "wasip1"),
+        classic_wasm_archive(dir, hello, Path::new(artifacts::HELLO), "wasip2"),
+    ] {
+        containerd.ctr_ok(&["image", "import", archive.to_str().unwrap()]);
+    }
+    // A command: its arguments follow the .wasm file (`ctr run IMAGE ID ARGS...` replaces the
+    // image's entry point, so ARGS name the file first).
+    let id = format!("wms-classic-{}", std::process::id());
+    let out = containerd
+        .ctr_command(&[
+            "run",
+            "--rm",
+            "--runtime",
+            "io.containerd.wms.v1",
+            cmd,
+            &format!("{id}-1"),
+        ])
+        .args(["/app.wasm", "args", "from", "a", "classic", "image"])
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert_eq!(stdout.trim(), "from|a|classic|image", "{stderr}");
+    let out = containerd
+        .ctr_command(&[
+            "run",
+            "--rm",
+            "--runtime",
+            "io.containerd.wms.v1",
+            cmd,
+            &format!("{id}-2"),
+        ])
+        .args(["/app.wasm", "exit", "3"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    // An HTTP component is served, as a one-component app on every path.
+    let output = serve_once(&containerd, hello, &format!("{id}-3"));
+    assert!(output.contains("Serving http://"), "{output}");
 }
 
 /// containerd's CRI service, as the kubelet drives it, on our own containerd's socket.
