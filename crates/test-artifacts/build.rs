@@ -29,7 +29,12 @@ fn main() {
         (
             "guests",
             guests_target.clone(),
-            vec![("testkit", true), ("not-http", false), ("cmd", false)],
+            vec![
+                ("testkit", true),
+                ("not-http", false),
+                ("cmd", false),
+                ("p3kit", true),
+            ],
         ),
         // Examples build into their own `examples/target`, the path their manifests point to.
         (
@@ -84,17 +89,22 @@ fn main() {
         c_wagi.display().to_string()
     ));
 
-    // The Spin SDK example builds like Spin's template (wasm32-wasip1, its own workspace) in the
-    // shared guest target directory; the module is then put where its unchanged spin.toml
-    // expects it.
-    let spin_dir = root.join("examples/spin-hello");
-    watch_only(&spin_dir);
-    build_package(&spin_dir, &guests_target, "wasm32-wasip1", false);
-    let built = guests_target.join("wasm32-wasip1/release/spin_hello.wasm");
-    let expected = spin_dir.join("target/wasm32-wasip1/release/spin_hello.wasm");
-    std::fs::create_dir_all(expected.parent().unwrap()).unwrap();
-    std::fs::copy(&built, &expected)
-        .unwrap_or_else(|e| panic!("copy {} to {}: {e}", built.display(), expected.display()));
+    // The Spin SDK examples build like Spin's templates (each its own workspace) in the shared
+    // guest target directory; the wasm is then put where its unchanged spin.toml expects it:
+    // Spin 3's template (SDK 5, wasm32-wasip1) and Spin 4's (SDK 7, a wasi:http 0.3 component).
+    for (example, file, target) in [
+        ("spin-hello", "spin_hello.wasm", "wasm32-wasip1"),
+        ("spin4-hello", "spin4_hello.wasm", TARGET),
+    ] {
+        let dir = root.join("examples").join(example);
+        watch_only(&dir);
+        build_package(&dir, &guests_target, target, false);
+        let built = guests_target.join(target).join("release").join(file);
+        let expected = dir.join("target").join(target).join("release").join(file);
+        std::fs::create_dir_all(expected.parent().unwrap()).unwrap();
+        std::fs::copy(&built, &expected)
+            .unwrap_or_else(|e| panic!("copy {} to {}: {e}", built.display(), expected.display()));
+    }
     std::fs::write(out_dir.join("artifacts.rs"), consts).unwrap();
 }
 

@@ -15,6 +15,9 @@
 //! timeout = "10s"                 # per request, always in force (default 30s)
 //! max_memory = "64MiB"            # linear memory and tables of one instance (default 128MiB)
 //! max_concurrent_requests = 32    # per component (default: only the process limit)
+//! max_requests = 128              # WASI 0.3: requests per instance (1: fresh each time)
+//! max_concurrent_per_instance = 16 # WASI 0.3: requests one instance serves at once
+//! idle_timeout = "1s"             # WASI 0.3: an idle instance waits this long for the next
 //! ```
 
 mod error;
@@ -121,6 +124,8 @@ pub struct Limits {
     pub timeout: Duration,
     pub max_memory: u64,
     pub max_concurrent_requests: Option<usize>,
+    /// How a WASI 0.3 component's instances are reused (0.2 components get one per request).
+    pub reuse: Reuse,
 }
 
 impl Default for Limits {
@@ -129,6 +134,28 @@ impl Default for Limits {
             timeout: DEFAULT_TIMEOUT,
             max_memory: DEFAULT_MAX_MEMORY,
             max_concurrent_requests: None,
+            reuse: Reuse::default(),
+        }
+    }
+}
+
+/// Instance reuse of a WASI 0.3 component; the defaults are `wasmtime serve`'s.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reuse {
+    /// Requests one instance serves in all (`max_requests`; 1: a fresh instance per request).
+    pub max_requests: usize,
+    /// Requests one instance serves at once (`max_concurrent_per_instance`).
+    pub max_concurrent: usize,
+    /// How long an instance with no request waits for the next (`idle_timeout`).
+    pub idle_timeout: Duration,
+}
+
+impl Default for Reuse {
+    fn default() -> Self {
+        Self {
+            max_requests: 128,
+            max_concurrent: 16,
+            idle_timeout: Duration::from_secs(1),
         }
     }
 }
@@ -773,25 +800,11 @@ impl Parser<'_> {
         if let Some(t) = &c.tool.wms {
             let t = t.get_ref();
             if let Some(t) = &t.timeout {
-                let d = humantime::parse_duration(t.get_ref()).map_err(|e| {
-                    self.err_at(
-                        t.span(),
-                        feature(&format!("timeout `{}` is not a duration: {e}", t.get_ref())),
-                    )
-                    .help("write a duration such as \"500ms\", \"30s\" or \"2m\"")
-                })?;
-                if d < Duration::from_millis(1) || d > MAX_TIMEOUT {
-                    return Err(self
-                        .err_at(
-                            t.span(),
-                            feature(&format!(
-                                "timeout `{}` is outside the allowed range (1ms to 24h)",
-                                t.get_ref()
-                            )),
-                        )
-                        .help("a timeout is always in force; write e.g. \"30s\""));
-                }
-                limits.timeout = d;
+                limits.timeout = self.duration(
+                    t,
+                    &feature("timeout"),
+                    "a timeout is always in force; write e.g. \"30s\"",
+                )?;
             }
             if let Some(m) = &t.max_memory {
                 let size: bytesize::ByteSize = m.get_ref().parse().map_err(|e| {
@@ -817,6 +830,16 @@ impl Parser<'_> {
             if let Some(n) = &t.max_concurrent_requests {
                 limits.max_concurrent_requests = Some(self.count(n, "max_concurrent_requests")?);
             }
+            if let Some(n) = &t.max_requests {
+                limits.reuse.max_requests = self.count(n, "max_requests")?;
+            }
+            if let Some(n) = &t.max_concurrent_per_instance {
+                limits.reuse.max_concurrent = self.count(n, "max_concurrent_per_instance")?;
+            }
+            if let Some(t) = &t.idle_timeout {
+                limits.reuse.idle_timeout =
+                    self.duration(t, &feature("idle_timeout"), "write e.g. \"1s\"")?;
+            }
         }
 
         Ok(Component {
@@ -838,6 +861,34 @@ impl Parser<'_> {
     }
 
     /// A request count in `1..=MAX_CONCURRENT_REQUESTS`.
+    /// A duration from 1ms to 24h; `what` names the key (with its component) in the error.
+    fn duration(
+        &self,
+        t: &Spanned<String>,
+        what: &str,
+        range_help: &str,
+    ) -> Result<Duration, ManifestError> {
+        let d = humantime::parse_duration(t.get_ref()).map_err(|e| {
+            self.err_at(
+                t.span(),
+                format!("{what} `{}` is not a duration: {e}", t.get_ref()),
+            )
+            .help("write a duration such as \"500ms\", \"30s\" or \"2m\"")
+        })?;
+        if d < Duration::from_millis(1) || d > MAX_TIMEOUT {
+            return Err(self
+                .err_at(
+                    t.span(),
+                    format!(
+                        "{what} `{}` is outside the allowed range (1ms to 24h)",
+                        t.get_ref()
+                    ),
+                )
+                .help(range_help));
+        }
+        Ok(d)
+    }
+
     fn count(&self, n: &Spanned<i64>, what: &str) -> Result<usize, ManifestError> {
         match usize::try_from(*n.get_ref()) {
             Ok(v) if (1..=MAX_CONCURRENT_REQUESTS).contains(&v) => Ok(v),

@@ -224,4 +224,13 @@ pub struct ComponentTool {
     pub max_memory: Option<Spanned<String>>,
     #[serde(default)]
     pub max_concurrent_requests: Option<Spanned<i64>>,
+    /// WASI 0.3 components: requests one instance serves before a fresh one is made.
+    #[serde(default)]
+    pub max_requests: Option<Spanned<i64>>,
+    /// WASI 0.3 components: requests one instance serves at once.
+    #[serde(default)]
+    pub max_concurrent_per_instance: Option<Spanned<i64>>,
+    /// WASI 0.3 components: how long an instance with no request stays for the next one.
+    #[serde(default)]
+    pub idle_timeout: Option<Spanned<String>>,
 }

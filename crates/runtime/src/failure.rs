@@ -7,7 +7,7 @@ use wasmtime::{PoolConcurrencyLimitError, Trap};
 use crate::{LoadedComponent, pool};
 
 /// Why a request did not get a normal response from its guest.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum Failure {
     /// A concurrency limit was reached (`scope` names it); answer 503 and ask to retry.
     Overloaded { scope: String },
@@ -31,6 +31,8 @@ pub enum Failure {
     /// Something in the host failed.
     Internal { message: String },
 }
+
+impl std::error::Error for Failure {}
 
 impl std::fmt::Display for Failure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

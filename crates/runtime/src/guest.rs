@@ -55,6 +55,8 @@ pub(crate) struct MemoryLimiter {
     /// The growth last allowed, taken back if Wasmtime then fails to grow.
     pending: usize,
     pub(crate) exceeded: bool,
+    /// Also told when the limit is hit, for whoever decides about reusing the instance.
+    pub(crate) exceeded_flag: Option<Arc<std::sync::atomic::AtomicBool>>,
 }
 
 /// Table elements an instance may hold.
@@ -82,6 +84,9 @@ impl wasmtime::ResourceLimiter for MemoryLimiter {
             }
             _ => {
                 self.exceeded = true;
+                if let Some(flag) = &self.exceeded_flag {
+                    flag.store(true, std::sync::atomic::Ordering::Relaxed);
+                }
                 Ok(false)
             }
         }
@@ -325,6 +330,7 @@ impl MemoryLimiter {
             total: 0,
             pending: 0,
             exceeded: false,
+            exceeded_flag: None,
         }
     }
 }

@@ -14,10 +14,21 @@ use wasmtime::component::Linker;
 use wasmtime_wasi_http::WasiHttpView;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
+use wasmtime_wasi_http::p3::bindings::ServicePre;
 
 use crate::guest::{GuardedBody, HostState, Outcome, add_open_hook, new_store, spawn_guest};
 use crate::load::{compile, export_names};
 use crate::{BoxError, Failure, Kind, LoadedComponent, ResponseBody, failure::classify, wt};
+
+/// A request body's error as `wasi:http` reports it to the guest (over the body limit, or cut).
+pub(crate) fn body_error(e: impl Into<BoxError>) -> wasmtime_wasi_http::Error {
+    let e: BoxError = e.into();
+    if e.is::<http_body_util::LengthLimitError>() {
+        wasmtime_wasi_http::Error::HttpRequestBodySize(None)
+    } else {
+        wasmtime_wasi_http::Error::InternalError(Some(e.to_string()))
+    }
+}
 
 /// Serves one request with a fresh instance of `comp`.
 pub(crate) async fn handle<B>(
@@ -29,16 +40,7 @@ where
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
-    let request = request.map(|body| {
-        body.map_err(|e| {
-            let e: BoxError = e.into();
-            if e.is::<http_body_util::LengthLimitError>() {
-                wasmtime_wasi_http::Error::HttpRequestBodySize(None)
-            } else {
-                wasmtime_wasi_http::Error::InternalError(Some(e.to_string()))
-            }
-        })
-    });
+    let request = request.map(|body| body.map_err(body_error));
     let store = new_store(&comp.engine, &comp)?;
     run(comp, store, request, permits).await
 }
@@ -128,17 +130,36 @@ pub(crate) fn http_linker(engine: &Engine) -> anyhow::Result<Linker<HostState>> 
         .map_err(wt)
         .context("link wasi:http 0.2")?;
     add_open_hook(&mut linker)?;
+    // WASI 0.3 for 0.3 components: the CLI environment, clocks, random and wasi:http. Not its
+    // filesystem or sockets: files are opened through 0.2 (counted), and guests get no sockets.
+    wasmtime_wasi::p3::cli::add_to_linker(&mut linker)
+        .and_then(|()| wasmtime_wasi::p3::clocks::add_to_linker(&mut linker))
+        .and_then(|()| wasmtime_wasi::p3::random::add_to_linker(&mut linker))
+        .map_err(wt)
+        .context("link WASI 0.3")?;
+    wasmtime_wasi_http::p3::add_to_linker(&mut linker)
+        .map_err(wt)
+        .context("link wasi:http 0.3")?;
     Ok(linker)
 }
 
-/// Compiles a `wasi:http` component and checks at start that it links and exports the handler.
+/// A `wasi:http` component ready to instantiate, by the interface it exports.
+pub(crate) enum HttpPre {
+    /// `wasi:http/incoming-handler@0.2.x`: a fresh instance per request.
+    P2(ProxyPre<HostState>),
+    /// `wasi:http/handler@0.3.x`: instances reused within the component's bounds.
+    P3(ServicePre<HostState>),
+}
+
+/// Compiles a `wasi:http` component and checks at start that it links and exports a handler,
+/// 0.3 or 0.2 (told apart by its exports).
 pub(crate) fn load_http(
     engine: &Engine,
     linker: &Linker<HostState>,
     id: &str,
     source: &Path,
     precompiled: Option<&Path>,
-) -> anyhow::Result<ProxyPre<HostState>> {
+) -> anyhow::Result<HttpPre> {
     let component = compile(engine, id, source, precompiled)?;
     let pre = linker
         .instantiate_pre(&component)
@@ -149,10 +170,18 @@ pub(crate) fn load_http(
                 source.display()
             )
         })?;
-    ProxyPre::new(pre).map_err(|e| {
-        let exports = export_names(engine, &component);
+    let exports = export_names(engine, &component);
+    if exports
+        .iter()
+        .any(|e| e.starts_with("wasi:http/handler@0.3"))
+    {
+        return ServicePre::new(pre)
+            .map(HttpPre::P3)
+            .map_err(|e| anyhow!("component `{id}` ({}): its `wasi:http/handler` export does not match wasi:http 0.3: {e}", source.display()));
+    }
+    ProxyPre::new(pre).map(HttpPre::P2).map_err(|e| {
         anyhow!(
-            "component `{id}` ({}) does not export `wasi:http/incoming-handler@0.2.x`: {e}\n  it exports: {}\n  help: build it as an HTTP handler (e.g. `wasip2::http::proxy::export!` or `#[wstd::http_server]`), or run commands with `wms run`",
+            "component `{id}` ({}) exports neither `wasi:http/handler@0.3.x` nor `wasi:http/incoming-handler@0.2.x`: {e}\n  it exports: {}\n  help: build it as an HTTP handler (e.g. `wasip3::http::service::export!`, `wasip2::http::proxy::export!` or `#[wstd::http_server]`), or run commands with `wms run`",
             source.display(),
             if exports.is_empty() { "nothing".to_string() } else { exports.join(", ") }
         )

@@ -23,6 +23,7 @@ mod failure;
 mod guest;
 mod guest_log;
 mod http_p2;
+mod http_p3;
 mod load;
 mod outbound;
 pub mod pool;
@@ -214,7 +215,25 @@ impl LoadedComponent {
 #[derive(Clone)]
 enum Kind {
     Http(ProxyPre<HostState>),
+    HttpP3(http_p3::Handler),
     Wagi(wagi::WagiModule),
+}
+
+/// A component's code as loaded, before it becomes a [`Kind`] (a 0.3 handler needs to know its
+/// component).
+enum Code {
+    Http(http_p2::HttpPre),
+    Wagi(wagi::WagiModule),
+}
+
+impl Code {
+    fn into_kind(self, me: &std::sync::Weak<LoadedComponent>) -> Kind {
+        match self {
+            Code::Http(http_p2::HttpPre::P2(pre)) => Kind::Http(pre),
+            Code::Http(http_p2::HttpPre::P3(pre)) => Kind::HttpP3(http_p3::handler(me, pre)),
+            Code::Wagi(module) => Kind::Wagi(module),
+        }
+    }
 }
 
 /// A loaded app, ready to serve requests.
@@ -255,7 +274,7 @@ impl Runtime {
         let mut fallback: Option<(Engine, Linker<HostState>)> = None;
         for (id, c) in &app.components {
             let mut component_engine = engine.clone();
-            let kind = match &c.executor {
+            let code = match &c.executor {
                 wms_manifest::Executor::Http => {
                     match load_http(
                         &engine,
@@ -264,7 +283,7 @@ impl Runtime {
                         &c.source,
                         options.precompiled.as_deref(),
                     ) {
-                        Ok(pre) => Kind::Http(pre),
+                        Ok(pre) => Code::Http(pre),
                         Err(e)
                             if e.chain().any(|c| c.is::<aot::CodegenUnsupported>())
                                 && report.engine == EngineKind::Cranelift =>
@@ -278,7 +297,7 @@ impl Runtime {
                             }
                             let (pulley, pulley_linker) = fallback.as_ref().expect("just set");
                             component_engine = pulley.clone();
-                            Kind::Http(load_http(pulley, pulley_linker, id, &c.source, None)?)
+                            Code::Http(load_http(pulley, pulley_linker, id, &c.source, None)?)
                         }
                         Err(e) => return Err(e),
                     }
@@ -288,11 +307,27 @@ impl Runtime {
                         Some(l) => l,
                         None => wagi_linker.insert(wagi::linker(&engine)?),
                     };
-                    Kind::Wagi(wagi::WagiModule::load(
+                    Code::Wagi(wagi::WagiModule::load(
                         &engine, linker, id, &c.source, argv, entrypoint,
                     )?)
                 }
             };
+            match &code {
+                Code::Http(http_p2::HttpPre::P3(_)) => {
+                    let r = &c.limits.reuse;
+                    tracing::info!(
+                        component = %id,
+                        "wasi:http 0.3 handler: instances reused for up to {} requests, {} at once, kept {:?} when idle",
+                        r.max_requests,
+                        r.max_concurrent,
+                        r.idle_timeout
+                    );
+                }
+                Code::Http(http_p2::HttpPre::P2(_)) => {
+                    tracing::debug!(component = %id, "wasi:http 0.2 handler: an instance per request")
+                }
+                Code::Wagi(_) => {}
+            }
             let mut mounts = Vec::new();
             let mut patterns = Vec::new();
             for f in &c.files {
@@ -312,10 +347,10 @@ impl Runtime {
             let name: Arc<str> = Arc::from(id.as_str());
             components.push((
                 id.clone(),
-                Arc::new(LoadedComponent {
+                Arc::new_cyclic(|me| LoadedComponent {
                     id: name.clone(),
                     engine: component_engine,
-                    kind,
+                    kind: code.into_kind(me),
                     limits: c.limits.clone(),
                     semaphore: c
                         .limits
@@ -419,6 +454,10 @@ impl Runtime {
         if let Kind::Wagi(module) = &comp.kind {
             return wagi::handle(&comp.engine, module, comp.clone(), request, (global, local))
                 .await;
+        }
+        if let Kind::HttpP3(handler) = &comp.kind {
+            let handler = handler.clone();
+            return http_p3::handle(comp, &handler, request, (global, local)).await;
         }
         http_p2::handle(comp, request, (global, local)).await
     }

@@ -18,9 +18,11 @@ use tokio::sync::Semaphore;
 use wasmtime::component::Component;
 use wasmtime::{Config, Engine};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
+use wasmtime_wasi_http::p3::bindings::ServicePre;
 
+use crate::http_p2::HttpPre;
 use crate::pool::{MEMORIES_PER_SLOT, human};
-use crate::{Generation, Kind, LoadedComponent, wt};
+use crate::{Code, Generation, Kind, LoadedComponent, wt};
 
 /// How many times per period the releaser looks at the pool.
 const LOOKS_PER_PERIOD: usize = 4;
@@ -132,6 +134,14 @@ fn worth_releasing(kept: usize, warm_memories: u32, peak: usize, components: usi
     warm_memories as usize > needed
 }
 
+/// A component's code moved to `engine` (of the same configuration) through its serialized form.
+fn moved(component: &Component, engine: &Engine) -> anyhow::Result<Component> {
+    let bytes = component.serialize().map_err(wt)?;
+    // SAFETY: the bytes were serialized just now by Wasmtime from code this process loaded for
+    // the same configuration; nothing else could have changed them.
+    unsafe { Component::deserialize(engine, &bytes) }.map_err(wt)
+}
+
 /// The same components on a new engine and pool built from `config`.
 fn rebuild(old: &Generation, config: &Config) -> anyhow::Result<Generation> {
     let engine = Engine::new(config)
@@ -146,32 +156,39 @@ fn rebuild(old: &Generation, config: &Config) -> anyhow::Result<Generation> {
             components.push((id.clone(), comp.clone()));
             continue;
         }
-        let kind = match &comp.kind {
+        let code = match &comp.kind {
             Kind::Http(pre) => {
-                let bytes = pre.instance_pre().component().serialize().map_err(wt)?;
-                // SAFETY: the bytes were serialized just now by Wasmtime from code this process
-                // loaded for the same configuration; nothing else could have changed them.
-                let component = unsafe { Component::deserialize(&engine, &bytes) }.map_err(wt)?;
+                let component = moved(pre.instance_pre().component(), &engine)?;
                 let linker = match &http_linker {
                     Some(l) => l,
                     None => http_linker.insert(crate::http_p2::http_linker(&engine)?),
                 };
                 let pre = linker.instantiate_pre(&component).map_err(wt)?;
-                Kind::Http(ProxyPre::new(pre).map_err(wt)?)
+                Code::Http(HttpPre::P2(ProxyPre::new(pre).map_err(wt)?))
+            }
+            Kind::HttpP3(handler) => {
+                let service = crate::http_p3::service_pre(handler);
+                let component = moved(service.instance_pre().component(), &engine)?;
+                let linker = match &http_linker {
+                    Some(l) => l,
+                    None => http_linker.insert(crate::http_p2::http_linker(&engine)?),
+                };
+                let pre = linker.instantiate_pre(&component).map_err(wt)?;
+                Code::Http(HttpPre::P3(ServicePre::new(pre).map_err(wt)?))
             }
             Kind::Wagi(module) => {
                 let linker = match &wagi_linker {
                     Some(l) => l,
                     None => wagi_linker.insert(crate::wagi::linker(&engine)?),
                 };
-                Kind::Wagi(module.on_engine(&engine, linker)?)
+                Code::Wagi(module.on_engine(&engine, linker)?)
             }
         };
         components.push((
             id.clone(),
-            Arc::new(LoadedComponent {
+            Arc::new_cyclic(|me| LoadedComponent {
                 engine: engine.clone(),
-                kind,
+                kind: code.into_kind(me),
                 ..LoadedComponent::clone(comp)
             }),
         ));

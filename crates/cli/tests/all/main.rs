@@ -9,6 +9,7 @@ mod limits;
 mod memory;
 mod oci;
 mod outbound;
+mod p3;
 mod run;
 mod serving;
 mod shim;

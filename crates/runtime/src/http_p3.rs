@@ -1,0 +1,330 @@
+//! The `wasi:http` 0.3 executor: instances reused within the component's bounds
+//! ([`wms_manifest::Reuse`]: requests per instance, at once, idle time), on Wasmtime's
+//! `ProxyHandler`, the machinery of `wasmtime serve`.
+//!
+//! Each instance is one store running Wasmtime's concurrent event loop; requests are queued to
+//! instances with room and a new instance is made when none has. An instance is discarded, never
+//! reused, once a request on it traps, runs past its timeout or hits the memory limit: a trap
+//! fails every request in flight on it (they share its memory), a timeout stops it taking new
+//! ones. What requests of one instance share: its linear memory and globals (whatever the guest
+//! keeps in statics), its open files and outbound connections (counted against the instance's
+//! caps), and its memory limit. Nothing else: each request has its own timeout, which runs from
+//! its arrival.
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use tokio::sync::OwnedSemaphorePermit;
+use wasmtime::component::GuestTaskId;
+use wasmtime::{PoolConcurrencyLimitError, Store, StoreContextMut, Trap, UpdateDeadline};
+use wasmtime_wasi_http::WasiHttpView;
+use wasmtime_wasi_http::handler::{
+    ExpirationError, HandlerState, Instance, InstantiationError, ProxyHandler, ProxyPre,
+    ShouldAccept, TrapOrPanicError, WorkerExpiration, WorkerState, WorkerStatus,
+};
+use wasmtime_wasi_http::p3::bindings::ServicePre;
+use wasmtime_wasi_http::p3::bindings::http::types::ErrorCode;
+
+use crate::failure::classify;
+use crate::guest::{HostState, new_store};
+use crate::{BoxError, Failure, LoadedComponent, ResponseBody};
+
+/// A 0.3 component's instances and request queue.
+pub(crate) type Handler = ProxyHandler<P3Component>;
+
+/// The handler of the component that `me` will point to once it is built.
+pub(crate) fn handler(me: &Weak<LoadedComponent>, pre: ServicePre<HostState>) -> Handler {
+    ProxyHandler::new(P3Component {
+        comp: me.clone(),
+        pre: ProxyPre::P3(pre),
+    })
+}
+
+/// The pre-instantiated component behind a handler.
+pub(crate) fn service_pre(handler: &Handler) -> &ServicePre<HostState> {
+    match &handler.state().pre {
+        ProxyPre::P3(pre) => pre,
+        _ => unreachable!("0.3 handlers hold 0.3 components"),
+    }
+}
+
+/// Serves one request on a reused (or new) instance of `comp`.
+pub(crate) async fn handle<B>(
+    comp: Arc<LoadedComponent>,
+    handler: &Handler,
+    request: http::Request<B>,
+    permits: (OwnedSemaphorePermit, Option<OwnedSemaphorePermit>),
+) -> Result<http::Response<ResponseBody>, Failure>
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let request = request.map(|body| body.map_err(crate::http_p2::body_error).boxed_unsync());
+    let watch = Arc::new(Watch {
+        arrived: Instant::now(),
+        failure: OnceLock::new(),
+    });
+    match handler.handle(watch.clone(), request).await {
+        Ok(response) => Ok(response.map(|body| {
+            WatchedBody {
+                inner: body.map_err(|e| Box::new(e) as BoxError).boxed_unsync(),
+                watch,
+                ended: false,
+                _permits: permits,
+            }
+            .boxed_unsync()
+        })),
+        Err(e) => Err(request_failure(&e, &watch, &comp)),
+    }
+}
+
+/// What one request is told when its instance fails.
+pub(crate) struct Watch {
+    arrived: Instant,
+    failure: OnceLock<Failure>,
+}
+
+/// Why a request got no response: typed errors of Wasmtime's handler, the guest's error code, or
+/// what its instance died of (set on the watch when the instance was discarded).
+fn request_failure(e: &wasmtime::Error, watch: &Watch, comp: &LoadedComponent) -> Failure {
+    if e.downcast_ref::<TrapOrPanicError>().is_some() {
+        // Logged once for the whole instance when it was discarded.
+        return watch.failure.get().cloned().unwrap_or(Failure::Trap {
+            message: "the instance serving the request failed".to_string(),
+        });
+    }
+    let f = if e.downcast_ref::<ExpirationError>().is_some() {
+        Failure::Timeout {
+            timeout: comp.limits.timeout,
+        }
+    } else if let Some(i) = e.downcast_ref::<InstantiationError<Arc<Watch>>>() {
+        if let Some(f) = i.error.downcast_ref::<Failure>() {
+            f.clone()
+        } else if i
+            .error
+            .downcast_ref::<PoolConcurrencyLimitError>()
+            .is_some()
+        {
+            Failure::Overloaded {
+                scope: "instance pool".to_string(),
+            }
+        } else {
+            classify(&i.error, false, comp)
+        }
+    } else if let Some(code) = e.downcast_ref::<ErrorCode>() {
+        Failure::GuestError {
+            message: format!("{code:?}"),
+        }
+    } else {
+        classify(e, false, comp)
+    };
+    comp.log_failure(&f);
+    f
+}
+
+/// A 0.3 response body: ends in an error, not a clean end, when its instance failed before the
+/// body was complete; holds the request's permits until it is over.
+struct WatchedBody {
+    inner: ResponseBody,
+    watch: Arc<Watch>,
+    ended: bool,
+    _permits: (OwnedSemaphorePermit, Option<OwnedSemaphorePermit>),
+}
+
+impl http_body::Body for WatchedBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
+        if self.ended {
+            return Poll::Ready(None);
+        }
+        match Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(None) => {
+                self.ended = true;
+                // The instance is discarded before its streams close: a failure is known here.
+                match self.watch.failure.get() {
+                    Some(f) => Poll::Ready(Some(Err(format!(
+                        "the guest failed while sending the response body: {f}"
+                    )
+                    .into()))),
+                    None => Poll::Ready(None),
+                }
+            }
+            other => other,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.ended
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Makes the instances of one 0.3 component.
+pub(crate) struct P3Component {
+    comp: Weak<LoadedComponent>,
+    pre: ProxyPre<HostState>,
+}
+
+impl HandlerState for P3Component {
+    type StoreData = HostState;
+    type WorkerExpiration = Expiration;
+    type WorkerState = Worker;
+
+    async fn instantiate(&self) -> wasmtime::Result<Instance<HostState, Expiration, Worker>> {
+        let comp = self
+            .comp
+            .upgrade()
+            .ok_or_else(|| wasmtime::format_err!("the component was unloaded"))?;
+        let mut store = new_store(&comp.engine, &comp).map_err(wasmtime::Error::new)?;
+        let shared = Arc::new(Shared::default());
+        store.data_mut().limiter.exceeded_flag = Some(shared.memory_exceeded.clone());
+        // The store lives across requests: instead of one deadline, every tick checks the
+        // requests in flight and stops the instance once one of them is past its timeout.
+        let timeout = comp.limits.timeout;
+        let watched = shared.clone();
+        store.epoch_deadline_callback(move |_| {
+            if watched.any_past(timeout) {
+                Err(Trap::Interrupt.into())
+            } else {
+                Ok(UpdateDeadline::Yield(1))
+            }
+        });
+        let proxy = tokio::time::timeout(timeout, self.pre.instantiate_async(&mut store))
+            .await
+            .map_err(|_| wasmtime::Error::new(Failure::Timeout { timeout }))??;
+        Ok(Instance {
+            store,
+            proxy,
+            view: <HostState as WasiHttpView>::http,
+            expiration: Expiration {
+                idle: comp.limits.reuse.idle_timeout,
+                busy: timeout,
+                sleep: Box::pin(tokio::time::sleep(Duration::from_secs(3600))),
+            },
+            state: Worker { comp, shared },
+        })
+    }
+}
+
+/// What an instance's worker and its store's epoch callback share.
+#[derive(Default)]
+struct Shared {
+    /// The requests the instance took (dead ones are dropped as new ones come).
+    requests: Mutex<Vec<Weak<Watch>>>,
+    /// The memory limit was hit: the instance takes no more requests.
+    memory_exceeded: Arc<AtomicBool>,
+}
+
+impl Shared {
+    fn any_past(&self, timeout: Duration) -> bool {
+        let now = Instant::now();
+        self.requests
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter_map(Weak::upgrade)
+            .any(|w| now.duration_since(w.arrived) >= timeout)
+    }
+}
+
+/// One instance of a 0.3 component, as its worker sees it.
+pub(crate) struct Worker {
+    comp: Arc<LoadedComponent>,
+    shared: Arc<Shared>,
+}
+
+impl WorkerState for Worker {
+    type StoreData = HostState;
+    type RequestData = Arc<Watch>;
+
+    fn should_accept_request(&self, concurrent: usize, total: usize) -> ShouldAccept {
+        let reuse = &self.comp.limits.reuse;
+        if total >= reuse.max_requests || self.shared.memory_exceeded.load(Ordering::Relaxed) {
+            ShouldAccept::Never
+        } else if concurrent >= reuse.max_concurrent {
+            ShouldAccept::No
+        } else {
+            ShouldAccept::Yes
+        }
+    }
+
+    fn on_request_start(
+        &self,
+        _store: StoreContextMut<'_, HostState>,
+        watch: Arc<Watch>,
+        _task: GuestTaskId,
+    ) -> Pin<Box<dyn Future<Output = ()> + Send + Sync>> {
+        let deadline = watch.arrived + self.comp.limits.timeout;
+        let mut requests = self
+            .shared
+            .requests
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        requests.retain(|w| w.strong_count() > 0);
+        requests.push(Arc::downgrade(&watch));
+        Box::pin(tokio::time::sleep_until(deadline.into()))
+    }
+
+    fn drop(&self, store: Store<HostState>, result: wasmtime::Result<()>) {
+        let Err(e) = result else {
+            return;
+        };
+        let f = classify(&e, store.data().limiter.exceeded, &self.comp);
+        tracing::error!(component = %self.comp.id, "instance discarded: {f}");
+        // Before the store (and the response streams it feeds) goes: bodies in flight then end
+        // in an error, not as if complete.
+        for watch in self
+            .shared
+            .requests
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter_map(Weak::upgrade)
+        {
+            let _ = watch.failure.set(f.clone());
+        }
+        drop(store);
+    }
+}
+
+/// When an instance goes: idle past the component's idle timeout, or busy (requests, or work
+/// after them) past its request timeout, checked outside the event loop so a guest stuck in a
+/// loop cannot keep its instance.
+pub(crate) struct Expiration {
+    idle: Duration,
+    busy: Duration,
+    sleep: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl WorkerExpiration for Expiration {
+    fn poll(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        status: WorkerStatus,
+        since: Instant,
+    ) -> Poll<()> {
+        let me = self.get_mut();
+        let limit = match status {
+            WorkerStatus::Idle => me.idle,
+            WorkerStatus::Requests | WorkerStatus::PostReturn => me.busy,
+        };
+        let deadline = tokio::time::Instant::from(since + limit);
+        if me.sleep.deadline() != deadline {
+            me.sleep.as_mut().reset(deadline);
+        }
+        me.sleep.as_mut().poll(cx)
+    }
+}
