@@ -13,6 +13,10 @@ use wms_runtime::{Runtime, RuntimeOptions};
 
 use crate::ServerOptions;
 
+/// The log target of what is logged here: `wms`, as when this was `wms up`'s own code, so the log
+/// reads the same (`INFO wms: engine ...`) from `wms up` and from the shim.
+const LOG_TARGET: &str = "wms";
+
 /// How to serve an app; the defaults are `wms up`'s.
 #[derive(Debug, Clone)]
 pub struct Launch {
@@ -81,6 +85,7 @@ pub fn resident_budget_of(app: &App) -> Option<u64> {
     match app.pool_resident_budget {
         Some(b) if app.from_image => {
             tracing::warn!(
+                target: LOG_TARGET,
                 "the image's pool_resident_budget ({b} bytes) is ignored; the operator sets it with --pool-resident-budget"
             );
             None
@@ -115,8 +120,8 @@ pub async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
     tokio::select! {
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
-        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = tokio::signal::ctrl_c() => tracing::info!(target: LOG_TARGET, "SIGINT received"),
+        _ = term.recv() => tracing::info!(target: LOG_TARGET, "SIGTERM received"),
     }
 }
 
@@ -139,6 +144,7 @@ pub async fn serve_app(
             let n = n as usize;
             if n > connection_share {
                 tracing::warn!(
+                    target: LOG_TARGET,
                     "--max-connections {n} is more than a quarter of the descriptor limit ({descriptors}): enough idle clients can then starve guests of descriptors"
                 );
             }
@@ -157,8 +163,9 @@ pub async fn serve_app(
             app.manifest_path.display()
         )
     })?;
-    tracing::info!("{}", runtime.report());
+    tracing::info!(target: LOG_TARGET, "{}", runtime.report());
     tracing::info!(
+        target: LOG_TARGET,
         "loaded {} component(s) in {:?}",
         app.components.len(),
         started.elapsed()
@@ -190,6 +197,7 @@ pub async fn serve_app(
         shutdown_grace: launch.shutdown_grace,
     };
     tracing::info!(
+        target: LOG_TARGET,
         "clients: at most {max_connections} connections (descriptor limit {descriptors}), request head within {:?}, idle connections closed after {:?}, request bodies stalled for {:?} fail",
         launch.header_timeout,
         launch.idle_timeout,
