@@ -34,6 +34,7 @@ fn main() {
                 ("not-http", false),
                 ("cmd", false),
                 ("p3kit", true),
+                ("p3cmd", true),
             ],
         ),
         // Examples build into their own `examples/target`, the path their manifests point to.

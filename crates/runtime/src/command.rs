@@ -192,11 +192,19 @@ pub async fn run_command(options: &CommandOptions) -> anyhow::Result<CommandOutc
         let mut linker = wasmtime::component::Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(wt)?;
         add_open_hook(&mut linker)?;
+        // WASI 0.3 commands: its CLI, clocks and random (files through 0.2, counted; no sockets).
+        wasmtime_wasi::p3::cli::add_to_linker(&mut linker)
+            .and_then(|()| wasmtime_wasi::p3::clocks::add_to_linker(&mut linker))
+            .and_then(|()| wasmtime_wasi::p3::random::add_to_linker(&mut linker))
+            .map_err(wt)?;
         let pre = linker
             .instantiate_pre(&component)
             .map_err(wt)
             .context("cannot link the component's imports")?;
-        let pre = CommandPre::new(pre).map_err(|e| anyhow!("{} does not export `wasi:cli/run`: {e}; `wms run` runs commands, `wms up` serves HTTP components", options.path.display()))?;
+        let p3 = component
+            .component_type()
+            .exports(&engine)
+            .any(|(name, _)| name.starts_with("wasi:cli/run@0.3"));
         let mut store = guest_store(
             &engine,
             P2State {
@@ -211,11 +219,30 @@ pub async fn run_command(options: &CommandOptions) -> anyhow::Result<CommandOutc
             },
             timeout,
         );
-        let result = tokio::time::timeout(timeout, async {
-            let command = pre.instantiate_async(&mut store).await?;
-            command.wasi_cli_run().call_run(&mut store).await
-        })
-        .await;
+        let result = if p3 {
+            let pre = wasmtime_wasi::p3::bindings::CommandPre::new(pre).map_err(|e| {
+                anyhow!(
+                    "{}: its `wasi:cli/run` export does not match WASI 0.3: {e}",
+                    options.path.display()
+                )
+            })?;
+            tokio::time::timeout(timeout, async {
+                let command = pre.instantiate_async(&mut store).await?;
+                store
+                    .run_concurrent(async |accessor| {
+                        command.wasi_cli_run().call_run(accessor).await
+                    })
+                    .await?
+            })
+            .await
+        } else {
+            let pre = CommandPre::new(pre).map_err(|e| anyhow!("{} does not export `wasi:cli/run`: {e}; `wms run` runs commands, `wms up` serves HTTP components", options.path.display()))?;
+            tokio::time::timeout(timeout, async {
+                let command = pre.instantiate_async(&mut store).await?;
+                command.wasi_cli_run().call_run(&mut store).await
+            })
+            .await
+        };
         (
             result.map(|r| r.map(|ok| if ok.is_ok() { 0 } else { 1 })),
             store.data().limiter.exceeded,

@@ -175,3 +175,16 @@ fn max_memory_is_the_sum_over_an_instances_memories() {
     assert_eq!(code, 134, "{err}");
     assert!(err.contains("memor"), "{err}");
 }
+
+#[test]
+fn a_wasi_03_command_runs_to_completion() {
+    let (code, out, err) = run(&[artifacts::P3CMD, "a b", "--flag"], b"");
+    assert_eq!(code, 0, "{err}");
+    assert!(out.ends_with("a b --flag\n"), "{out}");
+    assert!(out.starts_with("p3cmd: "), "{out}");
+    // `run` returning an error is status 1, as for WASI 0.2; a trap is 134.
+    assert_eq!(run(&[artifacts::P3CMD, "fail"], b"").0, 1);
+    let (code, _, err) = run(&[artifacts::P3CMD, "trap"], b"");
+    assert_eq!(code, 134, "{err}");
+    assert!(err.contains("trapped"), "{err}");
+}
