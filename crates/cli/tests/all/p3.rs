@@ -247,3 +247,32 @@ fn a_03_component_moves_to_the_fresh_pool_when_idle_memory_is_given_back() {
     assert_eq!(get(&server, "/p3/hello"), (200, 1));
     assert_eq!(get(&server, "/p3/hello"), (200, 2));
 }
+
+#[test]
+fn past_the_component_limit_a_request_gets_503() {
+    // Instances take one request each and the component two at once: a third is refused.
+    let server = Server::with_manifest(
+        &app("max_concurrent_per_instance = 1\nmax_concurrent_requests = 2"),
+        &[],
+    );
+    let statuses = rt().block_on(async {
+        let slow: Vec<_> = (0..2)
+            .map(|_| {
+                let url = server.url("/p3/slow?ms=1500");
+                tokio::spawn(async move { client().get(url).send().await.unwrap() })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let third = client().get(server.url("/p3/hello")).send().await.unwrap();
+        let mut statuses = vec![third.status().as_u16()];
+        assert_eq!(third.headers()["retry-after"], "1");
+        for r in slow {
+            let r = r.await.unwrap();
+            statuses.push(r.status().as_u16());
+            // One request per instance: each started on a fresh one.
+            assert_eq!(r.headers()["x-instance-requests"], "1");
+        }
+        statuses
+    });
+    assert_eq!(statuses, [503, 200, 200]);
+}
