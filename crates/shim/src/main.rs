@@ -261,6 +261,59 @@ async fn run(
     Ok(if clean { 0 } else { 1 })
 }
 
+/// The container's own directory mounts (volumes, `ctr run --mount`, a pod's volumes), from the
+/// container process's mount table, for a command: each at its path, read-only where the mount
+/// is. The root filesystem, the kernel's and the runtime's own mounts (`/proc`, `/sys`, `/dev`,
+/// `/run`) and mounted files (`/etc/hosts`, ...) are left out.
+fn container_mounts(mountinfo: &str) -> Vec<wms_runtime::DirMount> {
+    let mut dirs = Vec::new();
+    for line in mountinfo.lines() {
+        // ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTIONS [OPTIONAL...] - FSTYPE SOURCE SUPER
+        let fields: Vec<&str> = line.split(' ').collect();
+        let (Some(point), Some(options)) = (fields.get(4), fields.get(5)) else {
+            continue;
+        };
+        let point = unescape_mountinfo(point);
+        let under = |top: &str| point == top || point.starts_with(&format!("{top}/"));
+        if point == "/" || ["/proc", "/sys", "/dev", "/run"].iter().any(|t| under(t)) {
+            continue;
+        }
+        if !Path::new(&point).is_dir()
+            || dirs
+                .iter()
+                .any(|d: &wms_runtime::DirMount| d.guest == point)
+        {
+            continue;
+        }
+        dirs.push(wms_runtime::DirMount {
+            host: point.clone().into(),
+            guest: point,
+            writable: !options.split(',').any(|o| o == "ro"),
+        });
+    }
+    dirs
+}
+
+/// Mount points in mountinfo escape space, tab, newline and backslash as `\NNN` (octal).
+fn unescape_mountinfo(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// A classic image's entry point: a regular file of the container's root filesystem holding a
 /// wasm module or component, within the cap on a wasm layer.
 fn read_wasm(path: &Path) -> anyhow::Result<Vec<u8>> {
@@ -312,7 +365,9 @@ async fn run_command(
             .filter_map(|e| e.split_once('='))
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect(),
-        dirs: Vec::new(),
+        dirs: std::fs::read_to_string("/proc/self/mountinfo")
+            .map(|m| container_mounts(&m))
+            .unwrap_or_default(),
         timeout: None,
         max_memory: COMMAND_MAX_MEMORY,
         engine: wms_runtime::EngineKind::Cranelift,
@@ -335,6 +390,33 @@ fn main() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_command_gets_the_containers_directory_mounts_and_nothing_of_the_runtimes() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("my data");
+        std::fs::create_dir(&data).unwrap();
+        let escaped = data.display().to_string().replace(' ', "\\040");
+        let mountinfo = format!(
+            "1 0 8:1 / / rw,relatime - overlay overlay rw\n\
+             2 1 0:5 / /proc rw,nosuid - proc proc rw\n\
+             3 1 0:6 / /dev rw - tmpfs tmpfs rw\n\
+             4 1 0:7 / /run rw - tmpfs tmpfs rw\n\
+             5 1 8:1 /x {escaped} ro,relatime - ext4 /dev/sda1 rw\n\
+             6 1 8:1 /y /etc/hosts rw - ext4 /dev/sda1 rw\n\
+             7 1 8:1 /z {tmp} rw,relatime shared:1 - ext4 /dev/sda1 rw\n",
+            tmp = dir.path().display()
+        );
+        let dirs = container_mounts(&mountinfo);
+        let got: Vec<(String, bool)> = dirs.iter().map(|d| (d.guest.clone(), d.writable)).collect();
+        assert_eq!(
+            got,
+            vec![
+                (data.display().to_string(), false),
+                (dir.path().display().to_string(), true)
+            ]
+        );
+    }
 
     #[test]
     fn the_container_environment_is_read_like_a_shell_reads_it() {

@@ -406,7 +406,7 @@ fn an_app_image_pulled_by_containerd_serves_http_and_stops_on_kill() {
 }
 
 #[test]
-fn a_command_image_runs_to_completion_with_its_args_env_and_exit_code() {
+fn a_command_image_runs_to_completion_with_its_args_env_mounts_and_exit_code() {
     if let Some(why) = cannot_run() {
         eprintln!("skipped: {why}");
         return;
@@ -445,6 +445,31 @@ fn a_command_image_runs_to_completion_with_its_args_env_and_exit_code() {
     assert!(err.contains("trapped"), "{err}");
     let (code, _, err) = run(&p2, 5, &[], &["trap"]);
     assert_ne!(code, 0, "{err}");
+    // The container's mounts are the command's directories, read-only where the mount is.
+    let data = tempfile::tempdir().unwrap();
+    std::fs::write(data.path().join("hello.txt"), "from the host").unwrap();
+    let ro = format!(
+        "type=bind,src={},dst=/data,options=rbind:ro",
+        data.path().display()
+    );
+    let rw = format!(
+        "type=bind,src={},dst=/out,options=rbind:rw",
+        data.path().display()
+    );
+    let (code, out, err) = run(&p1, 6, &["--mount", &ro], &["read", "/data/hello.txt"]);
+    assert_eq!((code, out.as_str()), (0, "from the host"), "{err}");
+    let (code, _, err) = run(&p1, 7, &["--mount", &ro], &["write", "/data/new.txt"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(!data.path().join("new.txt").exists());
+    let (code, _, err) = run(&p1, 8, &["--mount", &rw], &["write", "/out/new.txt"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        std::fs::read_to_string(data.path().join("new.txt")).unwrap(),
+        "written by the guest"
+    );
+    // Nothing else of the container's filesystem: not the bundle, not the root.
+    let (code, _, err) = run(&p1, 9, &[], &["read", "/wms/manifest.json"]);
+    assert_eq!(code, 2, "{err}");
 
     let tasks = containerd.ctr_ok(&["task", "ls", "-q"]);
     assert!(tasks.trim().is_empty(), "tasks left: {tasks}");
