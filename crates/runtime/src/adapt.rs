@@ -3,8 +3,6 @@
 //! components at load with the WASI preview 1 adapter of the same Wasmtime release. The result
 //! is cached by the sha256 of the module, so the second start skips the work.
 
-use std::path::PathBuf;
-
 use anyhow::anyhow;
 use sha2::{Digest, Sha256};
 use wasi_preview1_component_adapter_provider::{
@@ -12,37 +10,10 @@ use wasi_preview1_component_adapter_provider::{
     WASI_SNAPSHOT_PREVIEW1_REACTOR_ADAPTER,
 };
 
-pub use wms_cache::{ENV_CACHE_DIR, cache_dir};
+use crate::cache::{hex, private_cache_subdir};
 
 /// Version of this derivation: bump when the adapter or the encoding changes.
 const ADAPT_VERSION: &str = "wasmtime-48.0.8-adapter-1";
-
-/// `ROOT/sub` of the cache directory, both made private to this user when missing (mode 0700)
-/// and refused when they exist but another user owns them or group or others may write them:
-/// the cache holds compiled code that wms maps executable without re-checking it, so anyone who
-/// can write there can run code as every later wms (ssh refuses its keys for the same reason).
-/// `Ok(None)` when there is no cache to use (no directory can be determined or created): wms
-/// then compiles every time. The rule is `wms_cache`'s, shared with the store.
-pub(crate) fn private_cache_subdir(sub: &str) -> anyhow::Result<Option<PathBuf>> {
-    let Some(root) = cache_dir() else {
-        return Ok(None);
-    };
-    for dir in [root.clone(), root.join(sub)] {
-        if !dir.exists()
-            && let Err(e) = wms_cache::create_private(&dir)
-        {
-            tracing::warn!(
-                "cannot create the cache directory {}: {e}; compiling without a cache",
-                dir.display()
-            );
-            return Ok(None);
-        }
-        wms_cache::check_private(&dir)?;
-    }
-    Ok(Some(root.join(sub)))
-}
-
-pub(crate) use wms_cache::hex;
 
 /// Turns a preview 1 core module into a component, using the cache when it holds a verified
 /// result for exactly these bytes.
@@ -61,14 +32,14 @@ pub(crate) fn componentize(module: &[u8]) -> anyhow::Result<Vec<u8>> {
         .flatten()
         .map(|d| d.join(format!("{key}.wasm")));
     if let Some(path) = &cached
-        && let Some(bytes) = crate::aot::read_verified(path)
+        && let Some(bytes) = crate::cache::read_verified(path)
     {
         tracing::debug!("using the cached component {}", path.display());
         return Ok(bytes);
     }
     let component = encode(module)?;
     if let Some(path) = &cached
-        && let Err(e) = crate::aot::write_verified(path, &component)
+        && let Err(e) = crate::cache::write_verified(path, &component)
     {
         tracing::warn!(
             "cannot cache the adapted component at {}: {e:#}",
@@ -113,7 +84,7 @@ fn exports_start(module: &[u8]) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use crate::aot::{read_verified, write_verified};
+    use crate::cache::{read_verified, write_verified};
 
     #[test]
     fn corrupt_cache_entries_are_not_loaded() {

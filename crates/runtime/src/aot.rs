@@ -17,8 +17,8 @@ use sha2::{Digest, Sha256};
 use wasmtime::Engine;
 use wasmtime::component::Component;
 
-use crate::adapt::{hex, private_cache_subdir};
-use wms_cache::{check_private, create_private};
+use crate::cache::{hex, private_cache_subdir, read_verified, sha256_hex, write_verified};
+use wms_cache::check_private;
 
 /// A stable key for "code compiled by this engine loads into this engine": the sha256 of
 /// Wasmtime's precompile compatibility hash.
@@ -35,10 +35,6 @@ pub fn engine_key(engine: &Engine) -> String {
     let mut h = Sha(Sha256::new());
     engine.precompile_compatibility_hash().hash(&mut h);
     hex(&h.0.finalize())[..32].to_string()
-}
-
-pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
-    hex(&Sha256::digest(bytes))
 }
 
 /// Where a component's code came from, for the start-up log.
@@ -201,27 +197,6 @@ pub(crate) fn write_precompiled(
     )
     .with_context(|| format!("write {}", path.with_extension(SIDECAR_EXT).display()))?;
     Ok(path)
-}
-
-/// Reads a file written by [`write_verified`]; `None` if it is missing, short or corrupt.
-pub(crate) fn read_verified(path: &Path) -> Option<Vec<u8>> {
-    let mut bytes = std::fs::read(path).ok()?;
-    if bytes.len() < 32 {
-        return None;
-    }
-    let digest = bytes.split_off(bytes.len() - 32);
-    (Sha256::digest(&bytes).as_slice() == digest.as_slice()).then_some(bytes)
-}
-
-/// Writes `contents` followed by their sha256, atomically (temporary file, then rename).
-pub(crate) fn write_verified(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
-    let dir = path.parent().context("path has no parent directory")?;
-    create_private(dir).with_context(|| format!("create {}", dir.display()))?;
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
-    std::io::Write::write_all(&mut tmp, contents)?;
-    std::io::Write::write_all(&mut tmp, &Sha256::digest(contents))?;
-    tmp.persist(path)?;
-    Ok(())
 }
 
 #[cfg(test)]

@@ -7,15 +7,17 @@
 //! every way the guest can fail so the front end can answer 503, 504 or 500 and keep serving.
 //!
 //! Where things live: `engine` (configuration, pool, targets, epoch ticker), `load` (reading,
-//! adapting and compiling components, staging files), `aot` and `adapt` (the verified code
-//! cache, the preview 1 adapter), `guest` (store data, memory limiter, counted descriptors and
+//! adapting and compiling components, staging files), `cache` (the private cache
+//! directory, digests, self-verifying files), `aot` (compiled code) and `adapt` (the preview 1
+//! adapter), `guest` (store data, memory limiter, counted descriptors and
 //! outbound requests, deadline, the guest task and its guarded body), `failure` (typed failure
 //! classification), one executor per interface (`http_p2` for `wasi:http` 0.2, `wagi`,
-//! `command`), and `release` (swapping in a fresh pool when idle slots keep memory). This file
+//! `command`; `http_p3` for 0.3), and `release` (swapping in a fresh pool when idle slots keep memory). This file
 //! keeps [`Runtime`], its options and the re-exports.
 
 mod adapt;
 pub mod aot;
+mod cache;
 mod command;
 pub mod descriptors;
 mod engine;
@@ -44,7 +46,7 @@ use wasmtime::component::Linker;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wms_manifest::{AllowedHost, App, FileMount};
 
-pub use adapt::{ENV_CACHE_DIR, cache_dir};
+pub use cache::{ENV_CACHE_DIR, cache_dir};
 pub use command::{CommandOptions, CommandOutcome, DirMount, run_command};
 pub use engine::{CRANELIFT_NATIVE, effective_engine, host_has_riscv_vector};
 pub use failure::Failure;
