@@ -1,14 +1,17 @@
 //! `containerd-shim-wms-v1`: containerd's runtime `io.containerd.wms.v1`, serving wms apps.
 //!
 //! runwasi's `containerd-shim-wasm` does the containerd side: the shim API, the container
-//! (namespaces, cgroups, root filesystem, stdio) and its process. Inside that process, this shim
-//! reads the wms image bundle from the container's root filesystem (`wms push --containerd`; see
-//! `wms_oci::containerd`), prepares it as `wms up` prepares a pulled image, and serves it through
-//! the same pipeline as `wms up` (`wms_server::launch`), on `WMS_LISTEN` from the container's
-//! environment (default `0.0.0.0:8080`) until SIGTERM or SIGINT. A wasm artifact that does not
-//! export `wasi:http/incoming-handler` is a command: it runs to completion as `wms run` runs it,
-//! with the container's arguments and environment, and its exit status is the container's.
-//! docs/shim.md says how to install it and what is not done yet.
+//! (namespaces, cgroups, root filesystem, stdio) and its process; a container whose entry point is
+//! a native executable (a pod's pause container) runs as an ordinary Linux container. Inside a
+//! wasm container's process, this shim reads the wms image bundle from the container's root
+//! filesystem (`wms push --containerd`; see `wms_oci::containerd`), or a classic `wasi/wasm`
+//! image's `.wasm` entry point, prepares it as `wms up` prepares a pulled image, and serves it
+//! through the same pipeline as `wms up` (`wms_server::launch`), on `WMS_LISTEN` from the
+//! container's environment (default `0.0.0.0:8080`) until SIGTERM or SIGINT. A wasm artifact that
+//! does not export `wasi:http/incoming-handler` is a command: it runs to completion as `wms run`
+//! runs it, with the container's arguments, environment and directory mounts, and its exit status
+//! is the container's. An app's compiled code is kept in containerd's content store after its
+//! first start ([`WmsCompiler`]). docs/shim.md says how to install it and what is not done yet.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
