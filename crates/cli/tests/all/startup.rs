@@ -74,7 +74,9 @@ fn component_without_http_handler_is_rejected_at_start() {
     ]);
     assert_eq!(code, 1);
     assert!(
-        stderr.contains("does not export `wasi:http/incoming-handler@0.2.x`"),
+        stderr.contains(
+            "exports neither `wasi:http/handler@0.3.x` nor `wasi:http/incoming-handler@0.2.x`"
+        ),
         "{stderr}"
     );
     assert!(
