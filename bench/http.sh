@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
 # Side-by-side HTTP benchmark, one run on one machine:
-#   wms up examples/hello  vs  wasmtime serve (same Wasmtime version, same component)
+#   wasi:http 0.2: wms up examples/hello  vs  wasmtime serve (same Wasmtime version, same
+#                  component; a fresh instance per request in both)
+#   wasi:http 0.3: wms up with guests/p3kit  vs  wasmtime serve -Sp3 (same component; instance
+#                  reuse on in both, with the same bounds: 128 requests, 16 at once, 1 s idle)
 #   vs  a native hyper hello-world (bench/native-hello)
-# with the same wrk settings for each. Prints requests/s, p50 and p99 latency and the ratios
-# wms/wasmtime-serve and wms/native, and writes the table to bench/results/.
+# with the same wrk settings for each. Prints requests/s, p50 and p99 latency and the ratios,
+# and writes the table to bench/results/.
 #
 # Settings (environment): DURATION (10s), CONNECTIONS (32), THREADS (1), WARMUP (3s),
-# WMS_BENCH_CACHE (where wasmtime-cli is installed; default /var/cache/wms-bench).
+# WMS_BENCH_CACHE (where wasmtime-cli is installed; default /var/cache/wms-bench), WASMTIME (an
+# existing wasmtime 48.0.8 binary with `serve` and `component-model-async` to use instead).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -27,11 +31,21 @@ rustup target add wasm32-wasip2 >/dev/null
 cargo build --release -p wms-cli -p native-hello >&2
 (cd examples && cargo build --release --target wasm32-wasip2 -p hello >&2)
 HELLO=examples/target/wasm32-wasip2/release/hello.wasm
+(cd guests && CARGO_TARGET_DIR="$TARGET_DIR/bench-guests" cargo build --release --target wasm32-wasip2 -p p3kit >&2)
+P3=$(realpath "$TARGET_DIR/bench-guests/wasm32-wasip2/release/p3kit.wasm")
+P3APP=$(mktemp -d)
+printf 'spin_manifest_version = 2\n[application]\nname = "p3"\n[[trigger.http]]\nroute = "/..."\ncomponent = "p3"\n[component.p3]\nsource = "%s"\n' "$P3" > "$P3APP/wms.toml"
 
-WASMTIME="$CACHE/wasmtime-$WASMTIME_VERSION/bin/wasmtime"
-if [ ! -x "$WASMTIME" ]; then
-  echo "== installing wasmtime-cli $WASMTIME_VERSION into $CACHE (once)" >&2
-  cargo install --locked "wasmtime-cli@$WASMTIME_VERSION" --root "$CACHE/wasmtime-$WASMTIME_VERSION" >&2
+# wasmtime serve with what it needs here (serve, 0.3 and the pooling allocator), which builds
+# in about a quarter of the time of the default feature set.
+if [ -z "${WASMTIME:-}" ]; then
+  WASMTIME="$CACHE/wasmtime-$WASMTIME_VERSION/bin/wasmtime"
+  if [ ! -x "$WASMTIME" ]; then
+    echo "== installing wasmtime-cli $WASMTIME_VERSION into $CACHE (once)" >&2
+    cargo install --locked "wasmtime-cli@$WASMTIME_VERSION" --no-default-features \
+      --features serve,run,component-model-async,cranelift,pooling-allocator,parallel-compilation \
+      --root "$CACHE/wasmtime-$WASMTIME_VERSION" >&2
+  fi
 fi
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
@@ -39,7 +53,7 @@ wait_up() { for _ in $(seq 1 200); do curl -sf "$1" >/dev/null 2>&1 && return 0;
 
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; }
-trap cleanup EXIT
+trap 'cleanup; rm -rf "$P3APP"' EXIT
 
 # run NAME URL -> "rps p50_ms p99_ms"
 measure() {
@@ -77,6 +91,20 @@ RESULT[wasmtime]=$(measure "http://127.0.0.1:$PORT/")
 kill "${PIDS[-1]}"; wait "${PIDS[-1]}" 2>/dev/null || true
 
 PORT=$(free_port)
+"$TARGET_DIR/release/wms" up "$P3APP" --listen "127.0.0.1:$PORT" >/dev/null 2>/tmp/wms-bench-p3.log &
+PIDS+=($!)
+wait_up "http://127.0.0.1:$PORT/hello"
+RESULT[wms3]=$(measure "http://127.0.0.1:$PORT/hello")
+kill "${PIDS[-1]}"; wait "${PIDS[-1]}" 2>/dev/null || true
+
+PORT=$(free_port)
+"$WASMTIME" serve -O pooling-allocator=y -S cli=y -S p3=y --addr "127.0.0.1:$PORT" "$P3" >/dev/null 2>&1 &
+PIDS+=($!)
+wait_up "http://127.0.0.1:$PORT/hello"
+RESULT[wasmtime3]=$(measure "http://127.0.0.1:$PORT/hello")
+kill "${PIDS[-1]}"; wait "${PIDS[-1]}" 2>/dev/null || true
+
+PORT=$(free_port)
 "$TARGET_DIR/release/native-hello" "127.0.0.1:$PORT" >/dev/null &
 PIDS+=($!)
 wait_up "http://127.0.0.1:$PORT/"
@@ -85,17 +113,19 @@ kill "${PIDS[-1]}"; wait "${PIDS[-1]}" 2>/dev/null || true
 
 mkdir -p bench/results
 OUT="bench/results/http-$(date -u +%Y%m%dT%H%M%SZ).md"
-python3 - "$OUT" "${RESULT[wms]}" "${RESULT[wasmtime]}" "${RESULT[native]}" <<PY | tee "$OUT"
+python3 - "$OUT" "${RESULT[wms]}" "${RESULT[wasmtime]}" "${RESULT[native]}" "${RESULT[wms3]}" "${RESULT[wasmtime3]}" <<PY | tee "$OUT"
 import sys, platform, os
-out, wms, wt, nat = sys.argv[1], *[list(map(float, a.split())) for a in sys.argv[2:]]
+out, wms, wt, nat, wms3, wt3 = sys.argv[1], *[list(map(float, a.split())) for a in sys.argv[2:]]
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.machine())
 print(f"machine: {platform.machine()}, {os.cpu_count()} cores, {cpu}; wrk -t$THREADS -c$CONNECTIONS -d$DURATION (after $WARMUP warm-up)")
 print()
 print("| server | req/s | p50 ms | p99 ms |")
 print("|---|---:|---:|---:|")
-for name, r in [("wms up (hello.wasm)", wms), ("wasmtime serve $WASMTIME_VERSION, pooling (hello.wasm)", wt), ("native hyper (native-hello)", nat)]:
+for name, r in [("wms up (hello.wasm, 0.2)", wms), ("wasmtime serve $WASMTIME_VERSION, pooling (hello.wasm, 0.2)", wt), ("wms up (p3kit.wasm, 0.3, reuse)", wms3), ("wasmtime serve $WASMTIME_VERSION, pooling, -Sp3 (p3kit.wasm, 0.3, reuse)", wt3), ("native hyper (native-hello)", nat)]:
     print(f"| {name} | {r[0]:.0f} | {r[1]:.3f} | {r[2]:.3f} |")
 print()
 print(f"wms / wasmtime serve: throughput {wms[0]/wt[0]:.2f}x, p99 {wms[2]/wt[2]:.2f}x")
 print(f"wms / native: throughput {wms[0]/nat[0]:.2f}x, p99 {wms[2]/nat[2]:.2f}x")
+print(f"0.3 with reuse, wms / wasmtime serve: throughput {wms3[0]/wt3[0]:.2f}x, p99 {wms3[2]/wt3[2]:.2f}x")
+print(f"0.3 with reuse, wms / native: throughput {wms3[0]/nat[0]:.2f}x, p99 {wms3[2]/nat[2]:.2f}x")
 PY
