@@ -11,9 +11,9 @@
 //! directory, digests, self-verifying files), `aot` (compiled code) and `adapt` (the preview 1
 //! adapter), `guest` (store data, memory limiter, counted descriptors and
 //! outbound requests, deadline, the guest task and its guarded body), `failure` (typed failure
-//! classification), one executor per interface (`http_p2` for `wasi:http` 0.2, `wagi`,
-//! `command`; `http_p3` for 0.3), and `release` (swapping in a fresh pool when idle slots keep memory). This file
-//! keeps [`Runtime`], its options and the re-exports.
+//! classification), one executor per interface (`http_p2` and `http_p3` for `wasi:http` 0.2 and
+//! 0.3, `wagi`, `command`), and `release` (swapping in a fresh pool when idle slots keep
+//! memory). This file keeps [`Runtime`], its options and the re-exports.
 
 mod adapt;
 pub mod aot;
