@@ -1017,3 +1017,85 @@ fn the_kubelets_path_runs_a_pod_with_runtime_handler_wms() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// A WASI 0.3 component beside a 0.2 one in an app run by the shim: the same executors as
+/// `wms up`, instance reuse included.
+#[test]
+fn an_app_with_a_wasi_03_component_is_served_with_reuse() {
+    if let Some(why) = cannot_run() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let app = tempfile::tempdir().unwrap();
+    std::fs::write(
+        app.path().join("wms.toml"),
+        format!(
+            "spin_manifest_version = 2\n[application]\nname = \"mixed\"\n\
+             [[trigger.http]]\nroute = \"/p3/...\"\ncomponent = \"p3\"\n\
+             [[trigger.http]]\nroute = \"/p2/...\"\ncomponent = \"p2\"\n\
+             [component.p3]\nsource = {:?}\n[component.p2]\nsource = {:?}\n",
+            artifacts::P3KIT,
+            artifacts::TESTKIT
+        ),
+    )
+    .unwrap();
+    let registry = Registry::start();
+    let reference = registry.reference("mixed-containerd:1");
+    push_for_containerd(app.path(), &reference);
+    let containerd = Containerd::start();
+    containerd.ctr_ok(&["image", "pull", "--plain-http", &reference]);
+
+    let port = free_port();
+    let listen = format!("WMS_LISTEN=127.0.0.1:{port}");
+    let id = &format!("wms-shim-p3-{}", std::process::id());
+    let mut run = Collected::spawn(containerd.ctr_command(&[
+        "run",
+        "--rm",
+        "--runtime",
+        "io.containerd.wms.v1",
+        "--net-host",
+        "--env",
+        &listen,
+        &reference,
+        id,
+    ]));
+    run.wait_for(
+        &format!("Serving http://127.0.0.1:{port}"),
+        Duration::from_secs(60),
+    );
+    let seen = rt().block_on(async {
+        let mut seen = Vec::new();
+        for _ in 0..3 {
+            let resp = client()
+                .get(format!("http://127.0.0.1:{port}/p3/hello"))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), 200);
+            seen.push(
+                resp.headers()["x-instance-requests"]
+                    .to_str()
+                    .unwrap()
+                    .to_string(),
+            );
+            assert_eq!(resp.text().await.unwrap(), "hello from p3\n");
+        }
+        let resp = client()
+            .get(format!("http://127.0.0.1:{port}/p2/fine"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        seen
+    });
+    assert_eq!(seen, ["1", "2", "3"]);
+    containerd.ctr_ok(&["task", "kill", id]);
+    let status = run
+        .wait_exit(Duration::from_secs(30))
+        .unwrap_or_else(|| panic!("the task did not stop within 30 s:\n{}", run.output()));
+    assert!(
+        status.success(),
+        "ctr run exited {status}:\n{}",
+        run.output()
+    );
+}
