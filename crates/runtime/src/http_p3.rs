@@ -65,28 +65,40 @@ where
     B::Error: Into<BoxError>,
 {
     let request = request.map(|body| body.map_err(crate::http_p2::body_error).boxed_unsync());
+    let arrived = Instant::now();
     let watch = Arc::new(Watch {
-        arrived: Instant::now(),
+        arrived,
+        responded: AtomicBool::new(false),
         failure: OnceLock::new(),
+        _permits: permits,
     });
     match handler.handle(watch.clone(), request).await {
-        Ok(response) => Ok(response.map(|body| {
-            WatchedBody {
-                inner: body.map_err(|e| Box::new(e) as BoxError).boxed_unsync(),
-                watch,
-                ended: false,
-                _permits: permits,
-            }
-            .boxed_unsync()
-        })),
+        Ok(response) => {
+            watch.responded.store(true, Ordering::Relaxed);
+            let deadline = arrived + comp.limits.timeout;
+            Ok(response.map(|body| {
+                WatchedBody {
+                    inner: Some(body.map_err(|e| Box::new(e) as BoxError).boxed_unsync()),
+                    watch,
+                    deadline: Box::pin(tokio::time::sleep_until(deadline.into())),
+                }
+                .boxed_unsync()
+            }))
+        }
         Err(e) => Err(request_failure(&e, &watch, &comp)),
     }
 }
 
-/// What one request is told when its instance fails.
+/// One request as its instance sees it. It lives until the request is over: its response body
+/// ended or dropped, or, when the client went away first, until the guest produced the head or
+/// the deadline passed (the instance's worker holds it that long). So do the request's permits:
+/// a client that leaves does not free a slot its guest still uses.
 pub(crate) struct Watch {
     arrived: Instant,
+    /// The guest produced the response head: from here only the body's deadline applies.
+    responded: AtomicBool,
     failure: OnceLock<Failure>,
+    _permits: (OwnedSemaphorePermit, Option<OwnedSemaphorePermit>),
 }
 
 /// Why a request got no response: typed errors of Wasmtime's handler, the guest's error code, or
@@ -128,12 +140,13 @@ fn request_failure(e: &wasmtime::Error, watch: &Watch, comp: &LoadedComponent) -
 }
 
 /// A 0.3 response body: ends in an error, not a clean end, when its instance failed before the
-/// body was complete; holds the request's permits until it is over.
+/// body was complete or when the request's deadline passes first (the client is then cut off as
+/// for a 0.2 guest; the guest's instance, not the co-tenants on it, pays later). Holds the
+/// request (and its permits) until it is over.
 struct WatchedBody {
-    inner: ResponseBody,
+    inner: Option<ResponseBody>,
     watch: Arc<Watch>,
-    ended: bool,
-    _permits: (OwnedSemaphorePermit, Option<OwnedSemaphorePermit>),
+    deadline: Pin<Box<tokio::time::Sleep>>,
 }
 
 impl http_body::Body for WatchedBody {
@@ -144,12 +157,12 @@ impl http_body::Body for WatchedBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
-        if self.ended {
+        let Some(inner) = self.inner.as_mut() else {
             return Poll::Ready(None);
-        }
-        match Pin::new(&mut self.inner).poll_frame(cx) {
+        };
+        match Pin::new(inner).poll_frame(cx) {
             Poll::Ready(None) => {
-                self.ended = true;
+                self.inner = None;
                 // The instance is discarded before its streams close: a failure is known here.
                 match self.watch.failure.get() {
                     Some(f) => Poll::Ready(Some(Err(format!(
@@ -159,16 +172,28 @@ impl http_body::Body for WatchedBody {
                     None => Poll::Ready(None),
                 }
             }
+            Poll::Pending => match self.deadline.as_mut().poll(cx) {
+                Poll::Ready(()) => {
+                    self.inner = None;
+                    Poll::Ready(Some(Err(
+                        "the guest did not finish the response body within its timeout".into(),
+                    )))
+                }
+                Poll::Pending => Poll::Pending,
+            },
             other => other,
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.ended
+        self.inner.is_none()
     }
 
     fn size_hint(&self) -> http_body::SizeHint {
-        self.inner.size_hint()
+        match &self.inner {
+            Some(inner) => inner.size_hint(),
+            None => http_body::SizeHint::with_exact(0),
+        }
     }
 }
 
@@ -229,6 +254,10 @@ struct Shared {
 }
 
 impl Shared {
+    /// Whether a request still waiting for its response head is past its timeout: the guest is
+    /// stuck (a loop, or the event loop blocked), and only stopping the instance frees it.
+    /// Requests that have their head are cut off by their body's own deadline instead, so a
+    /// slow client never gets its co-tenants killed.
     fn any_past(&self, timeout: Duration) -> bool {
         let now = Instant::now();
         self.requests
@@ -236,7 +265,9 @@ impl Shared {
             .unwrap_or_else(|e| e.into_inner())
             .iter()
             .filter_map(Weak::upgrade)
-            .any(|w| now.duration_since(w.arrived) >= timeout)
+            .any(|w| {
+                !w.responded.load(Ordering::Relaxed) && now.duration_since(w.arrived) >= timeout
+            })
     }
 }
 
@@ -282,7 +313,15 @@ impl WorkerState for Worker {
         let Err(e) = result else {
             return;
         };
-        let f = classify(&e, store.data().limiter.exceeded, &self.comp);
+        // Wasmtime's handler ends a worker stuck past its busy time with an untyped error; a
+        // request of it past its timeout says what that was.
+        let f = if self.shared.any_past(self.comp.limits.timeout) {
+            Failure::Timeout {
+                timeout: self.comp.limits.timeout,
+            }
+        } else {
+            classify(&e, store.data().limiter.exceeded, &self.comp)
+        };
         tracing::error!(component = %self.comp.id, "instance discarded: {f}");
         // Before the store (and the response streams it feeds) goes: bodies in flight then end
         // in an error, not as if complete.

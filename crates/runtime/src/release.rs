@@ -68,7 +68,10 @@ pub(crate) fn start(releaser: Releaser) -> anyhow::Result<()> {
 
 impl Releaser {
     fn run(self) {
-        let tick = self.period / LOOKS_PER_PERIOD as u32;
+        let tick = self.period.max(Duration::from_secs(1)) / LOOKS_PER_PERIOD as u32;
+        // The engine swapped out last: no new pool while it is still mapped (its requests, or
+        // idle 0.3 instances, still hold it), so at most two pools exist at once.
+        let mut previous: Option<wasmtime::EngineWeak> = None;
         // The peak concurrency seen in each of the last LOOKS_PER_PERIOD ticks.
         let mut recent = VecDeque::with_capacity(LOOKS_PER_PERIOD);
         loop {
@@ -94,12 +97,15 @@ impl Releaser {
                 + metrics.unused_stack_bytes_resident().unwrap_or(0);
             let warm = metrics.unused_warm_memories();
             let peak = recent.iter().copied().max().unwrap_or(0);
-            if !worth_releasing(kept, warm, peak, generation.components.len()) {
+            if !worth_releasing(kept, warm, peak, generation.components.len())
+                || previous.as_ref().is_some_and(|p| p.upgrade().is_some())
+            {
                 continue;
             }
             let started = Instant::now();
             match rebuild(&generation, &self.config) {
                 Ok(fresh) => {
+                    previous = Some(generation.engine.weak());
                     *current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(fresh);
                     recent.clear();
                     tracing::info!(

@@ -4,6 +4,7 @@
 //! - `echo`: streams the request body back and forwards its trailers;
 //! - `headers`: the request's headers, one `name: value` line each;
 //! - `slow?ms=N`: answers after N milliseconds (waiting, not spinning);
+//! - `drip`: answers at once, then writes a `.` to the body every 100 ms, forever;
 //! - `trap`: panics; `loop`: spins forever; `hog`: grows memory until it fails;
 //! - `fail`: answers with a `wasi:http` error code instead of a response.
 
@@ -41,6 +42,7 @@ impl wasip3::exports::http::handler::Guest for Kit {
                 wasip3::clocks::monotonic_clock::wait_for(ms * 1_000_000).await;
                 Ok(text(seen, format!("slept {ms}ms\n")))
             }
+            "drip" => Ok(drip(seen)),
             "trap" => panic!("p3kit: trap requested"),
             "loop" => {
                 let mut n = 0u64;
@@ -75,6 +77,26 @@ fn text(seen: u32, body: String) -> Response {
     let (response, _sent) = Response::new(headers, Some(rx), trailers_rx);
     wit_bindgen::spawn_local(async move {
         let _ = tx.write_all(body.into_bytes()).await;
+    });
+    response
+}
+
+/// A body that never ends: a `.` every 100 ms until the host stops taking it.
+fn drip(seen: u32) -> Response {
+    let headers =
+        Fields::from_list(&[("x-instance-requests".into(), seen.to_string().into_bytes())])
+            .expect("valid headers");
+    let (mut tx, rx) = wit_stream::new();
+    let (trailers_tx, trailers_rx) = wit_future::new(|| Ok(None));
+    drop(trailers_tx);
+    let (response, _sent) = Response::new(headers, Some(rx), trailers_rx);
+    wit_bindgen::spawn_local(async move {
+        loop {
+            if !tx.write_all(b".".to_vec()).await.is_empty() {
+                return;
+            }
+            wasip3::clocks::monotonic_clock::wait_for(100_000_000).await;
+        }
     });
     response
 }

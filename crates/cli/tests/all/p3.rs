@@ -276,3 +276,34 @@ fn past_the_component_limit_a_request_gets_503() {
     });
     assert_eq!(statuses, [503, 200, 200]);
 }
+
+/// Regression: a request still sending its body at its deadline had its whole instance stopped,
+/// failing the other requests on it. Now only its own body is cut off (with an error).
+#[test]
+fn a_body_past_its_deadline_is_cut_off_without_killing_its_co_tenants() {
+    let server = Server::with_manifest(&app("timeout = \"1s\""), &[]);
+    rt().block_on(async {
+        let mut drip = client().get(server.url("/p3/drip")).send().await.unwrap();
+        assert_eq!(drip.status(), 200);
+        assert_eq!(drip.headers()["x-instance-requests"], "1");
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        // On the same instance, finishing after the drip's deadline.
+        let slow = tokio::spawn({
+            let url = server.url("/p3/slow?ms=900");
+            async move { client().get(url).send().await.unwrap() }
+        });
+        let mut got = 0;
+        let cut = loop {
+            match drip.chunk().await {
+                Ok(Some(c)) => got += c.len(),
+                Ok(None) => break false,
+                Err(_) => break true,
+            }
+        };
+        assert!(cut, "the never-ending body ended cleanly after {got} bytes");
+        assert!(got > 0);
+        let slow = slow.await.unwrap();
+        assert_eq!(slow.status(), 200, "{}", server.log());
+        assert_eq!(slow.headers()["x-instance-requests"], "2");
+    });
+}
