@@ -288,7 +288,11 @@ impl Front {
         set("spin-base-path", &self.app.base);
         set("spin-client-addr", &self.client.to_string());
         for (name, value) in &matched.params {
-            set(&format!("spin-path-match-{name}"), value);
+            // As Spin names it: `:user_id` is `spin-path-match-user-id`.
+            set(
+                &format!("spin-path-match-{}", name.replace('_', "-")),
+                value,
+            );
         }
 
         let max_body = usize::try_from(self.options.max_body).unwrap_or(usize::MAX);

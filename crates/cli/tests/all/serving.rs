@@ -64,7 +64,7 @@ component = "fallback"
 route = "/api/..."
 component = "api"
 [[trigger.http]]
-route = "/api/users/:id/posts/:post"
+route = "/api/users/:user_id/posts/:post"
 component = "post"
 [[trigger.http]]
 route = "/api/exact"
@@ -99,9 +99,10 @@ source = "{echo}"
         let h = route_of("/api/users/42/posts/abc?full=1").await;
         assert_eq!(
             h["x-echo-header-spin-matched-route"],
-            "/api/users/:id/posts/:post"
+            "/api/users/:user_id/posts/:post"
         );
-        assert_eq!(h["x-echo-header-spin-path-match-id"], "42");
+        // Spin names the header after the parameter with `_` as `-`.
+        assert_eq!(h["x-echo-header-spin-path-match-user-id"], "42");
         assert_eq!(h["x-echo-header-spin-path-match-post"], "abc");
         assert_eq!(h["x-echo-header-spin-path-info"], "");
         assert_eq!(
