@@ -557,12 +557,36 @@ fn serve_once(containerd: &Containerd, reference: &str, id: &str) -> String {
     let status = run
         .wait_exit(Duration::from_secs(30))
         .unwrap_or_else(|| panic!("{id}: the task did not stop:\n{}", run.output()));
-    assert!(
-        status.success(),
-        "{id}: ctr run exited {status}:\n{}",
-        run.output()
-    );
-    run.output()
+    let output = run.output();
+    if !status.success() && output.contains("task must be stopped before deletion") {
+        // `ctr run --rm` raced containerd's own view of the exit: ctr saw the exit event and
+        // deleted the task before containerd marked it stopped (seen once in 20 cycles on a
+        // loaded machine; the app had exited 0 after SIGTERM). The clean-up is then done here,
+        // once containerd has caught up; the leftover checks that follow still apply.
+        assert!(output.contains("SIGTERM received"), "{id}:\n{output}");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let task = containerd.ctr(&["task", "delete", id]);
+            let gone = !containerd.ctr_ok(&["task", "ls"]).contains(id);
+            if task.status.success() || gone {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{id}: the task never stopped:\n{output}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let deleted = containerd.ctr(&["container", "delete", id]);
+        assert!(
+            deleted.status.success() || !containerd.ctr_ok(&["container", "ls", "-q"]).contains(id),
+            "{id}: the container could not be deleted:\n{}",
+            String::from_utf8_lossy(&deleted.stderr)
+        );
+        return output;
+    }
+    assert!(status.success(), "{id}: ctr run exited {status}:\n{output}");
+    output
 }
 
 #[test]
