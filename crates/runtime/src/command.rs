@@ -200,7 +200,7 @@ pub async fn run_command(options: &CommandOptions) -> anyhow::Result<CommandOutc
         let pre = linker
             .instantiate_pre(&component)
             .map_err(wt)
-            .context("cannot link the component's imports")?;
+            .context("cannot link the component's imports; `wms run` provides WASI 0.2 and WASI 0.3's cli, clocks and random (not 0.3's filesystem or sockets)")?;
         let p3 = component
             .component_type()
             .exports(&engine)
@@ -222,7 +222,7 @@ pub async fn run_command(options: &CommandOptions) -> anyhow::Result<CommandOutc
         let result = if p3 {
             let pre = wasmtime_wasi::p3::bindings::CommandPre::new(pre).map_err(|e| {
                 anyhow!(
-                    "{}: its `wasi:cli/run` export does not match WASI 0.3: {e}",
+                    "{}: its `wasi:cli/run` export does not match WASI 0.3: {e}\n  help: build it against WASI 0.3.0 or later (the `wasip3` crate 0.7 or later); 0.3 release candidates are not supported",
                     options.path.display()
                 )
             })?;

@@ -269,6 +269,12 @@ pub(crate) fn new_store(
     engine: &Engine,
     comp: &LoadedComponent,
 ) -> Result<Store<HostState>, Failure> {
+    Ok(guest_store(engine, new_state(comp)?, comp.limits.timeout))
+}
+
+/// The store data of one instance of `comp`: its WASI context with the component's environment,
+/// output and mounts, its tables, hooks, limiter and descriptor counts.
+pub(crate) fn new_state(comp: &LoadedComponent) -> Result<HostState, Failure> {
     // Before the mounts are opened: they are descriptors too.
     let fds = comp.instance_fds()?;
     let mut wasi = WasiCtxBuilder::new();
@@ -306,7 +312,7 @@ pub(crate) fn new_store(
         limiter: MemoryLimiter::new(comp.limits.max_memory),
         fds,
     };
-    Ok(guest_store(engine, state, comp.limits.timeout))
+    Ok(state)
 }
 
 /// Stops the guest once `timeout` has passed; until then it yields to other tasks every epoch

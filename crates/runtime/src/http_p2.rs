@@ -166,7 +166,7 @@ pub(crate) fn load_http(
         .map_err(|e| anyhow!("{e:?}"))
         .with_context(|| {
             format!(
-                "component `{id}` ({}): cannot link its imports",
+                "component `{id}` ({}): cannot link its imports\n  help: wms provides WASI 0.2 and wasi:http 0.2, and WASI 0.3's cli, clocks, random and wasi:http (not yet its filesystem or sockets, nor Spin's host interfaces); build the component against those",
                 source.display()
             )
         })?;
@@ -177,7 +177,7 @@ pub(crate) fn load_http(
     {
         return ServicePre::new(pre)
             .map(HttpPre::P3)
-            .map_err(|e| anyhow!("component `{id}` ({}): its `wasi:http/handler` export does not match wasi:http 0.3: {e}", source.display()));
+            .map_err(|e| anyhow!("component `{id}` ({}): its `wasi:http/handler` export does not match wasi:http 0.3: {e}\n  help: build it against WASI 0.3.0 or later (the `wasip3` crate 0.7 or later, the Spin Rust SDK 7); 0.3 release candidates are not supported", source.display()));
     }
     ProxyPre::new(pre).map(HttpPre::P2).map_err(|e| {
         anyhow!(

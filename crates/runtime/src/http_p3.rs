@@ -31,7 +31,7 @@ use wasmtime_wasi_http::p3::bindings::ServicePre;
 use wasmtime_wasi_http::p3::bindings::http::types::ErrorCode;
 
 use crate::failure::classify;
-use crate::guest::{HostState, new_store};
+use crate::guest::{HostState, new_state};
 use crate::{BoxError, Failure, LoadedComponent, ResponseBody};
 
 /// A 0.3 component's instances and request queue.
@@ -213,9 +213,11 @@ impl HandlerState for P3Component {
             .comp
             .upgrade()
             .ok_or_else(|| wasmtime::format_err!("the component was unloaded"))?;
-        let mut store = new_store(&comp.engine, &comp).map_err(wasmtime::Error::new)?;
         let shared = Arc::new(Shared::default());
-        store.data_mut().limiter.exceeded_flag = Some(shared.memory_exceeded.clone());
+        let mut state = new_state(&comp).map_err(wasmtime::Error::new)?;
+        state.limiter.exceeded_flag = Some(shared.memory_exceeded.clone());
+        let mut store = Store::new(&comp.engine, state);
+        store.limiter(|s| &mut s.limiter);
         // The store lives across requests: instead of one deadline, every tick checks the
         // requests in flight and stops the instance once one of them is past its timeout.
         let timeout = comp.limits.timeout;

@@ -170,8 +170,13 @@ impl Server {
         self.log.lock().unwrap().clone()
     }
 
-    /// Waits until the log contains `needle`.
+    /// Waits until the log contains `needle` (10 s at most).
     pub fn wait_for_log(&self, needle: &str) -> String {
+        self.wait_for_log_within(needle, Duration::from_secs(10))
+    }
+
+    /// Waits until the log contains `needle`, `within` at most.
+    pub fn wait_for_log_within(&self, needle: &str, within: Duration) -> String {
         let start = Instant::now();
         loop {
             let log = self.log();
@@ -179,7 +184,7 @@ impl Server {
                 return log;
             }
             assert!(
-                start.elapsed() < Duration::from_secs(10),
+                start.elapsed() < within,
                 "log never contained {needle:?}:\n{log}"
             );
             std::thread::sleep(Duration::from_millis(20));

@@ -51,11 +51,9 @@ fn a_burst_leaves_little_resident_with_the_default_budget() {
     );
 }
 
-/// Without a budget's help (the old 16 MiB kept per memory), what a burst left in idle slots
-/// is given back once they stay idle for the period.
-#[test]
-fn idle_slots_give_back_what_they_keep() {
-    let server = Server::with_manifest(
+/// The old keep (16 MiB per memory, no budget) with the idle release after 2 s.
+fn keeping_16mib_released_after_2s() -> Server {
+    Server::with_manifest(
         &testkit_app(&[("kit", "/...", "")]),
         &[
             "--pool-resident-budget",
@@ -63,7 +61,14 @@ fn idle_slots_give_back_what_they_keep() {
             "--pool-idle-release",
             "2s",
         ],
-    );
+    )
+}
+
+/// Without a budget's help (the old 16 MiB kept per memory), what a burst left in idle slots
+/// is given back once they stay idle for the period.
+#[test]
+fn idle_slots_give_back_what_they_keep() {
+    let server = keeping_16mib_released_after_2s();
     let log = server.wait_for_log("kept resident between requests");
     assert!(log.contains("given back after 2s idle"), "{log}");
     let baseline = warm(&server);
@@ -75,7 +80,7 @@ fn idle_slots_give_back_what_they_keep() {
         kept >> 20,
         baseline >> 20
     );
-    let log = wait_for_log_within(&server, "gave back", Duration::from_secs(15));
+    let log = server.wait_for_log_within("gave back", Duration::from_secs(15));
     std::thread::sleep(Duration::from_millis(500));
     let after = rss(server.pid());
     assert!(
@@ -92,15 +97,7 @@ fn idle_slots_give_back_what_they_keep() {
 /// given back while the traffic goes on, and no request fails across the swap.
 #[test]
 fn steady_traffic_stays_warm_and_a_burst_under_it_is_given_back() {
-    let server = Server::with_manifest(
-        &testkit_app(&[("kit", "/...", "")]),
-        &[
-            "--pool-resident-budget",
-            "1TiB",
-            "--pool-idle-release",
-            "2s",
-        ],
-    );
+    let server = keeping_16mib_released_after_2s();
     let baseline = warm(&server);
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let steady = {
@@ -130,7 +127,7 @@ fn steady_traffic_stays_warm_and_a_burst_under_it_is_given_back() {
     );
     let kept = bursts(&server, Duration::from_millis(200));
     assert!(kept > baseline + (128 << 20), "RSS {} MiB", kept >> 20);
-    let log = wait_for_log_within(&server, "gave back", Duration::from_secs(15));
+    let log = server.wait_for_log_within("gave back", Duration::from_secs(15));
     std::thread::sleep(Duration::from_millis(500));
     let after = rss(server.pid());
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -143,21 +140,6 @@ fn steady_traffic_stays_warm_and_a_burst_under_it_is_given_back() {
         after >> 20,
         baseline >> 20
     );
-}
-
-fn wait_for_log_within(server: &Server, needle: &str, within: Duration) -> String {
-    let start = std::time::Instant::now();
-    loop {
-        let log = server.log();
-        if log.contains(needle) {
-            return log;
-        }
-        assert!(
-            start.elapsed() < within,
-            "log never contained {needle:?}:\n{log}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 #[test]

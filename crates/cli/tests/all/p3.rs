@@ -234,15 +234,7 @@ fn a_03_component_moves_to_the_fresh_pool_when_idle_memory_is_given_back() {
     assert_eq!(get(&server, "/p3/hello"), (200, 1));
     // The hog's slot keeps up to 16 MiB of the 32 it touched: worth a fresh pool once idle.
     assert_eq!(get(&server, "/p3/hog").0, 500);
-    let start = std::time::Instant::now();
-    while !server.log().contains("gave back") {
-        assert!(
-            start.elapsed() < Duration::from_secs(15),
-            "no release:\n{}",
-            server.log()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    server.wait_for_log_within("gave back", Duration::from_secs(15));
     // Served from the fresh pool, reuse and all.
     assert_eq!(get(&server, "/p3/hello"), (200, 1));
     assert_eq!(get(&server, "/p3/hello"), (200, 2));

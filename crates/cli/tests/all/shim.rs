@@ -324,24 +324,8 @@ fn an_app_image_pulled_by_containerd_serves_http_and_stops_on_kill() {
     // containerd unpacks the image like any other (containerd 1.6 could not unpack wasm layers).
     containerd.ctr_ok(&["image", "pull", "--plain-http", &reference]);
 
-    let port = free_port();
-    let listen = format!("WMS_LISTEN=127.0.0.1:{port}");
     let id = &format!("wms-shim-test-{}", std::process::id());
-    let mut run = Collected::spawn(containerd.ctr_command(&[
-        "run",
-        "--rm",
-        "--runtime",
-        "io.containerd.wms.v1",
-        "--net-host",
-        "--env",
-        &listen,
-        &reference,
-        id,
-    ]));
-    run.wait_for(
-        &format!("Serving http://127.0.0.1:{port}"),
-        Duration::from_secs(60),
-    );
+    let (mut run, port) = start_serving(&containerd, &reference, id);
 
     let body = rt().block_on(async {
         let resp = client()
@@ -524,9 +508,9 @@ fn host_rootfs(dir: &Path) -> Vec<String> {
     mounts
 }
 
-/// Starts `reference` as container `id` serving on a free loopback port, checks that it answers
-/// 200, stops it with `ctr task kill` and returns its output (it must exit 0).
-fn serve_once(containerd: &Containerd, reference: &str, id: &str) -> String {
+/// `ctr run --rm` of `reference` as container `id` with the wms runtime and the host's network,
+/// listening on a free loopback port; returns once it serves.
+fn start_serving(containerd: &Containerd, reference: &str, id: &str) -> (Collected, u16) {
     let port = free_port();
     let listen = format!("WMS_LISTEN=127.0.0.1:{port}");
     let mut run = Collected::spawn(containerd.ctr_command(&[
@@ -544,6 +528,13 @@ fn serve_once(containerd: &Containerd, reference: &str, id: &str) -> String {
         &format!("Serving http://127.0.0.1:{port}"),
         Duration::from_secs(60),
     );
+    (run, port)
+}
+
+/// Starts `reference` as container `id` serving on a free loopback port, checks that it answers
+/// 200, stops it with `ctr task kill` and returns its output (it must exit 0).
+fn serve_once(containerd: &Containerd, reference: &str, id: &str) -> String {
+    let (mut run, port) = start_serving(containerd, reference, id);
     let status = rt().block_on(async {
         client()
             .get(format!("http://127.0.0.1:{port}/"))
@@ -1079,24 +1070,8 @@ fn an_app_with_a_wasi_03_component_is_served_with_reuse() {
     let containerd = Containerd::start();
     containerd.ctr_ok(&["image", "pull", "--plain-http", &reference]);
 
-    let port = free_port();
-    let listen = format!("WMS_LISTEN=127.0.0.1:{port}");
     let id = &format!("wms-shim-p3-{}", std::process::id());
-    let mut run = Collected::spawn(containerd.ctr_command(&[
-        "run",
-        "--rm",
-        "--runtime",
-        "io.containerd.wms.v1",
-        "--net-host",
-        "--env",
-        &listen,
-        &reference,
-        id,
-    ]));
-    run.wait_for(
-        &format!("Serving http://127.0.0.1:{port}"),
-        Duration::from_secs(60),
-    );
+    let (mut run, port) = start_serving(&containerd, &reference, id);
     let seen = rt().block_on(async {
         let mut seen = Vec::new();
         for _ in 0..3 {
