@@ -136,31 +136,12 @@ pub fn materialize_bundle(
     let manifest: OciImageManifest = serde_json::from_slice(&bytes)
         .with_context(|| format!("{} is not an image manifest", manifest_path.display()))?;
     crate::ImageKind::classify(&manifest)?;
-    let mut wanted: Vec<(&OciDescriptor, bool)> = vec![(&manifest.config, true)];
-    wanted.extend(
-        manifest
-            .layers
-            .iter()
-            .filter(|l| {
-                l.media_type != media::PRECOMPILED
-                    || precompiled_target.is_some_and(|t| {
-                        l.annotations
-                            .as_ref()
-                            .and_then(|a| a.get(media::ANN_TARGET))
-                            .is_some_and(|x| x == t)
-                    })
-            })
-            .map(|l| (l, false)),
-    );
-    let total: u64 = wanted.iter().map(|(d, _)| d.size.max(0) as u64).sum();
-    if wanted.len() > limits::LAYERS || total > limits::IMAGE {
-        bail!(
-            "the bundled image has {} blobs, {total} bytes in all; wms takes at most {} blobs and {} bytes per image",
-            wanted.len(),
-            limits::LAYERS,
-            limits::IMAGE
-        );
-    }
+    let wanted: Vec<(&OciDescriptor, bool)> = limits::wanted_blobs(&manifest, precompiled_target)
+        .map_err(|e| anyhow::anyhow!("the bundled image has {e}"))?
+        .into_iter()
+        .enumerate()
+        .map(|(i, d)| (d, i == 0))
+        .collect();
     for (d, is_config) in &wanted {
         let hex = store::digest_hex(&d.digest)?;
         limits::check(&d.digest, d.size, &d.media_type, *is_config).map_err(anyhow::Error::msg)?;

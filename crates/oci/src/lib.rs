@@ -84,6 +84,33 @@ pub mod limits {
         }
     }
 
+    /// The blobs wms takes from an image, config first: every layer but precompiled code for
+    /// other targets than `precompiled_target`. Refused as a whole when there are more than
+    /// [`LAYERS`] or their declared sizes add up to more than [`IMAGE`], before anything is read.
+    pub fn wanted_blobs<'a>(
+        manifest: &'a oci_client::manifest::OciImageManifest,
+        precompiled_target: Option<&str>,
+    ) -> Result<Vec<&'a oci_client::manifest::OciDescriptor>, String> {
+        let mut wanted = vec![&manifest.config];
+        wanted.extend(manifest.layers.iter().filter(|l| {
+            l.media_type != media::PRECOMPILED
+                || precompiled_target.is_some_and(|t| {
+                    l.annotations
+                        .as_ref()
+                        .and_then(|a| a.get(media::ANN_TARGET))
+                        .is_some_and(|x| x == t)
+                })
+        }));
+        let total: u64 = wanted.iter().map(|d| d.size.max(0) as u64).sum();
+        if wanted.len() > LAYERS || total > IMAGE {
+            return Err(format!(
+                "{} blobs, {total} bytes in all; wms takes at most {LAYERS} blobs and {IMAGE} bytes per image",
+                wanted.len()
+            ));
+        }
+        Ok(wanted)
+    }
+
     /// Refuses a descriptor whose declared size is negative or over its cap, before download.
     pub fn check(digest: &str, size: i64, media_type: &str, is_config: bool) -> Result<(), String> {
         let (cap, what) = for_blob(media_type, is_config);
@@ -911,6 +938,46 @@ pub fn describe_stored(store: &Store, reference: &Reference) -> anyhow::Result<O
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn wanted_blobs_skip_other_targets_and_cap_the_image() {
+        use oci_client::manifest::{OciDescriptor, OciImageManifest};
+        let layer = |media_type: &str, target: Option<&str>, size: i64| OciDescriptor {
+            media_type: media_type.to_string(),
+            size,
+            annotations: target.map(|t| [(media::ANN_TARGET.to_string(), t.to_string())].into()),
+            ..Default::default()
+        };
+        let manifest = OciImageManifest {
+            layers: vec![
+                layer(media::WASM_LAYER, None, 10),
+                layer(media::PRECOMPILED, Some("aarch64"), 10),
+                layer(media::PRECOMPILED, Some("riscv64gc"), 10),
+            ],
+            ..Default::default()
+        };
+        let wanted = limits::wanted_blobs(&manifest, Some("riscv64gc")).unwrap();
+        assert_eq!(wanted.len(), 3, "config, wasm, the riscv64gc code");
+        assert_eq!(
+            wanted[2].annotations.as_ref().unwrap()[media::ANN_TARGET],
+            "riscv64gc"
+        );
+        assert_eq!(limits::wanted_blobs(&manifest, None).unwrap().len(), 2);
+        let many = OciImageManifest {
+            layers: vec![layer(media::WASM_LAYER, None, 1); limits::LAYERS],
+            ..Default::default()
+        };
+        assert!(
+            limits::wanted_blobs(&many, None)
+                .unwrap_err()
+                .contains("at most 256 blobs")
+        );
+        let big = OciImageManifest {
+            layers: vec![layer(media::WASM_LAYER, None, (limits::IMAGE / 2 + 1) as i64); 2],
+            ..Default::default()
+        };
+        assert!(limits::wanted_blobs(&big, None).is_err());
+    }
 
     #[test]
     fn component_ids_come_from_repository_names() {

@@ -503,32 +503,10 @@ impl Registry {
         self.authorize(RegistryOperation::Pull, &doing).await?;
         let (bytes, digest, manifest) = self.fetch_manifest(&self.reference, &doing).await?;
         let kind = ImageKind::classify(&manifest).map_err(|e| anyhow!("{doing}: {e}"))?;
-        let mut wanted: Vec<&OciDescriptor> = vec![&manifest.config];
-        wanted.extend(manifest.layers.iter().filter(|l| {
-            l.media_type != media::PRECOMPILED
-                || precompiled_target.is_some_and(|t| {
-                    l.annotations
-                        .as_ref()
-                        .and_then(|a| a.get(media::ANN_TARGET))
-                        .is_some_and(|x| x == t)
-                })
-        }));
         // The image as a whole, before anything is downloaded: each layer is capped, and so
         // are their number and total size (a board's storage is a few GiB).
-        let image_size: u64 = wanted.iter().map(|d| d.size.max(0) as u64).sum();
-        if wanted.len() > limits::LAYERS || image_size > limits::IMAGE {
-            return Err(malformed(
-                &doing,
-                &self.reference,
-                &format!(
-                    "{} blobs, {} bytes in all; wms takes at most {} blobs and {} bytes per image",
-                    wanted.len(),
-                    image_size,
-                    limits::LAYERS,
-                    limits::IMAGE
-                ),
-            ));
-        }
+        let wanted = limits::wanted_blobs(&manifest, precompiled_target)
+            .map_err(|e| malformed(&doing, &self.reference, &e))?;
         for (i, d) in wanted.iter().enumerate() {
             digest_hex(&d.digest)
                 .map_err(|e| malformed(&doing, &self.reference, &format!("{e:#}")))?;
