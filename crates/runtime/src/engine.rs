@@ -70,14 +70,13 @@ pub(crate) fn build_engine(
                 } else {
                     max_concurrent
                 };
-                if let Some(ram) = pool::physical_memory() {
+                if let Some(ceiling) = pool::memory_ceiling() {
                     let worst = max_memory.saturating_mul(max_concurrent as u64);
-                    if worst > ram {
+                    if worst > ceiling.bytes() {
                         tracing::info!(
-                            "worst case: {max_concurrent} concurrent requests at up to {} each could use {} of memory, more than this host's {}; lower max_memory or max_concurrent_requests to rule it out",
+                            "worst case: {max_concurrent} concurrent requests at up to {} each could use {} of memory, more than {ceiling}; lower max_memory or max_concurrent_requests to rule it out",
                             pool::human(max_memory),
                             pool::human(worst),
-                            pool::human(ram)
                         );
                     }
                 }

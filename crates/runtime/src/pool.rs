@@ -240,16 +240,16 @@ impl ResidentBudget {
                 source: BudgetSource::Operator,
             };
         }
-        match (physical_memory(), cgroup_memory_limit()) {
-            (host, Some(cg)) if host.is_none_or(|h| cg < h) => Self {
+        match memory_ceiling() {
+            Some(Ceiling::Cgroup(cg)) => Self {
                 bytes: cg / DEFAULT_RESIDENT_FRACTION,
                 source: BudgetSource::Cgroup(cg),
             },
-            (Some(host), _) => Self {
+            Some(Ceiling::Host(host)) => Self {
                 bytes: host / DEFAULT_RESIDENT_FRACTION,
                 source: BudgetSource::Host(host),
             },
-            (None, _) => Self {
+            None => Self {
                 bytes: u64::MAX,
                 source: BudgetSource::Unknown,
             },
@@ -292,6 +292,40 @@ impl fmt::Display for ResidentBudget {
             ),
             BudgetSource::Unknown => write!(f, "unbounded (host memory unknown)"),
         }
+    }
+}
+
+/// The most memory this process can have: the smaller of the host's memory and its cgroup's
+/// limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ceiling {
+    Host(u64),
+    Cgroup(u64),
+}
+
+impl Ceiling {
+    pub fn bytes(self) -> u64 {
+        match self {
+            Ceiling::Host(b) | Ceiling::Cgroup(b) => b,
+        }
+    }
+}
+
+impl fmt::Display for Ceiling {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Ceiling::Host(b) => write!(f, "this host's {}", human(*b)),
+            Ceiling::Cgroup(b) => write!(f, "the cgroup memory limit {}", human(*b)),
+        }
+    }
+}
+
+/// The smaller of the host's memory and the cgroup limit; `None` when neither can be read.
+pub fn memory_ceiling() -> Option<Ceiling> {
+    match (physical_memory(), cgroup_memory_limit()) {
+        (host, Some(cg)) if host.is_none_or(|h| cg < h) => Some(Ceiling::Cgroup(cg)),
+        (Some(host), _) => Some(Ceiling::Host(host)),
+        (None, _) => None,
     }
 }
 

@@ -32,11 +32,11 @@ const ENV_LOG: &str = "WMS_LOG";
 /// The reference a bundle is prepared under: its last segment names a wasm artifact's component
 /// (and a command's `argv[0]`).
 const REFERENCE: &str = "containerd.local/wms/app:latest";
-/// A command's memory limit: `wms run`'s default. The container's own limit is not known here:
-/// containerd-shim-wasm 1.0 gives the sandbox the container's arguments and environment, not its
-/// spec, and the container does not see its cgroup; the kernel enforces that limit on the whole
-/// process.
+/// A command's memory limit when the container's is not known: `wms run`'s default.
 const COMMAND_MAX_MEMORY: u64 = 128 << 20;
+/// The least a container's memory limit leaves for wms itself (code, stacks, buffers, what the
+/// pool keeps) rather than for guests.
+const MIN_HEADROOM: u64 = 32 << 20;
 /// Where the shim keeps the prepared image inside the container's root filesystem (removed with
 /// the container's snapshot).
 const STATE_DIR: &str = "/.wms-shim";
@@ -239,10 +239,15 @@ async fn run(
             .with_context(|| format!("cannot prepare {}", path.display()))?;
         (m, &args[1..])
     };
+    let guest_cap = container_guest_cap();
     if let Some(wasm) = &m.wasm
         && !serves_http(wasm)?
     {
-        return run_command(wasm, &m.app, command_args, envs).await;
+        return run_command(wasm, &m.app, command_args, envs, guest_cap).await;
+    }
+    let mut app = m.app;
+    if let Some((cap, _)) = guest_cap {
+        fit_guests(&mut app, cap);
     }
     let listen = env.get(ENV_LISTEN).map_or(DEFAULT_LISTEN, String::as_str);
     let listen: SocketAddr = listen.parse().with_context(|| {
@@ -260,8 +265,64 @@ async fn run(
         }
     }
     let clean =
-        wms_server::launch::serve_app(m.app, launch, wms_server::launch::shutdown_signal()).await?;
+        wms_server::launch::serve_app(app, launch, wms_server::launch::shutdown_signal()).await?;
     Ok(if clean { 0 } else { 1 })
+}
+
+/// The container's memory limit, as its cgroup says (the kubelet's containers see it; `ctr run`
+/// needs `--mount type=cgroup,src=cgroup,dst=/sys/fs/cgroup,options=ro`), and the most one guest
+/// may take of it: the limit less a quarter (at least [`MIN_HEADROOM`], at most half) for wms
+/// itself. A guest that grows past that fails on its own (its request gets a 500, a command
+/// exits 134) instead of the kernel ending the whole container. The pool's resident budget
+/// follows the same limit ([`wms_runtime::pool::ResidentBudget`]).
+fn container_guest_cap() -> Option<(u64, u64)> {
+    let Some(limit) = wms_runtime::pool::cgroup_memory_limit() else {
+        if !cgroup_visible() {
+            tracing::info!(
+                "the container's memory limit is not visible here (no cgroup filesystem at /sys/fs/cgroup): guests keep their manifests' limits and the kernel ends the whole container if it goes over its limit; with ctr, add --mount type=cgroup,src=cgroup,dst=/sys/fs/cgroup,options=ro"
+            );
+        }
+        return None;
+    };
+    let cap = guest_cap(limit);
+    tracing::info!(
+        "container memory limit {}: each guest may use at most {}",
+        wms_runtime::pool::human(limit),
+        wms_runtime::pool::human(cap)
+    );
+    Some((cap, limit))
+}
+
+/// The most one guest may take of a container memory limit of `limit` bytes.
+fn guest_cap(limit: u64) -> u64 {
+    let headroom = (limit / 4).max(MIN_HEADROOM).min(limit / 2);
+    limit - headroom
+}
+
+/// Whether this process sees a cgroup filesystem (v2, or v1's memory controller).
+fn cgroup_visible() -> bool {
+    [
+        "/sys/fs/cgroup/cgroup.controllers",
+        "/sys/fs/cgroup/unified/cgroup.controllers",
+        "/sys/fs/cgroup/memory/memory.limit_in_bytes",
+    ]
+    .iter()
+    .any(|f| Path::new(f).exists())
+}
+
+/// Lowers every component's `max_memory` to `cap` where it is higher, saying so.
+fn fit_guests(app: &mut wms_manifest::App, cap: u64) {
+    for (name, c) in app.components.iter_mut() {
+        if c.limits.max_memory > cap {
+            tracing::info!(
+                component = %name,
+                "max_memory {} lowered to {} to fit the container's memory limit",
+                wms_runtime::pool::human(c.limits.max_memory),
+                wms_runtime::pool::human(cap)
+            );
+            c.limits.max_memory = cap;
+        }
+    }
 }
 
 /// The container's own directory mounts (volumes, `ctr run --mount`, a pod's volumes), from the
@@ -351,6 +412,7 @@ async fn run_command(
     app: &wms_manifest::App,
     args: &[String],
     envs: &[String],
+    guest_cap: Option<(u64, u64)>,
 ) -> anyhow::Result<i32> {
     let program = app
         .components
@@ -372,11 +434,21 @@ async fn run_command(
             .map(|m| container_mounts(&m))
             .unwrap_or_default(),
         timeout: None,
-        max_memory: COMMAND_MAX_MEMORY,
+        max_memory: guest_cap.map_or(COMMAND_MAX_MEMORY, |(cap, _)| cap),
         engine: wms_runtime::EngineKind::Cranelift,
     };
     let outcome = wms_runtime::run_command(&options).await?;
-    let (code, message) = wms_server::launch::command_status(&outcome, &program);
+    let (code, message) = match (&outcome, guest_cap) {
+        (wms_runtime::CommandOutcome::MemoryLimit(_), Some((cap, limit))) => (
+            134,
+            Some(format!(
+                "{program} exceeded its memory limit of {} (the container's limit {} less what wms keeps for itself)",
+                wms_runtime::pool::human(cap),
+                wms_runtime::pool::human(limit)
+            )),
+        ),
+        _ => wms_server::launch::command_status(&outcome, &program),
+    };
     if let Some(message) = message {
         eprintln!("error: {message}");
     }
@@ -419,6 +491,18 @@ mod tests {
                 (dir.path().display().to_string(), true)
             ]
         );
+    }
+
+    #[test]
+    fn a_guest_gets_the_container_limit_less_what_wms_keeps() {
+        const MIB: u64 = 1 << 20;
+        // A quarter kept for wms...
+        assert_eq!(guest_cap(256 * MIB), 192 * MIB);
+        assert_eq!(guest_cap(1024 * MIB), 768 * MIB);
+        // ...but at least 32 MiB...
+        assert_eq!(guest_cap(96 * MIB), 64 * MIB);
+        // ...and at most half.
+        assert_eq!(guest_cap(32 * MIB), 16 * MIB);
     }
 
     #[test]

@@ -511,9 +511,19 @@ fn host_rootfs(dir: &Path) -> Vec<String> {
 /// `ctr run --rm` of `reference` as container `id` with the wms runtime and the host's network,
 /// listening on a free loopback port; returns once it serves.
 fn start_serving(containerd: &Containerd, reference: &str, id: &str) -> (Collected, u16) {
+    start_serving_with(containerd, reference, id, &[])
+}
+
+/// [`start_serving`] with more `ctr run` options.
+fn start_serving_with(
+    containerd: &Containerd,
+    reference: &str,
+    id: &str,
+    options: &[&str],
+) -> (Collected, u16) {
     let port = free_port();
     let listen = format!("WMS_LISTEN=127.0.0.1:{port}");
-    let mut run = Collected::spawn(containerd.ctr_command(&[
+    let mut cmd = containerd.ctr_command(&[
         "run",
         "--rm",
         "--runtime",
@@ -521,9 +531,9 @@ fn start_serving(containerd: &Containerd, reference: &str, id: &str) -> (Collect
         "--net-host",
         "--env",
         &listen,
-        reference,
-        id,
-    ]));
+    ]);
+    cmd.args(options).args([reference, id]);
+    let mut run = Collected::spawn(cmd);
     run.wait_for(
         &format!("Serving http://127.0.0.1:{port}"),
         Duration::from_secs(60),
@@ -588,6 +598,102 @@ fn assert_run_ended_well(
         return;
     }
     assert!(status.success(), "{id}: ctr run exited {status}:\n{output}");
+}
+
+/// `ctr run` shows a container its cgroup only when asked; the kubelet's containers always see
+/// theirs.
+const CGROUP_MOUNT: &str = "type=cgroup,src=cgroup,dst=/sys/fs/cgroup,options=ro";
+
+/// A container's memory limit (`ctr run --memory-limit`, a pod's `limits.memory`) bounds each
+/// guest below it, so a guest that eats memory fails on its own instead of the kernel ending
+/// the container, and the pool keeps at most 1/16 of it resident between requests.
+#[test]
+fn the_containers_memory_limit_bounds_its_guests_and_the_pools_budget() {
+    if let Some(why) = cannot_run() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    const MIB: u64 = 1 << 20;
+    let app = tempfile::tempdir().unwrap();
+    std::fs::write(
+        app.path().join("wms.toml"),
+        format!(
+            "spin_manifest_version = 2\n[application]\nname = \"hog\"\n\
+             [[trigger.http]]\nroute = \"/...\"\ncomponent = \"kit\"\n\
+             [component.kit]\nsource = {:?}\n[component.kit.tool.wms]\nmax_memory = \"1GiB\"\n",
+            artifacts::TESTKIT
+        ),
+    )
+    .unwrap();
+    let registry = Registry::start();
+    let app_ref = registry.reference("hog-limit:1");
+    let cmd_ref = registry.reference("cmd-limit:1");
+    push_for_containerd(app.path(), &app_ref);
+    push_for_containerd(Path::new(artifacts::CMD), &cmd_ref);
+    let containerd = Containerd::start();
+    containerd.ctr_ok(&["image", "pull", "--plain-http", &app_ref]);
+    containerd.ctr_ok(&["image", "pull", "--plain-http", &cmd_ref]);
+
+    // A command that grows until it fails stops at the limit less wms's share, with its own
+    // error and a trap's status, not the kernel's kill (137).
+    let limit = (256 * MIB).to_string();
+    let id = format!("wms-cmd-limit-{}", std::process::id());
+    let out = containerd
+        .ctr_command(&["run", "--rm", "--runtime", "io.containerd.wms.v1"])
+        .args(["--memory-limit", &limit, "--mount", CGROUP_MOUNT])
+        .args([cmd_ref.as_str(), &id, "hog"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(134), "{err}");
+    assert!(
+        err.contains("exceeded its memory limit of 192MiB (the container's limit 256MiB"),
+        "{err}"
+    );
+
+    // An HTTP app: its component asks for 1 GiB, gets 384 MiB of the container's 512; the
+    // hog's request fails alone and the app serves on.
+    let limit = (512 * MIB).to_string();
+    let id = format!("wms-app-limit-{}", std::process::id());
+    let (mut run, port) = start_serving_with(
+        &containerd,
+        &app_ref,
+        &id,
+        &["--memory-limit", &limit, "--mount", CGROUP_MOUNT],
+    );
+    let out = run.output();
+    assert!(
+        out.contains("container memory limit 512MiB: each guest may use at most 384MiB"),
+        "{out}"
+    );
+    assert!(out.contains("max_memory 1GiB lowered to 384MiB"), "{out}");
+    assert!(
+        out.contains("at most 32MiB (1/16 of the cgroup memory limit 512MiB)"),
+        "{out}"
+    );
+    let statuses = rt().block_on(async {
+        let mut got = Vec::new();
+        for path in ["/hog", "/fine"] {
+            let resp = client()
+                .get(format!("http://127.0.0.1:{port}{path}"))
+                .send()
+                .await
+                .unwrap();
+            got.push(resp.status().as_u16());
+        }
+        got
+    });
+    assert_eq!(statuses, [500, 200], "{}", run.output());
+    assert!(
+        run.output().contains("exceeded its memory limit"),
+        "{}",
+        run.output()
+    );
+    containerd.ctr_ok(&["task", "kill", &id]);
+    let status = run
+        .wait_exit(Duration::from_secs(30))
+        .unwrap_or_else(|| panic!("the task did not stop within 30 s:\n{}", run.output()));
+    assert_run_ended_well(&containerd, &id, status, &run.output());
 }
 
 #[test]
@@ -959,6 +1065,14 @@ fn the_kubelets_path_runs_a_pod_with_runtime_handler_wms() {
                         value: format!("127.0.0.1:{port}"),
                     }],
                     log_path: "hello.log".into(),
+                    // A pod's `limits.memory`, as the kubelet passes it.
+                    linux: Some(LinuxContainerConfig {
+                        resources: Some(LinuxContainerResources {
+                            memory_limit_in_bytes: 256 << 20,
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    }),
                     ..Default::default()
                 }),
                 sandbox_config: Some(sandbox.clone()),
@@ -1002,6 +1116,17 @@ fn the_kubelets_path_runs_a_pod_with_runtime_handler_wms() {
         std::thread::sleep(Duration::from_millis(100));
     };
     assert_eq!(body.trim_end(), "Hello from wms!");
+    // The pod's memory limit is its cgroup's: it bounds the guests and the pool's budget.
+    for line in [
+        "container memory limit 256MiB: each guest may use at most 192MiB",
+        "at most 16MiB (1/16 of the cgroup memory limit 256MiB)",
+    ] {
+        assert!(
+            log().contains(line),
+            "{line:?} not in the pod's log:\n{}",
+            log()
+        );
+    }
 
     // As the kubelet stops a pod: the container with its grace period (SIGTERM), then the
     // sandbox (which kills what is left), then the sandbox is removed.
