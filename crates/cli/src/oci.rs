@@ -7,11 +7,9 @@ use std::time::Duration;
 
 use anyhow::{Context as _, anyhow, bail};
 use clap::ValueEnum;
+use wms_oci::trust::{host_target, trusted};
 use wms_oci::{Options, Reference, Registry, Store};
 
-/// Comma-separated image reference prefixes whose precompiled code `wms up` trusts
-/// (`registry.example.com/team,127.0.0.1:5000`).
-pub const ENV_TRUSTED_PUBLISHERS: &str = "WMS_TRUSTED_PUBLISHERS";
 /// Seconds allowed to connect to a registry and for each read (default 30).
 pub const ENV_REGISTRY_TIMEOUT: &str = "WMS_REGISTRY_TIMEOUT";
 
@@ -328,55 +326,6 @@ pub fn logout(registry: &str) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The precompiled target name of this host (as `wms compile --target` spells it).
-pub fn host_target(pulley: bool) -> &'static str {
-    match (pulley, std::env::consts::ARCH) {
-        (true, a) if a.ends_with("64") => "pulley64",
-        (true, _) => "pulley32",
-        (false, "riscv64") => "riscv64gc",
-        (false, a) => a,
-    }
-}
-
-fn trusted(reference: &Reference, flag: bool) -> bool {
-    if flag {
-        return true;
-    }
-    std::env::var(ENV_TRUSTED_PUBLISHERS)
-        .unwrap_or_default()
-        .split(',')
-        .map(str::trim)
-        .filter(|p| !p.is_empty())
-        .any(|p| publisher_matches(p, reference))
-}
-
-/// Whether trusted-publisher entry `pattern` (`HOST[:PORT][/PATH...]`) covers `reference`,
-/// compared on whole components: the registry exactly (`host` is not `host:5001`, nor
-/// `host.evil.example`), then the repository's leading path segments (`team` is not
-/// `team-evil`). A tag or digest in the entry is not a publisher: such an entry matches nothing,
-/// with a warning.
-fn publisher_matches(pattern: &str, reference: &Reference) -> bool {
-    let pattern = pattern.strip_prefix("oci://").unwrap_or(pattern);
-    let pattern = pattern.trim_end_matches('/');
-    let (registry, path) = pattern.split_once('/').unwrap_or((pattern, ""));
-    if pattern.contains('@') || path.contains(':') {
-        tracing::warn!(
-            "{ENV_TRUSTED_PUBLISHERS} entry `{pattern}` names a tag or digest; write REGISTRY[:PORT][/REPOSITORY-PREFIX]"
-        );
-        return false;
-    }
-    let registry_ok = [reference.registry(), reference.resolve_registry()]
-        .iter()
-        .any(|r| r.eq_ignore_ascii_case(registry));
-    if !registry_ok {
-        return false;
-    }
-    let mut repo = reference.repository().split('/');
-    path.split('/')
-        .filter(|s| !s.is_empty())
-        .all(|segment| repo.next() == Some(segment))
-}
-
 /// Makes an image runnable: pulls it as the policy says, then materialises it.
 pub fn resolve(
     reference: &Reference,
@@ -420,39 +369,4 @@ pub fn resolve(
         );
     }
     Ok(m)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn trusted_publishers_match_whole_components() {
-        let r = |s: &str| wms_oci::parse_reference(s).unwrap();
-        let hello = r("reg.example:5001/team/hello:1");
-        assert!(publisher_matches("reg.example:5001", &hello));
-        assert!(publisher_matches("reg.example:5001/team", &hello));
-        assert!(publisher_matches("reg.example:5001/team/hello", &hello));
-        assert!(publisher_matches("oci://reg.example:5001/team/", &hello));
-        // A host is not the same host on another port.
-        assert!(!publisher_matches("reg.example", &hello));
-        assert!(!publisher_matches("reg.example:500", &hello));
-        assert!(!publisher_matches("reg.example:5001/te", &hello));
-        assert!(!publisher_matches("reg.example:5001/team/hello/x", &hello));
-        assert!(!publisher_matches("reg.example:5001/hello", &hello));
-        assert!(!publisher_matches("ho", &hello));
-        assert!(!publisher_matches("reg.example:5001/team/hello:1", &hello));
-        assert!(publisher_matches(
-            "reg.example",
-            &r("reg.example/team/hello:1")
-        ));
-        assert!(!publisher_matches(
-            "reg.example",
-            &r("reg.example.evil.example/team/hello:1")
-        ));
-        assert!(!publisher_matches(
-            "reg.example/team",
-            &r("reg.example/team-evil/hello:1")
-        ));
-    }
 }

@@ -20,6 +20,7 @@ pub mod media;
 pub mod meta;
 pub mod registry;
 pub mod store;
+pub mod trust;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -92,20 +92,107 @@ impl Compiler for WmsCompiler {
     }
 
     async fn compile(&self, layers: &[WasmLayer]) -> anyhow::Result<Vec<Option<Vec<u8>>>> {
+        let mut trusted = Vec::with_capacity(layers.len());
+        for l in layers {
+            let publisher = if is_bundle(l) {
+                let digest = l.config.digest().to_string();
+                trusted_image_with(&digest).await.unwrap_or_else(|e| {
+                    tracing::warn!(
+                        "cannot tell which images hold layer {digest}, so its precompiled code is not used: {e:#}"
+                    );
+                    None
+                })
+            } else {
+                None
+            };
+            trusted.push(publisher);
+        }
         let layers = layers.to_vec();
         tokio::task::spawn_blocking(move || {
             layers
                 .iter()
-                .map(|l| {
+                .zip(trusted)
+                .map(|(l, trusted)| {
                     if !is_bundle(l) {
                         return Ok(None);
                     }
-                    compile_bundle(&l.layer)
+                    compile_bundle(&l.layer, trusted.as_deref())
                 })
                 .collect()
         })
         .await?
     }
+}
+
+/// The name of an image in containerd's store that holds layer `digest` and is named under a
+/// publisher this node trusts (`WMS_TRUSTED_PUBLISHERS` in containerd's environment, which the
+/// shim inherits; a container's own environment never counts). An image's name in containerd
+/// is the reference it was pulled from, so the layer's precompiled code then comes from that
+/// publisher, byte for byte. Which layers an image holds is read from the labels containerd
+/// puts on its manifests (`containerd.io/gc.ref.content.l.N`, through an index's
+/// `...content.m.N`).
+async fn trusted_image_with(digest: &str) -> anyhow::Result<Option<String>> {
+    use containerd_client::services::v1::content_client::ContentClient;
+    use containerd_client::services::v1::images_client::ImagesClient;
+    use containerd_client::services::v1::{InfoRequest, ListImagesRequest};
+    use containerd_client::{tonic::Request, with_namespace};
+
+    let publishers = std::env::var(wms_oci::trust::ENV_TRUSTED_PUBLISHERS).unwrap_or_default();
+    if publishers.trim().is_empty() {
+        return Ok(None);
+    }
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let flags = containerd_shim::parse(&args).context("cannot read the shim's flags")?;
+    if flags.address.is_empty() || flags.namespace.is_empty() {
+        anyhow::bail!("containerd did not pass its address and namespace to the shim");
+    }
+    let channel = containerd_client::connect(&flags.address)
+        .await
+        .with_context(|| format!("cannot reach containerd at {}", flags.address))?;
+    let ns = flags.namespace.as_str();
+    let images = ImagesClient::new(channel.clone())
+        .list(with_namespace!(ListImagesRequest { filters: vec![] }, ns))
+        .await?
+        .into_inner()
+        .images;
+    let labels = |digest: String| {
+        let channel = channel.clone();
+        async move {
+            let info = ContentClient::new(channel)
+                .info(with_namespace!(InfoRequest { digest }, ns))
+                .await?
+                .into_inner()
+                .info
+                .context("containerd returned no content info")?;
+            anyhow::Ok(info.labels)
+        }
+    };
+    let refs = |labels: &HashMap<String, String>, kind: &str| -> Vec<String> {
+        let prefix = format!("containerd.io/gc.ref.content.{kind}.");
+        labels
+            .iter()
+            .filter(|(k, _)| k.starts_with(&prefix))
+            .map(|(_, v)| v.clone())
+            .collect()
+    };
+    for image in images {
+        let Ok(reference) = wms_oci::parse_reference(&image.name) else {
+            continue;
+        };
+        let Some(target) = image.target else { continue };
+        if !wms_oci::trust::trusted(&reference, false) {
+            continue;
+        }
+        let top = labels(target.digest).await?;
+        let mut layers = refs(&top, "l");
+        for manifest in refs(&top, "m") {
+            layers.extend(refs(&labels(manifest).await?, "l"));
+        }
+        if layers.iter().any(|l| l == digest) {
+            return Ok(Some(image.name));
+        }
+    }
+    Ok(None)
 }
 
 fn is_bundle(layer: &WasmLayer) -> bool {
@@ -117,23 +204,47 @@ fn is_bundle(layer: &WasmLayer) -> bool {
 }
 
 /// This host's code for an HTTP app's components, as a tar of `wms compile`'s output; `None`
-/// for a command (run by `wms_runtime::run_command`, which compiles it itself).
-fn compile_bundle(layer: &[u8]) -> anyhow::Result<Option<Vec<u8>>> {
+/// for a command (run by `wms_runtime::run_command`, which compiles it itself). When `trusted`
+/// names an image of a trusted publisher holding this layer and the bundle carries code for
+/// this host for every component (`wms push --containerd --precompile`), that code is taken
+/// as it is, without compiling; the runtime still checks it against each component's wasm and
+/// this engine when it loads it, and compiles what it refuses.
+fn compile_bundle(layer: &[u8], trusted: Option<&str>) -> anyhow::Result<Option<Vec<u8>>> {
     let scratch = tempfile::tempdir()?;
     let store = wms_oci::Store::open(scratch.path().join("oci"))?;
     let reference = wms_oci::parse_reference(REFERENCE)?;
+    let target = trusted.map(|_| wms_oci::trust::host_target(false));
     let m = wms_oci::containerd::materialize_bundle_layer(
         &store,
         &reference,
         layer,
         &scratch.path().join("bundle"),
-        None,
+        target,
     )?;
     if let Some(wasm) = &m.wasm
         && !serves_http(wasm)?
     {
         return Ok(None);
     }
+    if let (Some(image), Some(dir)) = (trusted, &m.precompiled) {
+        let covered = m
+            .app
+            .components
+            .keys()
+            .all(|id| dir.join(format!("{id}.cwasm")).is_file());
+        if covered {
+            tracing::info!(
+                "using the precompiled code of {image} (a trusted publisher) for {}: nothing compiled",
+                wms_oci::trust::host_target(false)
+            );
+            return Ok(Some(wms_oci::containerd::pack_files(dir)?));
+        }
+        tracing::info!(
+            "{image} is from a trusted publisher but lacks code for {} for some component: compiling",
+            wms_oci::trust::host_target(false)
+        );
+    }
+    tracing::info!("compiling the app for this node");
     let out = scratch.path().join("code");
     let target = wms_runtime::CompileTarget {
         target: None,

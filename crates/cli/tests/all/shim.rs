@@ -65,6 +65,11 @@ impl Containerd {
     /// With `cri` as the CRI plugin's configuration (`{dir}` is this containerd's directory);
     /// without, the CRI plugin is off.
     fn start_with(cri: Option<&str>) -> Containerd {
+        Self::start_full(cri, &[])
+    }
+
+    /// With `env` in containerd's environment (which its shims inherit).
+    fn start_full(cri: Option<&str>, env: &[(&str, &str)]) -> Containerd {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
         let socket = d.join("containerd.sock");
@@ -106,6 +111,8 @@ impl Containerd {
             .env("HOME", &home)
             .env("XDG_CACHE_HOME", home.join("cache"))
             .env_remove("WMS_CACHE_DIR")
+            .env_remove("WMS_TRUSTED_PUBLISHERS")
+            .envs(env.iter().copied())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
@@ -293,9 +300,15 @@ fn free_port() -> u16 {
 
 /// `wms push --containerd APP REF` with a cache and Docker config of the test's own.
 fn push_for_containerd(app: &Path, reference: &str) {
+    push_for_containerd_with(app, reference, &[]);
+}
+
+/// [`push_for_containerd`] with more `wms push` options.
+fn push_for_containerd_with(app: &Path, reference: &str, options: &[&str]) {
     let home = tempfile::tempdir().unwrap();
     let out = wms_command()
         .args(["push", "--containerd"])
+        .args(options)
         .arg(app)
         .arg(reference)
         .env("WMS_CACHE_DIR", home.path().join("cache"))
@@ -544,7 +557,12 @@ fn start_serving_with(
 /// Starts `reference` as container `id` serving on a free loopback port, checks that it answers
 /// 200, stops it with `ctr task kill` and returns its output (it must exit 0).
 fn serve_once(containerd: &Containerd, reference: &str, id: &str) -> String {
-    let (mut run, port) = start_serving(containerd, reference, id);
+    serve_once_with(containerd, reference, id, &[])
+}
+
+/// [`serve_once`] with more `ctr run` options.
+fn serve_once_with(containerd: &Containerd, reference: &str, id: &str, options: &[&str]) -> String {
+    let (mut run, port) = start_serving_with(containerd, reference, id, options);
     let status = rt().block_on(async {
         client()
             .get(format!("http://127.0.0.1:{port}/"))
@@ -737,6 +755,54 @@ fn the_second_start_uses_code_compiled_at_the_first_and_kept_by_containerd() {
     assert_eq!(compiles(), 1, "compiled again:\n{}", containerd.log());
     assert!(second.contains("loaded precompiled code"), "{second}");
     assert!(!second.contains("compiled in"), "{second}");
+}
+
+/// Code pushed with the image (`wms push --containerd --precompile`) runs without compiling
+/// when the image is named under a publisher the node trusts (`WMS_TRUSTED_PUBLISHERS` in
+/// containerd's environment), and only then: a container's own environment does not count.
+#[test]
+fn a_trusted_publishers_precompiled_code_runs_without_compiling() {
+    if let Some(why) = cannot_run() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let target = match std::env::consts::ARCH {
+        "riscv64" => "riscv64gc",
+        a => a,
+    };
+    let registry = Registry::start();
+    let reference = registry.reference("hello-aot:1");
+    push_for_containerd_with(&examples("hello"), &reference, &["--precompile", target]);
+    let pid = std::process::id();
+    let trusted_line = format!(
+        "using the precompiled code of {reference} (a trusted publisher) for {target}: nothing compiled"
+    );
+
+    // Not trusted by the node: compiled there, whatever the container's environment says.
+    let containerd = Containerd::start();
+    containerd.ctr_ok(&["image", "pull", "--plain-http", &reference]);
+    let claim = format!("WMS_TRUSTED_PUBLISHERS={}", registry.addr);
+    let out = serve_once_with(
+        &containerd,
+        &reference,
+        &format!("wms-aot-untrusted-{pid}"),
+        &["--env", &claim],
+    );
+    let log = containerd.log();
+    assert!(log.contains("compiling the app for this node"), "{log}");
+    assert!(!log.contains("trusted publisher"), "{log}");
+    assert!(out.contains("loaded precompiled code"), "{out}");
+    drop(containerd);
+
+    // Trusted: the publisher's code is used as it is.
+    let containerd = Containerd::start_full(None, &[("WMS_TRUSTED_PUBLISHERS", &registry.addr)]);
+    containerd.ctr_ok(&["image", "pull", "--plain-http", &reference]);
+    let out = serve_once(&containerd, &reference, &format!("wms-aot-trusted-{pid}"));
+    let log = containerd.log();
+    assert!(log.contains(&trusted_line), "{log}");
+    assert!(!log.contains("compiling the app"), "{log}");
+    assert!(out.contains("loaded precompiled code"), "{out}");
+    assert!(!out.contains("compiled in"), "{out}");
 }
 
 #[test]
