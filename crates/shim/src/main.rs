@@ -37,9 +37,10 @@ const COMMAND_MAX_MEMORY: u64 = 128 << 20;
 /// The least a container's memory limit leaves for wms itself (code, stacks, buffers, what the
 /// pool keeps) rather than for guests.
 const MIN_HEADROOM: u64 = 32 << 20;
-/// Where the shim keeps the prepared image inside the container's root filesystem (removed with
-/// the container's snapshot).
-const STATE_DIR: &str = "/.wms-shim";
+/// Where the shim keeps the prepared image: inside the container's root filesystem (removed with
+/// the container's snapshot), or, when that is read-only (`ctr run --read-only`, a pod's
+/// `readOnlyRootFilesystem`), in the container's own memory-backed `/dev/shm` or `/run`.
+const STATE_DIRS: [&str; 3] = ["/.wms-shim", "/dev/shm/.wms-shim", "/run/.wms-shim"];
 
 struct WmsShim;
 
@@ -319,8 +320,8 @@ async fn run(
     env: &HashMap<String, String>,
     cached: Option<&WasmLayer>,
 ) -> anyhow::Result<i32> {
-    let state = Path::new(STATE_DIR);
-    wms_oci::store::private_dir(state)?;
+    let state = state_dir()?;
+    let state = state.as_path();
     let store = wms_oci::Store::open(state.join("oci"))?;
     // Names the single component of a wasm artifact; an app image names its own.
     let reference = wms_oci::parse_reference(REFERENCE)?;
@@ -378,6 +379,30 @@ async fn run(
     let clean =
         wms_server::launch::serve_app(app, launch, wms_server::launch::shutdown_signal()).await?;
     Ok(if clean { 0 } else { 1 })
+}
+
+/// The first of [`STATE_DIRS`] the shim can use.
+fn state_dir() -> anyhow::Result<std::path::PathBuf> {
+    let mut tried = Vec::new();
+    for dir in STATE_DIRS {
+        match wms_oci::store::private_dir(Path::new(dir)) {
+            Ok(()) => {
+                if !tried.is_empty() {
+                    tracing::info!(
+                        "preparing the image in {dir} (in memory): {}",
+                        tried.join("; ")
+                    );
+                }
+                return Ok(dir.into());
+            }
+            Err(e) => tried.push(format!("{e:#}")),
+        }
+    }
+    anyhow::bail!(
+        "nowhere to prepare the image: {}\n  help: give the container a writable root filesystem, or a writable volume (e.g. an emptyDir) at {}",
+        tried.join("; "),
+        STATE_DIRS[0]
+    )
 }
 
 /// The container's memory limit, as its cgroup says (the kubelet's containers see it; `ctr run`
@@ -450,7 +475,13 @@ fn container_mounts(mountinfo: &str) -> Vec<wms_runtime::DirMount> {
         };
         let point = unescape_mountinfo(point);
         let under = |top: &str| point == top || point.starts_with(&format!("{top}/"));
-        if point == "/" || ["/proc", "/sys", "/dev", "/run"].iter().any(|t| under(t)) {
+        // The runtime's mounts, and the shim's own state (a volume there holds the prepared
+        // image, not the command's data).
+        if point == "/"
+            || ["/proc", "/sys", "/dev", "/run", STATE_DIRS[0]]
+                .iter()
+                .any(|t| under(t))
+        {
             continue;
         }
         if !Path::new(&point).is_dir()

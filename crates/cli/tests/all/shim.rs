@@ -431,6 +431,9 @@ fn a_command_image_runs_to_completion_with_its_args_env_mounts_and_exit_code() {
     };
     let (code, out, err) = run(&p2, 1, &[], &["args", "from", "containerd"]);
     assert_eq!((code, out.trim()), (0, "from|containerd"), "{err}");
+    // A read-only root filesystem: the image is prepared in the container's /dev/shm instead.
+    let (code, out, err) = run(&p2, 10, &["--read-only"], &["args", "read-only"]);
+    assert_eq!((code, out.trim()), (0, "read-only"), "{err}");
     let (code, out, err) = run(&p2, 2, &["--env", "GREETING=hi"], &["env"]);
     assert_eq!(code, 0, "{err}");
     assert!(out.lines().any(|l| l == "GREETING=hi"), "{out}\n{err}");
@@ -670,14 +673,21 @@ fn the_containers_memory_limit_bounds_its_guests_and_the_pools_budget() {
     );
 
     // An HTTP app: its component asks for 1 GiB, gets 384 MiB of the container's 512; the
-    // hog's request fails alone and the app serves on.
+    // hog's request fails alone and the app serves on. (Its root filesystem is read-only: the
+    // image is prepared in the container's /dev/shm.)
     let limit = (512 * MIB).to_string();
     let id = format!("wms-app-limit-{}", std::process::id());
     let (mut run, port) = start_serving_with(
         &containerd,
         &app_ref,
         &id,
-        &["--memory-limit", &limit, "--mount", CGROUP_MOUNT],
+        &[
+            "--memory-limit",
+            &limit,
+            "--mount",
+            CGROUP_MOUNT,
+            "--read-only",
+        ],
     );
     let out = run.output();
     assert!(
