@@ -44,8 +44,22 @@ const STATE_DIRS: [&str; 3] = ["/.wms-shim", "/dev/shm/.wms-shim", "/run/.wms-sh
 
 struct WmsShim;
 
-#[derive(Default)]
-struct WmsSandbox;
+/// The sandbox of one container, made in the container's process before it runs any thread.
+struct WmsSandbox {
+    /// Why the container's capabilities could not be dropped (the container then fails).
+    capabilities: Result<(), String>,
+}
+
+impl Default for WmsSandbox {
+    /// Capabilities are per thread and every later thread inherits them, so they are dropped
+    /// here: containerd-shim-wasm makes the sandbox in the container's new process before it
+    /// starts the async runtime that runs [`Sandbox::can_handle`] and [`Sandbox::run_wasi`].
+    fn default() -> Self {
+        Self {
+            capabilities: drop_unasked_capabilities().map_err(|e| format!("{e:#}")),
+        }
+    }
+}
 
 impl Shim for WmsShim {
     type Sandbox = WmsSandbox;
@@ -271,6 +285,10 @@ impl Sandbox for WmsSandbox {
     async fn run_wasi(&self, ctx: &impl RuntimeContext) -> anyhow::Result<i32> {
         let env = container_env(ctx.envs());
         init_logging(&env);
+        if let Err(e) = &self.capabilities {
+            eprintln!("error: cannot drop the container's capabilities: {e}");
+            return Ok(1);
+        }
         let cached = match ctx.entrypoint().source {
             Source::Oci(layers) => layers.iter().find(|l| l.precompiled && is_bundle(l)),
             Source::File(_) => None,
@@ -290,6 +308,31 @@ impl Sandbox for WmsSandbox {
     async fn can_handle(&self, _ctx: &impl RuntimeContext) -> anyhow::Result<()> {
         Ok(())
     }
+}
+
+/// Drops every capability when the container's process holds `CAP_SYS_ADMIN`. No container
+/// spec asks for that for a wasm app, but a spec that drops every capability (Kubernetes
+/// `capabilities: drop: [ALL]`) has no capability sets at all, and libcontainer 0.6 then leaves
+/// the process with all of the shim's. A container that lists its capabilities keeps exactly
+/// those. So a privileged container runs with none either: guests cannot use capabilities, and
+/// wms needs none to serve them.
+fn drop_unasked_capabilities() -> anyhow::Result<()> {
+    use caps::{CapSet, Capability};
+    let bounding = caps::read(None, CapSet::Bounding)?;
+    if !bounding.contains(&Capability::CAP_SYS_ADMIN) {
+        return Ok(());
+    }
+    // The bounding set first: dropping from it needs CAP_SETPCAP, which goes with the rest.
+    caps::clear(None, CapSet::Bounding)?;
+    for set in [
+        CapSet::Ambient,
+        CapSet::Inheritable,
+        CapSet::Effective,
+        CapSet::Permitted,
+    ] {
+        caps::clear(None, set)?;
+    }
+    Ok(())
 }
 
 /// The container's `NAME=VALUE` environment as a map (later entries win, as in a shell).

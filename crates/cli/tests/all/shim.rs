@@ -3,6 +3,7 @@
 //! directory, the shim on its PATH, Debian's `docker-registry`, images pushed with
 //! `wms push --containerd` and pulled with `ctr image pull --plain-http` (docs/shim.md).
 
+use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -717,6 +718,103 @@ fn the_containers_memory_limit_bounds_its_guests_and_the_pools_budget() {
         "{}",
         run.output()
     );
+    containerd.ctr_ok(&["task", "kill", &id]);
+    let status = run
+        .wait_exit(Duration::from_secs(30))
+        .unwrap_or_else(|| panic!("the task did not stop within 30 s:\n{}", run.output()));
+    assert_run_ended_well(&containerd, &id, status, &run.output());
+}
+
+/// Capability sets of the process of container `id`, from the host (`CapEff`, `CapBnd`, ...),
+/// over all its threads.
+fn task_capabilities(containerd: &Containerd, id: &str) -> HashMap<String, String> {
+    let tasks = containerd.ctr_ok(&["task", "ls"]);
+    let pid = tasks
+        .lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.first() == Some(&id)).then(|| f[1].to_string())
+        })
+        .unwrap_or_else(|| panic!("no task {id}:\n{tasks}"));
+    // Capabilities are per thread: the union over every thread of the process.
+    let mut sets: HashMap<String, String> = HashMap::new();
+    for thread in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let status = std::fs::read_to_string(thread.unwrap().path().join("status")).unwrap();
+        for (k, v) in status
+            .lines()
+            .filter(|l| l.starts_with("Cap"))
+            .filter_map(|l| l.split_once(':'))
+        {
+            let v = u64::from_str_radix(v.trim(), 16).unwrap();
+            let had = sets
+                .get(k)
+                .map_or(0, |h| u64::from_str_radix(h, 16).unwrap());
+            sets.insert(k.to_string(), format!("{:016x}", had | v));
+        }
+    }
+    sets
+}
+
+/// A container that drops every capability (Kubernetes `capabilities: drop: [ALL]`) runs with
+/// none. containerd then leaves the sets out of the spec and the container would otherwise keep
+/// every capability of the shim.
+#[test]
+fn a_container_that_drops_every_capability_runs_with_none() {
+    if let Some(why) = cannot_run() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let registry = Registry::start();
+    let reference = registry.reference("hello-nocaps:1");
+    push_for_containerd(&examples("hello"), &reference);
+    let containerd = Containerd::start();
+    containerd.ctr_ok(&["image", "pull", "--plain-http", &reference]);
+    let defaults = [
+        "CAP_CHOWN",
+        "CAP_DAC_OVERRIDE",
+        "CAP_FSETID",
+        "CAP_FOWNER",
+        "CAP_MKNOD",
+        "CAP_NET_RAW",
+        "CAP_SETGID",
+        "CAP_SETUID",
+        "CAP_SETFCAP",
+        "CAP_SETPCAP",
+        "CAP_NET_BIND_SERVICE",
+        "CAP_SYS_CHROOT",
+        "CAP_KILL",
+        "CAP_AUDIT_WRITE",
+    ];
+    let mut options = Vec::new();
+    for cap in defaults {
+        options.extend(["--cap-drop", cap]);
+    }
+    let id = format!("wms-nocaps-{}", std::process::id());
+    let (mut run, port) = start_serving_with(&containerd, &reference, &id, &options);
+    let caps = task_capabilities(&containerd, &id);
+    for set in ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"] {
+        assert_eq!(caps[set], "0000000000000000", "{set} of {caps:?}");
+    }
+    let status = rt().block_on(async {
+        client()
+            .get(format!("http://127.0.0.1:{port}/"))
+            .send()
+            .await
+            .unwrap()
+            .status()
+    });
+    assert_eq!(status, 200, "{}", run.output());
+    containerd.ctr_ok(&["task", "kill", &id]);
+    let status = run
+        .wait_exit(Duration::from_secs(30))
+        .unwrap_or_else(|| panic!("the task did not stop within 30 s:\n{}", run.output()));
+    assert_run_ended_well(&containerd, &id, status, &run.output());
+
+    // A container with the default set keeps it: the shim drops only what nobody asked for.
+    let id = format!("wms-defaultcaps-{}", std::process::id());
+    let (mut run, _) = start_serving_with(&containerd, &reference, &id, &[]);
+    let caps = task_capabilities(&containerd, &id);
+    assert_ne!(caps["CapEff"], "0000000000000000", "{caps:?}");
     containerd.ctr_ok(&["task", "kill", &id]);
     let status = run
         .wait_exit(Duration::from_secs(30))
