@@ -427,6 +427,16 @@ async fn run(
 /// The first of [`STATE_DIRS`] the shim can use.
 fn state_dir() -> anyhow::Result<std::path::PathBuf> {
     let mut tried = Vec::new();
+    // A volume mounted for it (a kubelet's emptyDir is mode 0777) becomes the shim's alone.
+    let volume = Path::new(STATE_DIRS[0]);
+    if let Ok(meta) = std::fs::symlink_metadata(volume) {
+        use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+        // SAFETY: geteuid has no preconditions.
+        let me = unsafe { libc::geteuid() };
+        if meta.is_dir() && meta.uid() == me && meta.mode() & 0o077 != 0 {
+            let _ = std::fs::set_permissions(volume, std::fs::Permissions::from_mode(0o700));
+        }
+    }
     for dir in STATE_DIRS {
         match wms_oci::store::private_dir(Path::new(dir)) {
             Ok(()) => {

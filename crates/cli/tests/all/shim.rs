@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read};
+use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -435,6 +436,29 @@ fn a_command_image_runs_to_completion_with_its_args_env_mounts_and_exit_code() {
     // A read-only root filesystem: the image is prepared in the container's /dev/shm instead.
     let (code, out, err) = run(&p2, 10, &["--read-only"], &["args", "read-only"]);
     assert_eq!((code, out.trim()), (0, "read-only"), "{err}");
+    // A volume at /.wms-shim (a kubelet's emptyDir is mode 0777) is used, made the shim's alone,
+    // and not handed to the command.
+    let volume = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(volume.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let at = format!(
+        "type=bind,src={},dst=/.wms-shim,options=rbind:rw",
+        volume.path().display()
+    );
+    let (code, out, err) = run(
+        &p2,
+        11,
+        &["--read-only", "--mount", &at],
+        &["read", "/.wms-shim"],
+    );
+    // (A preview 2 command reports a failure as 1.)
+    assert_eq!(code, 1, "{out}\n{err}");
+    assert!(err.contains("read /.wms-shim: No such file"), "{err}");
+    assert!(volume.path().join("oci").is_dir(), "{err}");
+    let mode = std::fs::metadata(volume.path())
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o700);
     let (code, out, err) = run(&p2, 2, &["--env", "GREETING=hi"], &["env"]);
     assert_eq!(code, 0, "{err}");
     assert!(out.lines().any(|l| l == "GREETING=hi"), "{out}\n{err}");
