@@ -31,16 +31,12 @@ pub const BUNDLE_DIR: &str = "wms";
 pub const ANN_BUNDLE: &str = "dev.wms.bundle";
 
 /// Wraps `image` (a wms app image or a wasm artifact) in a one-layer image containerd unpacks:
-/// config `application/vnd.oci.image.config.v1+json` (architecture `wasm`, the OS of the wrapped
-/// image), one `application/vnd.oci.image.layer.v1.tar` layer holding the bundle.
+/// config `application/vnd.oci.image.config.v1+json` (platform `wasi/wasm`, as container tools
+/// name wasm images: `docker run --platform wasi/wasm`; the wrapped image keeps its own OS), one
+/// `application/vnd.oci.image.layer.v1.tar` layer holding the bundle.
 pub fn containerd_image(image: &ImageBuild) -> anyhow::Result<ImageBuild> {
     let inner: serde_json::Value =
         serde_json::from_slice(&image.config.data).context("the image's config is not JSON")?;
-    let os = inner
-        .get("os")
-        .and_then(|v| v.as_str())
-        .unwrap_or("wasip2")
-        .to_string();
     let manifest: OciImageManifest = serde_json::from_slice(&image.manifest)?;
     let created = manifest
         .annotations
@@ -106,7 +102,7 @@ pub fn containerd_image(image: &ImageBuild) -> anyhow::Result<ImageBuild> {
     let config = serde_json::json!({
         "created": created,
         "architecture": "wasm",
-        "os": os,
+        "os": "wasi",
         "config": process,
         "rootfs": { "type": "layers", "diff_ids": [layer.digest()] },
     });

@@ -338,6 +338,14 @@ fn an_app_image_pulled_by_containerd_serves_http_and_stops_on_kill() {
     let containerd = Containerd::start();
     // containerd unpacks the image like any other (containerd 1.6 could not unpack wasm layers).
     containerd.ctr_ok(&["image", "pull", "--plain-http", &reference]);
+    // The platform container tools use for wasm (`docker run --platform wasi/wasm`).
+    let images = containerd.ctr_ok(&["image", "ls"]);
+    assert!(
+        images
+            .lines()
+            .any(|l| l.starts_with(&reference) && l.contains("wasi/wasm")),
+        "{images}"
+    );
 
     let id = &format!("wms-shim-test-{}", std::process::id());
     let (mut run, port) = start_serving(&containerd, &reference, id);
