@@ -70,9 +70,15 @@ where
         arrived,
         responded: AtomicBool::new(false),
         failure: OnceLock::new(),
+        left: AtomicBool::new(false),
+        leaving: tokio::sync::Notify::new(),
         _permits: permits,
     });
-    match handler.handle(watch.clone(), request).await {
+    // Dropped with this future when the client goes away before the response head.
+    let mut leave = ClientLeaves(Some(watch.clone()));
+    let outcome = handler.handle(watch.clone(), request).await;
+    leave.0 = None;
+    match outcome {
         Ok(response) => {
             watch.responded.store(true, Ordering::Relaxed);
             let deadline = arrived + comp.limits.timeout;
@@ -90,15 +96,46 @@ where
 }
 
 /// One request as its instance sees it. It lives until the request is over: its response body
-/// ended or dropped, or, when the client went away first, until the guest produced the head or
-/// the deadline passed (the instance's worker holds it that long). So do the request's permits:
-/// a client that leaves does not free a slot its guest still uses.
+/// ended or dropped, or, when the client went away first, until the request expired (its
+/// instance's worker holds it that long). So do the request's permits: a client that leaves
+/// does not free a slot its guest still uses.
 pub(crate) struct Watch {
     arrived: Instant,
     /// The guest produced the response head: from here only the body's deadline applies.
     responded: AtomicBool,
     failure: OnceLock<Failure>,
+    /// The client went away before the response head (see [`ClientLeaves`]).
+    left: AtomicBool,
+    leaving: tokio::sync::Notify,
     _permits: (OwnedSemaphorePermit, Option<OwnedSemaphorePermit>),
+}
+
+impl Watch {
+    /// Resolves once the client has gone away.
+    async fn client_left(&self) {
+        loop {
+            let notified = self.leaving.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.left.load(Ordering::Acquire) {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// Marks a request's client as gone when dropped armed: hyper drops the request's future when
+/// its client disconnects before the response head.
+struct ClientLeaves(Option<Arc<Watch>>);
+
+impl Drop for ClientLeaves {
+    fn drop(&mut self) {
+        if let Some(watch) = self.0.take() {
+            watch.left.store(true, Ordering::Release);
+            watch.leaving.notify_waiters();
+        }
+    }
 }
 
 /// Why a request got no response: typed errors of Wasmtime's handler, the guest's error code, or
@@ -308,7 +345,17 @@ impl WorkerState for Worker {
             .unwrap_or_else(|e| e.into_inner());
         requests.retain(|w| w.strong_count() > 0);
         requests.push(Arc::downgrade(&watch));
-        Box::pin(tokio::time::sleep_until(deadline.into()))
+        drop(requests);
+        // The request expires at its deadline or when its client leaves, whichever comes
+        // first: Wasmtime's handler then stops the instance taking requests, and the instance
+        // ends (with the guest's work for the request) once its other requests are done. The
+        // watch, and so the request's permits, live as long as the guest works on it.
+        Box::pin(async move {
+            tokio::select! {
+                () = tokio::time::sleep_until(deadline.into()) => {}
+                () = watch.client_left() => {}
+            }
+        })
     }
 
     fn drop(&self, store: Store<HostState>, result: wasmtime::Result<()>) {

@@ -299,3 +299,30 @@ fn a_body_past_its_deadline_is_cut_off_without_killing_its_co_tenants() {
         assert_eq!(slow.headers()["x-instance-requests"], "2");
     });
 }
+
+/// Regression: a request whose client went away kept running in its instance, and gave back
+/// its concurrency permits as it went, so clients that leave could pile up guest work past
+/// every limit. Now the request expires when its client leaves: the instance takes no new
+/// requests and ends once the rest of its requests are done, stopping the abandoned guest.
+#[test]
+fn a_request_whose_client_left_stops_and_its_instance_takes_no_more() {
+    let server = Server::with_manifest(&app(""), &[]);
+    let seen = rt().block_on(async {
+        // The client gives up on a 3 s request after 200 ms.
+        let left = client()
+            .get(server.url("/p3/slow?ms=3000"))
+            .timeout(Duration::from_millis(200))
+            .send()
+            .await;
+        assert!(left.is_err(), "{left:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let r = client().get(server.url("/p3/hello")).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        r.headers()["x-instance-requests"]
+            .to_str()
+            .unwrap()
+            .to_string()
+    });
+    // A fresh instance: the abandoned request's one took no more.
+    assert_eq!(seen, "1");
+}
