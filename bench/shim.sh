@@ -9,7 +9,8 @@
 # cache). A third image carries precompiled code (`wms push --precompile`) from a publisher
 # containerd's environment trusts, so its first start compiles nothing. Medians.
 # Needs (as root): containerd, runc, docker-registry, skopeo, python3, the
-# x86_64-unknown-linux-musl rustup target; builds the release shim and wms itself.
+# x86_64-unknown-linux-musl rustup target; builds the release shim and wms itself unless SHIM and
+# WMS name binaries to use.
 # Prints a markdown report and writes it to bench/results/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,9 +21,11 @@ for p in containerd runc docker-registry skopeo python3; do
   command -v "$p" >/dev/null || { echo "missing $p: apt-get install containerd runc docker-registry skopeo python3" >&2; exit 1; }
 done
 rustup target add x86_64-unknown-linux-musl >/dev/null
-cargo build --release -q -p wms-shim -p wms-cli
-SHIM="$T/release/containerd-shim-wms-v1"
-WMS="$T/release/wms"
+if [ -z "${SHIM:-}" ] || [ -z "${WMS:-}" ]; then
+  cargo build --release -q -p wms-shim -p wms-cli
+  SHIM="$T/release/containerd-shim-wms-v1"
+  WMS="$T/release/wms"
+fi
 cargo build --release -q -p native-hello --target x86_64-unknown-linux-musl
 NATIVE="$T/x86_64-unknown-linux-musl/release/native-hello"
 

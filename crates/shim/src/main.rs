@@ -55,6 +55,15 @@ impl Default for WmsSandbox {
     /// here: containerd-shim-wasm makes the sandbox in the container's new process before it
     /// starts the async runtime that runs [`Sandbox::can_handle`] and [`Sandbox::run_wasi`].
     fn default() -> Self {
+        // This process inherits containerd's environment, whose cache paths (`WMS_CACHE_DIR`,
+        // `XDG_CACHE_HOME`, `HOME`) name directories of the image's root filesystem in here: an
+        // image could plant compiled code there for wms to map executable. So the container's
+        // wms keeps no code cache of its own (containerd's store keeps an app's code).
+        for var in [wms_runtime::ENV_CACHE_DIR, "XDG_CACHE_HOME", "HOME"] {
+            // SAFETY: no other thread runs yet in this new process (see above), so nothing
+            // reads the environment concurrently.
+            unsafe { std::env::remove_var(var) };
+        }
         Self {
             capabilities: drop_unasked_capabilities().map_err(|e| format!("{e:#}")),
         }

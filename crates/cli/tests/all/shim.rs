@@ -1153,9 +1153,23 @@ fn classic_wasi_wasm_images_run_their_entry_point() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(3), "{out:?}");
-    // An HTTP component is served, as a one-component app on every path.
-    let output = serve_once(&containerd, hello, &format!("{id}-3"));
+    // An HTTP component is served, as a one-component app on every path. The shim inherits
+    // containerd's environment (here XDG_CACHE_HOME), but inside the container that path is
+    // the image's, which could plant compiled code there: the shim neither reads nor writes a
+    // code cache in the container (a volume at that path stays empty).
+    let planted = tempfile::tempdir().unwrap();
+    let at = format!(
+        "type=bind,src={},dst={},options=rbind:rw",
+        planted.path().display(),
+        dir.join("home/cache").display()
+    );
+    let output = serve_once_with(&containerd, hello, &format!("{id}-3"), &["--mount", &at]);
     assert!(output.contains("Serving http://"), "{output}");
+    let left: Vec<_> = std::fs::read_dir(planted.path()).unwrap().collect();
+    assert!(
+        left.is_empty(),
+        "the shim used a code cache in the container: {left:?}"
+    );
 }
 
 /// containerd's CRI service, as the kubelet drives it, on our own containerd's socket.
