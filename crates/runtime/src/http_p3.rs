@@ -290,6 +290,8 @@ struct Shared {
     requests: Mutex<Vec<Weak<Watch>>>,
     /// The memory limit was hit: the instance takes no more requests.
     memory_exceeded: Arc<AtomicBool>,
+    /// Requests whose clients left: kept until the instance ends (see `on_request_start`).
+    abandoned: Mutex<Vec<Arc<Watch>>>,
 }
 
 impl Shared {
@@ -348,12 +350,16 @@ impl WorkerState for Worker {
         drop(requests);
         // The request expires at its deadline or when its client leaves, whichever comes
         // first: Wasmtime's handler then stops the instance taking requests, and the instance
-        // ends (with the guest's work for the request) once its other requests are done. The
-        // watch, and so the request's permits, live as long as the guest works on it.
+        // ends once its requests' guest work is done (or past the timeout). An abandoned
+        // request's watch, and so its permits, are kept with the instance until it ends: its
+        // guest may still be working, and still counts against the limits and the timeout.
+        let shared = self.shared.clone();
         Box::pin(async move {
             tokio::select! {
                 () = tokio::time::sleep_until(deadline.into()) => {}
-                () = watch.client_left() => {}
+                () = watch.client_left() => {
+                    shared.abandoned.lock().unwrap_or_else(|e| e.into_inner()).push(watch);
+                }
             }
         })
     }

@@ -300,12 +300,10 @@ fn a_body_past_its_deadline_is_cut_off_without_killing_its_co_tenants() {
     });
 }
 
-/// Regression: a request whose client went away kept running in its instance, and gave back
-/// its concurrency permits as it went, so clients that leave could pile up guest work past
-/// every limit. Now the request expires when its client leaves: the instance takes no new
-/// requests and ends once the rest of its requests are done, stopping the abandoned guest.
+/// A request whose client went away expires: its instance takes no new request (it ends once
+/// its requests' guest work is done).
 #[test]
-fn a_request_whose_client_left_stops_and_its_instance_takes_no_more() {
+fn a_request_whose_client_left_expires_and_its_instance_takes_no_more() {
     let server = Server::with_manifest(&app(""), &[]);
     let seen = rt().block_on(async {
         // The client gives up on a 3 s request after 200 ms.
@@ -325,4 +323,37 @@ fn a_request_whose_client_left_stops_and_its_instance_takes_no_more() {
     });
     // A fresh instance: the abandoned request's one took no more.
     assert_eq!(seen, "1");
+}
+
+/// Regression: the permits of a request whose client left were freed while its guest still
+/// worked. One request at a time: while the abandoned guest sleeps, others get 503; the slot is
+/// free again when its instance ends, at the latest the timeout after the client left.
+#[test]
+fn a_request_whose_client_left_keeps_its_permit_while_its_guest_works() {
+    let server = Server::with_manifest(&app("max_concurrent_requests = 1\ntimeout = \"3s\""), &[]);
+    rt().block_on(async {
+        let start = std::time::Instant::now();
+        let left = client()
+            .get(server.url("/p3/slow?ms=2500"))
+            .timeout(Duration::from_millis(200))
+            .send()
+            .await;
+        assert!(left.is_err(), "{left:?}");
+        let r = client().get(server.url("/p3/hello")).send().await.unwrap();
+        assert_eq!(r.status(), 503, "while the abandoned guest works");
+        // Once it is done (or past its timeout) the slot is free again.
+        loop {
+            let r = client().get(server.url("/p3/hello")).send().await.unwrap();
+            if r.status() == 200 {
+                break;
+            }
+            assert!(start.elapsed() < Duration::from_secs(10), "never freed");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(
+            start.elapsed() >= Duration::from_millis(2000),
+            "freed after {:?}, before the guest was done",
+            start.elapsed()
+        );
+    });
 }
