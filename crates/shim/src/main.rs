@@ -372,8 +372,8 @@ async fn run(
     env: &HashMap<String, String>,
     cached: Option<&WasmLayer>,
 ) -> anyhow::Result<i32> {
-    let state = state_dir()?;
-    let state = state.as_path();
+    let fresh = state_dir()?;
+    let state = fresh.path();
     let store = wms_oci::Store::open(state.join("oci"))?;
     // Names the single component of a wasm artifact; an app image names its own.
     let reference = wms_oci::parse_reference(REFERENCE)?;
@@ -433,31 +433,47 @@ async fn run(
     Ok(if clean { 0 } else { 1 })
 }
 
-/// The first of [`STATE_DIRS`] the shim can use.
-fn state_dir() -> anyhow::Result<std::path::PathBuf> {
+/// A fresh directory for this start (private, empty, named at random) in the first of
+/// [`STATE_DIRS`] that can hold one; removed when the container's process ends. Never one found
+/// there: the image, or another container of the pod sharing `/dev/shm`, could have planted
+/// files (or links) in it.
+fn state_dir() -> anyhow::Result<tempfile::TempDir> {
+    use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
     let mut tried = Vec::new();
-    // A volume mounted for it (a kubelet's emptyDir is mode 0777) becomes the shim's alone.
-    let volume = Path::new(STATE_DIRS[0]);
-    if let Ok(meta) = std::fs::symlink_metadata(volume) {
-        use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
-        // SAFETY: geteuid has no preconditions.
-        let me = unsafe { libc::geteuid() };
-        if meta.is_dir() && meta.uid() == me && meta.mode() & 0o077 != 0 {
-            let _ = std::fs::set_permissions(volume, std::fs::Permissions::from_mode(0o700));
-        }
-    }
     for dir in STATE_DIRS {
-        match wms_oci::store::private_dir(Path::new(dir)) {
-            Ok(()) => {
+        let path = Path::new(dir);
+        match std::fs::symlink_metadata(path) {
+            Ok(meta) if !meta.is_dir() => {
+                tried.push(format!("{dir} is not a directory"));
+                continue;
+            }
+            Ok(meta) => {
+                // A volume mounted for it (a kubelet's emptyDir is mode 0777) becomes the
+                // shim's alone, so nobody else can rename what the shim makes in it.
+                // SAFETY: geteuid has no preconditions.
+                let me = unsafe { libc::geteuid() };
+                if dir == STATE_DIRS[0] && meta.uid() == me && meta.mode() & 0o077 != 0 {
+                    let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700));
+                }
+            }
+            Err(_) => {
+                if let Err(e) = wms_oci::store::private_dir(path) {
+                    tried.push(format!("{e:#}"));
+                    continue;
+                }
+            }
+        }
+        match tempfile::Builder::new().prefix("start-").tempdir_in(path) {
+            Ok(fresh) => {
                 if !tried.is_empty() {
                     tracing::info!(
                         "preparing the image in {dir} (in memory): {}",
                         tried.join("; ")
                     );
                 }
-                return Ok(dir.into());
+                return Ok(fresh);
             }
-            Err(e) => tried.push(format!("{e:#}")),
+            Err(e) => tried.push(format!("cannot create a directory in {dir}: {e}")),
         }
     }
     anyhow::bail!(

@@ -444,8 +444,13 @@ fn a_command_image_runs_to_completion_with_its_args_env_mounts_and_exit_code() {
     // A read-only root filesystem: the image is prepared in the container's /dev/shm instead.
     let (code, out, err) = run(&p2, 10, &["--read-only"], &["args", "read-only"]);
     assert_eq!((code, out.trim()), (0, "read-only"), "{err}");
-    // A volume at /.wms-shim (a kubelet's emptyDir is mode 0777) is used, made the shim's alone,
-    // and not handed to the command.
+    assert!(
+        err.contains("preparing the image in /dev/shm/.wms-shim"),
+        "{err}"
+    );
+    // A volume at /.wms-shim (a kubelet's emptyDir is mode 0777) is used (no fallback to
+    // /dev/shm), made the shim's alone, not handed to the command, and left empty: each start
+    // prepares the image in a fresh directory of its own, removed when it ends.
     let volume = tempfile::tempdir().unwrap();
     std::fs::set_permissions(volume.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
     let at = format!(
@@ -461,7 +466,9 @@ fn a_command_image_runs_to_completion_with_its_args_env_mounts_and_exit_code() {
     // (A preview 2 command reports a failure as 1.)
     assert_eq!(code, 1, "{out}\n{err}");
     assert!(err.contains("read /.wms-shim: No such file"), "{err}");
-    assert!(volume.path().join("oci").is_dir(), "{err}");
+    assert!(!err.contains("preparing the image in /dev/shm"), "{err}");
+    let left: Vec<_> = std::fs::read_dir(volume.path()).unwrap().collect();
+    assert!(left.is_empty(), "{left:?}");
     let mode = std::fs::metadata(volume.path())
         .unwrap()
         .permissions()
