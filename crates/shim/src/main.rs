@@ -107,11 +107,14 @@ impl Compiler for WmsCompiler {
         // Wasmtime checks the code itself on load (version, target, CPU features, memory
         // layout) and the runtime checks the wasm it was made from; the key moves the cache on
         // with every wms version and architecture.
+        // The trusted publishers too: code taken from a publisher (instead of compiled) is not
+        // kept once the node stops trusting it.
         (
             "wms",
             env!("CARGO_PKG_VERSION"),
             std::env::consts::ARCH,
             "wasmtime-48",
+            std::env::var(wms_oci::trust::ENV_TRUSTED_PUBLISHERS).unwrap_or_default(),
         )
     }
 
@@ -165,7 +168,10 @@ async fn trusted_image_with(digest: &str) -> anyhow::Result<Option<String>> {
     if publishers.trim().is_empty() {
         return Ok(None);
     }
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    let args: Vec<String> = std::env::args_os()
+        .skip(1)
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
     let flags = containerd_shim::parse(&args).context("cannot read the shim's flags")?;
     if flags.address.is_empty() || flags.namespace.is_empty() {
         anyhow::bail!("containerd did not pass its address and namespace to the shim");
@@ -200,6 +206,15 @@ async fn trusted_image_with(digest: &str) -> anyhow::Result<Option<String>> {
             .collect()
     };
     for image in images {
+        // Only names that say their registry: the CRI also records images under their IDs
+        // (`sha256:...`), which would read as Docker Hub names.
+        let named = image
+            .name
+            .split_once('/')
+            .is_some_and(|(host, _)| host.contains(['.', ':']) || host == "localhost");
+        if !named {
+            continue;
+        }
         let Ok(reference) = wms_oci::parse_reference(&image.name) else {
             continue;
         };
@@ -207,13 +222,22 @@ async fn trusted_image_with(digest: &str) -> anyhow::Result<Option<String>> {
         if !wms_oci::trust::trusted(&reference, false) {
             continue;
         }
-        let top = labels(target.digest).await?;
-        let mut layers = refs(&top, "l");
-        for manifest in refs(&top, "m") {
-            layers.extend(refs(&labels(manifest).await?, "l"));
-        }
-        if layers.iter().any(|l| l == digest) {
-            return Ok(Some(image.name));
+        // An image whose content is partly missing (an index's other platforms) is skipped,
+        // not the search.
+        let holds = async {
+            let top = labels(target.digest).await?;
+            let mut layers = refs(&top, "l");
+            for manifest in refs(&top, "m") {
+                if let Ok(labels) = labels(manifest).await {
+                    layers.extend(refs(&labels, "l"));
+                }
+            }
+            anyhow::Ok(layers.iter().any(|l| l == digest))
+        };
+        match holds.await {
+            Ok(true) => return Ok(Some(image.name)),
+            Ok(false) => {}
+            Err(e) => tracing::warn!("cannot read image {} in containerd: {e:#}", image.name),
         }
     }
     Ok(None)
