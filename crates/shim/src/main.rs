@@ -510,8 +510,9 @@ fn state_dir() -> anyhow::Result<tempfile::TempDir> {
 /// The container's memory limit, as its cgroup says (the kubelet's containers see it; `ctr run`
 /// needs `--mount type=cgroup,src=cgroup,dst=/sys/fs/cgroup,options=ro`), and the most one guest
 /// may take of it: the limit less a quarter (at least [`MIN_HEADROOM`], at most half) for wms
-/// itself. A guest that grows past that fails on its own (its request gets a 500, a command
-/// exits 134) instead of the kernel ending the whole container. The pool's resident budget
+/// itself. One guest that grows past that fails on its own (its request gets a 500, a command
+/// exits 134) instead of the kernel ending the whole container (several at once still can
+/// reach the limit). The pool's resident budget
 /// follows the same limit ([`wms_runtime::pool::ResidentBudget`]).
 fn container_guest_cap() -> Option<(u64, u64)> {
     let Some(limit) = wms_runtime::pool::cgroup_memory_limit() else {
