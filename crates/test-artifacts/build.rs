@@ -106,6 +106,22 @@ fn main() {
         std::fs::copy(&built, &expected)
             .unwrap_or_else(|e| panic!("copy {} to {}: {e}", built.display(), expected.display()));
     }
+    // Test guests made with the Spin Rust SDK, each its own workspace like the examples above:
+    // SDK 5 (Spin 2's variables interface and wasi:config) and SDK 7 (Spin 3's).
+    for (guest, file, target, ident) in [
+        ("spin-vars", "spin_vars.wasm", "wasm32-wasip1", "SPIN_VARS"),
+        ("spin3-vars", "spin3_vars.wasm", TARGET, "SPIN3_VARS"),
+    ] {
+        let dir = guests.join(guest);
+        watch_only(&dir);
+        build_package(&dir, &guests_target, target, false);
+        let path = guests_target.join(target).join("release").join(file);
+        assert!(path.is_file(), "{} was not built", path.display());
+        consts.push_str(&format!(
+            "pub const {ident}: &str = {:?};\n",
+            path.display().to_string()
+        ));
+    }
     std::fs::write(out_dir.join("artifacts.rs"), consts).unwrap();
 }
 

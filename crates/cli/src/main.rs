@@ -110,6 +110,10 @@ struct UpArgs {
     /// (a fresh pool replaces the old one; `0` never gives it back).
     #[arg(long, value_name = "DURATION", value_parser = idle_release_arg, default_value = "10s")]
     pool_idle_release: Duration,
+    /// Spin's runtime config file: where variables get their values (`[[config_provider]]`
+    /// tables, before the environment's `WMS_VARIABLE_NAME` and `SPIN_VARIABLE_NAME`).
+    #[arg(long, value_name = "PATH")]
+    runtime_config_file: Option<PathBuf>,
     #[command(flatten)]
     image: oci::ImageArgs,
 }
@@ -272,6 +276,16 @@ fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
     if args.build {
         build(&app)?;
     }
+    let runtime_config = match &args.runtime_config_file {
+        Some(path) => Some(wms_manifest::runtime_config::load(path)?),
+        None => None,
+    };
+    // As Spin's default provider: the environment, then `.env` in the current directory.
+    let variables = wms_manifest::Providers::new(
+        runtime_config.as_ref(),
+        std::env::vars_os(),
+        Some(std::path::Path::new(".env")),
+    )?;
     let options = RuntimeOptions {
         engine: match args.engine {
             Engine::Cranelift => EngineKind::Cranelift,
@@ -296,6 +310,7 @@ fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
         body_idle_timeout: args.body_idle_timeout,
         max_connections: args.max_connections,
         shutdown_grace: args.shutdown_grace,
+        variables,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

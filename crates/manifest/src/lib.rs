@@ -26,7 +26,9 @@ pub mod files;
 mod fuzz;
 pub mod outbound;
 pub mod routes;
+pub mod runtime_config;
 mod schema;
+pub mod variables;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -38,6 +40,7 @@ use error::Locator;
 pub use error::ManifestError;
 pub use outbound::AllowedHost;
 pub use routes::{RouteMatch, RoutePattern};
+pub use variables::{Providers, Template, Variable, VariableValues};
 
 /// Manifest file names looked up, in order, when `wms up` is given a directory.
 pub const MANIFEST_NAMES: [&str; 2] = ["wms.toml", "spin.toml"];
@@ -89,6 +92,8 @@ pub struct App {
     /// Application base path for routes (`[application.trigger.http] base`), default `/`.
     pub base: String,
     pub components: IndexMap<String, Component>,
+    /// Application variables (`[variables]`), in manifest order.
+    pub variables: IndexMap<String, Variable>,
     /// Routes, most specific first.
     pub routes: Vec<Route>,
     /// Process-wide concurrent request limit.
@@ -111,7 +116,15 @@ pub struct Component {
     pub environment: IndexMap<String, String>,
     pub files: Vec<FileMount>,
     pub exclude_files: Vec<String>,
+    /// The entries without a template; [`App::resolve_variables`] appends the others, resolved,
+    /// in the order of `outbound_templates`.
     pub allowed_outbound_hosts: Vec<AllowedHost>,
+    /// Entries of `allowed_outbound_hosts` with `{{ variable }}` references.
+    pub outbound_templates: Vec<Template>,
+    /// The component's variables (`[component.NAME.variables]`): what the guest may ask for.
+    pub variables: IndexMap<String, Template>,
+    /// Their values, once [`App::resolve_variables`] has run.
+    pub variable_values: Option<VariableValues>,
     pub build: Option<BuildSpec>,
     pub limits: Limits,
     /// How the routes serving this component run it.
@@ -209,7 +222,106 @@ pub struct Route {
     pub executor: Executor,
 }
 
+/// Where the value of an application variable came from, for the start-up log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VariableOrigin {
+    pub name: String,
+    /// `SPIN_VARIABLE_API_TOKEN`, `default`, `a static provider of the runtime config file`, ...
+    pub origin: String,
+}
+
 impl App {
+    /// Gives every application variable its value (the first provider that has one, else its
+    /// default), then every component its variables' values and the `allowed_outbound_hosts`
+    /// written with templates. A required variable without a value is an error naming it, as is
+    /// a templated outbound entry whose value is not a valid entry. Values are never put in a
+    /// message. Returns where each value came from.
+    pub fn resolve_variables(
+        &mut self,
+        providers: &Providers,
+    ) -> Result<Vec<VariableOrigin>, ManifestError> {
+        let mut values = std::collections::HashMap::new();
+        let mut origins = Vec::new();
+        for (name, var) in &self.variables {
+            let at = |message: String| {
+                let mut e = ManifestError::new(&self.manifest_path, message);
+                e.position = var.position;
+                e
+            };
+            let found = providers.lookup(name).map_err(|e| {
+                at(format!("variable `{name}`: {e}"))
+                    .help("fix the environment variable or remove it")
+            })?;
+            let (value, origin) = match (found, &var.default) {
+                (Some(found), _) => found,
+                (None, Some(default)) => (default.clone(), "default".to_string()),
+                (None, None) => {
+                    return Err(at(format!(
+                        "variable `{name}` is required and has no value"
+                    ))
+                    .help(format!(
+                        "give it a value: set {} (or {}) in wms's environment, or list it in a provider of the runtime config file (--runtime-config-file)",
+                        variables::env_name("SPIN_VARIABLE", name),
+                        variables::env_name("WMS_VARIABLE", name),
+                    )));
+                }
+            };
+            values.insert(name.clone(), value);
+            origins.push(VariableOrigin {
+                name: name.clone(),
+                origin,
+            });
+        }
+        for (id, c) in &mut self.components {
+            if c.variable_values.is_some() {
+                // Resolved before: drop the hosts that resolution added.
+                let literal = c.allowed_outbound_hosts.len() - c.outbound_templates.len();
+                c.allowed_outbound_hosts.truncate(literal);
+            }
+            let resolved = c
+                .variables
+                .iter()
+                .map(|(k, t)| (k.clone(), t.render(&values)))
+                .collect();
+            c.variable_values = Some(VariableValues(resolved));
+            for t in &c.outbound_templates {
+                let value = t.render(&values);
+                let secret = t.variables().any(|v| self.variables[v].secret);
+                let host = AllowedHost::parse(&value).map_err(|e| {
+                    let why = if secret {
+                        "its value (not shown: it uses a secret variable) is not a valid entry"
+                            .to_string()
+                    } else {
+                        e
+                    };
+                    ManifestError::new(
+                        &self.manifest_path,
+                        format!(
+                            "component `{id}`: allowed_outbound_hosts entry `{}`: {why}",
+                            t.raw()
+                        ),
+                    )
+                    .help(format!(
+                        "give {} a value of the form `scheme://host[:port]`, e.g. `https://api.example.com`",
+                        t.variables()
+                            .map(|v| format!("`{v}`"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ))
+                })?;
+                c.allowed_outbound_hosts.push(host);
+            }
+        }
+        Ok(origins)
+    }
+
+    /// Whether `template` refers to a secret variable.
+    pub fn uses_secret(&self, template: &Template) -> bool {
+        template
+            .variables()
+            .any(|v| self.variables.get(v).is_some_and(|v| v.secret))
+    }
+
     /// Finds the route serving `path` (no query), with its match.
     pub fn route(&self, path: &str) -> Option<(&Route, RouteMatch)> {
         self.routes
@@ -340,8 +452,7 @@ impl Parser<'_> {
         let m: schema::Manifest = toml::from_str(text).map_err(|e| self.toml_error(&e))?;
         let dir = self.dir.clone();
 
-        self.unsupported(&m.variables, "`variables` (application variables)",
-            "remove the [variables] table and pass settings through `environment`; variables are planned")?;
+        let variables = self.app_variables(&m.variables)?;
         self.unsupported(
             &m.application.targets,
             "`application.targets`",
@@ -398,7 +509,7 @@ impl Parser<'_> {
 
         let mut components = IndexMap::new();
         for (name, c) in &m.component {
-            let comp = self.component(&dir, name, c)?;
+            let comp = self.component(&dir, name, c, &variables)?;
             components.insert(name.get_ref().clone(), comp);
         }
 
@@ -563,6 +674,7 @@ impl Parser<'_> {
             dir,
             base,
             components,
+            variables,
             routes,
             max_concurrent_requests: max_concurrent,
             pool_resident_budget,
@@ -575,6 +687,7 @@ impl Parser<'_> {
         dir: &Path,
         name: &Spanned<String>,
         c: &Spanned<schema::Component>,
+        app_variables: &IndexMap<String, Variable>,
     ) -> Result<Component, ManifestError> {
         let id = name.get_ref();
         if id.is_empty()
@@ -588,11 +701,6 @@ impl Parser<'_> {
         }
         let c = c.get_ref();
         let feature = |what: &str| format!("component `{id}`: {what}");
-        self.unsupported(
-            &c.variables,
-            &feature("`variables`"),
-            "remove it and pass values through `environment`",
-        )?;
         self.unsupported(
             &c.key_value_stores,
             &feature("`key_value_stores`"),
@@ -663,8 +771,27 @@ impl Parser<'_> {
             }
         };
 
+        let mut variables = IndexMap::new();
+        for (name, template) in &c.variables {
+            variables::check_name(name.get_ref()).map_err(|e| {
+                self.err_at(name.span(), feature(&format!("variables: {e}")))
+                    .help("name component variables as Spin does: lowercase letters, digits and `_`, e.g. `api_token`")
+            })?;
+            let t = self.template(template, app_variables, &feature("variables"))?;
+            variables.insert(name.get_ref().clone(), t);
+        }
+
         let mut allowed = Vec::new();
+        let mut outbound_templates = Vec::new();
         for h in &c.allowed_outbound_hosts {
+            if h.get_ref().contains("{{") {
+                outbound_templates.push(self.template(
+                    h,
+                    app_variables,
+                    &feature("allowed_outbound_hosts"),
+                )?);
+                continue;
+            }
             let a = AllowedHost::parse(h.get_ref()).map_err(|e| {
                 self.err_at(h.span(), feature(&format!("allowed_outbound_hosts: {e}")))
                     .help("entries look like `https://api.example.com`, `http://127.0.0.1:8080` or `*://*.example.com:*`")
@@ -854,10 +981,80 @@ impl Parser<'_> {
                 .map(|x| x.get_ref().clone())
                 .collect(),
             allowed_outbound_hosts: allowed,
+            outbound_templates,
+            variables,
+            variable_values: None,
             build,
             limits,
             executor: Executor::Http,
         })
+    }
+
+    /// `[variables]`: each name valid, each entry with either a `default` or `required = true`.
+    fn app_variables(
+        &self,
+        decls: &IndexMap<Spanned<String>, Spanned<schema::VariableDecl>>,
+    ) -> Result<IndexMap<String, Variable>, ManifestError> {
+        let mut out = IndexMap::new();
+        for (name, decl) in decls {
+            variables::check_name(name.get_ref()).map_err(|e| {
+                self.err_at(name.span(), format!("variables: {e}"))
+                    .help("name variables as Spin does: lowercase letters, digits and `_`, e.g. `api_token`")
+            })?;
+            let d = decl.get_ref();
+            match (&d.default, d.required) {
+                (Some(_), true) => {
+                    return Err(self
+                        .err_at(
+                            decl.span(),
+                            format!("variable `{}` has both a `default` and `required = true`", name.get_ref()),
+                        )
+                        .help("keep one: a required variable must be given a value when the app starts; one with a default may be"));
+                }
+                (None, false) => {
+                    return Err(self
+                        .err_at(
+                            decl.span(),
+                            format!("variable `{}` has neither a `default` nor `required = true`", name.get_ref()),
+                        )
+                        .help("add `default = \"...\"`, or `required = true` if the operator must give it a value"));
+                }
+                _ => {}
+            }
+            out.insert(
+                name.get_ref().clone(),
+                Variable {
+                    default: d.default.clone(),
+                    required: d.required,
+                    secret: d.secret,
+                    description: d.description.clone(),
+                    position: Some(self.locator.position(name.span().start)),
+                },
+            );
+        }
+        Ok(out)
+    }
+
+    /// A template whose references are all declared application variables.
+    fn template(
+        &self,
+        text: &Spanned<String>,
+        app_variables: &IndexMap<String, Variable>,
+        what: &str,
+    ) -> Result<Template, ManifestError> {
+        let t = Template::parse(text.get_ref()).map_err(|e| {
+            self.err_at(text.span(), format!("{what}: {e}"))
+                .help("refer to an application variable as `{{ name }}`")
+        })?;
+        if let Some(unknown) = t.variables().find(|v| !app_variables.contains_key(*v)) {
+            return Err(self
+                .err_at(
+                    text.span(),
+                    format!("{what}: `{}` refers to `{unknown}`, which [variables] does not declare", text.get_ref()),
+                )
+                .help(format!("declare it: [variables] {unknown} = {{ default = \"...\" }} (or `required = true`)")));
+        }
+        Ok(t)
     }
 
     /// A request count in `1..=MAX_CONCURRENT_REQUESTS`.

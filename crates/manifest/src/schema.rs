@@ -19,11 +19,25 @@ pub struct Manifest {
     pub spin_manifest_version: Spanned<toml::Value>,
     pub application: Application,
     #[serde(default)]
-    pub variables: Raw,
+    pub variables: IndexMap<Spanned<String>, Spanned<VariableDecl>>,
     #[serde(default)]
     pub trigger: Option<Spanned<Triggers>>,
     #[serde(default)]
     pub component: IndexMap<Spanned<String>, Spanned<Component>>,
+}
+
+/// `[variables] NAME = { ... }`: an application variable.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VariableDecl {
+    #[serde(default)]
+    pub default: Option<String>,
+    #[serde(default)]
+    pub required: bool,
+    #[serde(default)]
+    pub secret: bool,
+    #[serde(default)]
+    pub description: Option<String>,
 }
 
 /// `[[trigger.TYPE]]` tables. Spin's other trigger types are listed so they get a precise error.
@@ -156,7 +170,7 @@ pub struct Component {
     #[serde(default)]
     pub tool: ComponentTools,
     #[serde(default)]
-    pub variables: Raw,
+    pub variables: IndexMap<Spanned<String>, Spanned<String>>,
     #[serde(default)]
     pub key_value_stores: Raw,
     #[serde(default)]

@@ -88,3 +88,73 @@ max_concurrent_requests = 4
     assert_eq!(m.params, vec![("id".to_string(), "7".to_string())]);
     assert_eq!(app.route("/other").unwrap().0.component, "web");
 }
+
+#[test]
+fn variables_resolve_from_providers_then_defaults() {
+    let text = r#"
+spin_manifest_version = 2
+[application]
+name = "vars"
+[variables]
+api_host = { default = "api.example.com" }
+api_token = { required = true, secret = true }
+hidden = { default = "d3fault", secret = true }
+[[trigger.http]]
+route = "/..."
+component = "web"
+[component.web]
+source = "web.wasm"
+allowed_outbound_hosts = ["https://{{ api_host }}", "http://127.0.0.1:1"]
+[component.web.variables]
+auth = "Bearer {{ api_token }}"
+version = "v1"
+"#;
+    let env = |pairs: &[(&str, &str)]| -> Vec<(std::ffi::OsString, std::ffi::OsString)> {
+        pairs.iter().map(|(k, v)| (k.into(), v.into())).collect()
+    };
+    let parsed = wms_manifest::parse(Path::new("tests/wms.toml"), text).unwrap();
+    assert_eq!(parsed.components["web"].outbound_templates.len(), 1);
+
+    let mut app = parsed.clone();
+    let providers = wms_manifest::Providers::new(None, env(&[]), None).unwrap();
+    let e = app.resolve_variables(&providers).unwrap_err();
+    assert_eq!(e.position, Some((7, 1)));
+    assert!(
+        e.to_string()
+            .contains("variable `api_token` is required and has no value"),
+        "{e}"
+    );
+    assert!(e.to_string().contains("SPIN_VARIABLE_API_TOKEN"), "{e}");
+
+    let mut app = parsed.clone();
+    let providers =
+        wms_manifest::Providers::new(None, env(&[("SPIN_VARIABLE_API_TOKEN", "s3cret")]), None)
+            .unwrap();
+    let origins = app.resolve_variables(&providers).unwrap();
+    assert_eq!(origins[0].origin, "default");
+    assert_eq!(origins[1].origin, "SPIN_VARIABLE_API_TOKEN");
+    let web = &app.components["web"];
+    let values = &web.variable_values.as_ref().unwrap().0;
+    assert_eq!(values["auth"], "Bearer s3cret");
+    assert_eq!(values["version"], "v1");
+    assert!(
+        !format!("{app:?}").contains("s3cret"),
+        "Debug shows no value"
+    );
+    let hosts: Vec<String> = web
+        .allowed_outbound_hosts
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(hosts, ["http://127.0.0.1:1", "https://api.example.com"]);
+
+    // A templated entry whose value is not an entry: named, the secret value not shown.
+    let secret_host = text.replace("https://{{ api_host }}", "{{ api_token }}");
+    let mut app = wms_manifest::parse(Path::new("tests/wms.toml"), &secret_host).unwrap();
+    let e = app.resolve_variables(&providers).unwrap_err().to_string();
+    assert!(
+        e.contains("allowed_outbound_hosts entry `{{ api_token }}`"),
+        "{e}"
+    );
+    assert!(!e.contains("s3cret"), "{e}");
+}

@@ -652,6 +652,8 @@ pub struct Inspection {
     pub config_summary: BTreeMap<String, serde_json::Value>,
     pub layers: Vec<Descriptor>,
     pub components: Vec<ComponentSummary>,
+    /// The app's variables (`[variables]`), without their values when secret.
+    pub variables: Vec<VariableSummary>,
     /// Why the image's app manifest would be refused by `wms up`, if it would.
     pub refused: Option<String>,
 }
@@ -677,10 +679,22 @@ pub struct ComponentSummary {
     pub allowed_outbound_hosts: Vec<String>,
     /// Names of the environment variables it is given (values not shown).
     pub environment: Vec<String>,
+    /// Names of its variables, what Spin's variables interfaces give it (values not shown).
+    pub variables: Vec<String>,
     /// Guest paths where files are mounted.
     pub files: Vec<String>,
     /// What is mounted where: each guest path and the files layer it shows.
     pub mounts: Vec<Mount>,
+}
+
+/// An application variable as `wms inspect` shows it.
+#[derive(Debug, Serialize)]
+pub struct VariableSummary {
+    pub name: String,
+    pub required: bool,
+    pub secret: bool,
+    /// The default, unless the variable is secret.
+    pub default: Option<String>,
 }
 
 /// A files layer mounted at a guest path.
@@ -714,6 +728,7 @@ pub fn describe(
         }
     }
     let mut components = Vec::new();
+    let mut variables = Vec::new();
     let mut refused = None;
     match kind {
         Some(ImageKind::Component) => {
@@ -736,6 +751,7 @@ pub fn describe(
                     exports: info.map(|c| c.exports).unwrap_or_default(),
                     allowed_outbound_hosts: Vec::new(),
                     environment: Vec::new(),
+                    variables: Vec::new(),
                     files: Vec::new(),
                     mounts: Vec::new(),
                 });
@@ -756,6 +772,14 @@ pub fn describe(
             .parse(Path::new("/"), &layers);
             match parsed {
                 Ok(app) => {
+                    for (name, v) in &app.variables {
+                        variables.push(VariableSummary {
+                            name: name.clone(),
+                            required: v.required,
+                            secret: v.secret,
+                            default: v.default.clone().filter(|_| !v.secret),
+                        });
+                    }
                     for (id, c) in &app.components {
                         let digest = c.source.to_string_lossy().into_owned();
                         let layer = manifest.layers.iter().find(|l| l.digest == digest);
@@ -781,12 +805,15 @@ pub fn describe(
                             .collect();
                         components.push(ComponentSummary {
                             id: id.clone(),
+                            // Templated entries as written: inspect resolves no variable.
                             allowed_outbound_hosts: c
                                 .allowed_outbound_hosts
                                 .iter()
                                 .map(ToString::to_string)
+                                .chain(c.outbound_templates.iter().map(ToString::to_string))
                                 .collect(),
                             environment: c.environment.keys().cloned().collect(),
+                            variables: c.variables.keys().cloned().collect(),
                             files: mounts.iter().map(|m| m.destination.clone()).collect(),
                             mounts,
                             size: layer.map_or(0, |l| l.size),
@@ -811,6 +838,7 @@ pub fn describe(
         config_summary,
         layers: manifest.layers.iter().map(desc).collect(),
         components,
+        variables,
         refused,
     }
 }
@@ -880,12 +908,30 @@ impl std::fmt::Display for Inspection {
             };
             writeln!(f, "    outbound {}", or_none(&c.allowed_outbound_hosts))?;
             writeln!(f, "    env      {}", or_none(&c.environment))?;
+            writeln!(f, "    vars     {}", or_none(&c.variables))?;
             let mounts: Vec<String> = c
                 .mounts
                 .iter()
                 .map(|m| format!("{} <- files layer {}", m.destination, m.layer))
                 .collect();
             writeln!(f, "    files    {}", or_none(&mounts))?;
+        }
+        if !self.variables.is_empty() {
+            writeln!(f, "Variables")?;
+        }
+        for v in &self.variables {
+            let value = match (&v.default, v.secret, v.required) {
+                (_, _, true) => "required".to_string(),
+                (_, true, false) => "default (secret, not shown)".to_string(),
+                (Some(d), false, false) => format!("default {d:?}"),
+                (None, false, false) => String::new(),
+            };
+            writeln!(
+                f,
+                "  {}{}  {value}",
+                v.name,
+                if v.secret { " [secret]" } else { "" }
+            )?;
         }
         if let Some(why) = &self.refused {
             writeln!(f, "Refused    wms will not run this image:")?;

@@ -22,6 +22,14 @@ pub struct HostState {
     hooks: CountedHooks,
     pub(crate) limiter: MemoryLimiter,
     fds: descriptors::InstanceFds,
+    variables: crate::variables::GuestVariables,
+}
+
+impl HostState {
+    /// What Spin's variables interfaces answer from.
+    pub(crate) fn variables(&mut self) -> &mut crate::variables::GuestVariables {
+        &mut self.variables
+    }
 }
 
 impl WasiView for HostState {
@@ -311,6 +319,7 @@ pub(crate) fn new_state(comp: &LoadedComponent) -> Result<HostState, Failure> {
         },
         limiter: MemoryLimiter::new(comp.limits.max_memory),
         fds,
+        variables: crate::variables::GuestVariables::new(comp.id.clone(), comp.variables.clone()),
     };
     Ok(state)
 }

@@ -30,6 +30,7 @@ mod load;
 mod outbound;
 pub mod pool;
 mod release;
+mod variables;
 mod wagi;
 
 use std::path::PathBuf;
@@ -171,6 +172,8 @@ struct LoadedComponent {
     environment: Vec<(String, String)>,
     mounts: Vec<(PathBuf, String)>,
     allowed: Arc<[AllowedHost]>,
+    /// The values of the component's variables, for Spin's variables interfaces.
+    variables: Arc<wms_manifest::VariableValues>,
     /// Outbound entries naming an address may reach local ones (a local manifest only).
     may_name_local_addresses: bool,
     /// The descriptor budget all guests of the process share.
@@ -275,6 +278,13 @@ impl Runtime {
         let mut wagi_linker = None;
         let mut fallback: Option<(Engine, Linker<HostState>)> = None;
         for (id, c) in &app.components {
+            let variables = match &c.variable_values {
+                Some(v) => Arc::new(v.clone()),
+                None if c.outbound_templates.is_empty() => Arc::default(),
+                None => anyhow::bail!(
+                    "component `{id}`: its variables were not resolved (App::resolve_variables)"
+                ),
+            };
             let mut component_engine = engine.clone();
             let code = match &c.executor {
                 wms_manifest::Executor::Http => {
@@ -365,6 +375,7 @@ impl Runtime {
                         .collect(),
                     mounts,
                     allowed: c.allowed_outbound_hosts.clone().into(),
+                    variables,
                     may_name_local_addresses: !app.from_image,
                     fds: fd_budget.clone(),
                     guest_log: guest_log::LogBudget::guest_lines(&name),

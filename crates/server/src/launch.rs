@@ -31,6 +31,9 @@ pub struct Launch {
     /// `None`: [`crate::DEFAULT_MAX_CONNECTIONS`], or a quarter of the descriptor limit if lower.
     pub max_connections: Option<u32>,
     pub shutdown_grace: Duration,
+    /// Where the app's variables get their values (`wms up`: the runtime config file, its
+    /// environment and `.env`; the shim: the container's environment).
+    pub variables: wms_manifest::Providers,
 }
 
 impl Launch {
@@ -45,6 +48,7 @@ impl Launch {
             body_idle_timeout: crate::DEFAULT_BODY_IDLE_TIMEOUT,
             max_connections: None,
             shutdown_grace: crate::DEFAULT_SHUTDOWN_GRACE,
+            variables: wms_manifest::Providers::from_process_env(),
         }
     }
 }
@@ -115,6 +119,59 @@ pub fn command_status(outcome: &wms_runtime::CommandOutcome, what: &str) -> (u8,
     }
 }
 
+/// Logs where each application variable's value came from and what each component is given:
+/// its variables and allowed hosts (names and entries; values never).
+fn log_components(app: &App, origins: &[wms_manifest::VariableOrigin]) {
+    if !origins.is_empty() {
+        let list: Vec<String> = origins
+            .iter()
+            .map(|o| {
+                let secret = app.variables.get(&o.name).is_some_and(|v| v.secret);
+                format!(
+                    "{}{} ({})",
+                    o.name,
+                    if secret { " [secret]" } else { "" },
+                    o.origin
+                )
+            })
+            .collect();
+        tracing::info!(target: LOG_TARGET, "variables: {}", list.join(", "));
+    }
+    let or_none = |v: Vec<String>| {
+        if v.is_empty() {
+            "none".to_string()
+        } else {
+            v.join(", ")
+        }
+    };
+    for (id, c) in &app.components {
+        // Resolved templates come last; one using a secret is shown as written.
+        let literal = c.allowed_outbound_hosts.len() - c.outbound_templates.len();
+        let mut hosts: Vec<String> = c.allowed_outbound_hosts[..literal]
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        for (t, host) in c
+            .outbound_templates
+            .iter()
+            .zip(&c.allowed_outbound_hosts[literal..])
+        {
+            hosts.push(if app.uses_secret(t) {
+                format!("{t} (secret)")
+            } else {
+                format!("{t} = {host}")
+            });
+        }
+        tracing::info!(
+            target: LOG_TARGET,
+            component = %id,
+            "variables: {}; allowed outbound hosts: {}",
+            or_none(c.variables.keys().cloned().collect()),
+            or_none(hosts)
+        );
+    }
+}
+
 /// Resolves on SIGINT or SIGTERM.
 pub async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
@@ -131,10 +188,12 @@ pub async fn shutdown_signal() {
 /// http://ADDR` and the routes), and serves. Returns whether every connection finished within
 /// the shutdown grace.
 pub async fn serve_app(
-    app: App,
+    mut app: App,
     launch: Launch,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<bool> {
+    let origins = app.resolve_variables(&launch.variables)?;
+    log_components(&app, &origins);
     let descriptors = raise_descriptor_limit();
     let connection_share = usize::try_from(descriptors / 4)
         .unwrap_or(usize::MAX)

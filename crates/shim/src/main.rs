@@ -442,6 +442,10 @@ async fn run(
         format!("{ENV_LISTEN}={listen:?} is not an address; write e.g. {DEFAULT_LISTEN}")
     })?;
     let mut launch = wms_server::launch::Launch::new(listen);
+    // The app's variables come from the container's environment (SPIN_VARIABLE_NAME,
+    // WMS_VARIABLE_NAME), not the shim's.
+    launch.variables =
+        wms_manifest::Providers::new(None, env.iter().map(|(k, v)| (k.into(), v.into())), None)?;
     if let Some(layer) = cached {
         // Compiled by this shim at the image's first start and kept by containerd; the runtime
         // uses a component's code only when it was made from exactly that component's wasm and

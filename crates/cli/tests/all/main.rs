@@ -14,4 +14,5 @@ mod run;
 mod serving;
 mod shim;
 mod startup;
+mod variables;
 mod wagi;
