@@ -114,6 +114,10 @@ struct UpArgs {
     /// tables, before the environment's `WMS_VARIABLE_NAME` and `SPIN_VARIABLE_NAME`).
     #[arg(long, value_name = "PATH")]
     runtime_config_file: Option<PathBuf>,
+    /// Serve /metrics (Prometheus text), /healthz and /readyz on this address; a bare port
+    /// means 127.0.0.1:PORT (default: no admin listener, and nothing is counted).
+    #[arg(long, env = wms_server::launch::ENV_ADMIN_LISTEN, value_name = "ADDR|PORT", value_parser = wms_server::admin::address)]
+    admin_listen: Option<SocketAddr>,
     #[command(flatten)]
     image: oci::ImageArgs,
 }
@@ -300,6 +304,7 @@ fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
         // None: the manifest's budget (wms_server::launch::resident_budget_of).
         pool_resident_budget: args.pool_resident_budget,
         pool_idle_release: Some(args.pool_idle_release),
+        metrics: None,
     };
     let launch = wms_server::launch::Launch {
         listen: args.listen,
@@ -311,6 +316,7 @@ fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
         max_connections: args.max_connections,
         shutdown_grace: args.shutdown_grace,
         variables,
+        admin: args.admin_listen,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

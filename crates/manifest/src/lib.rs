@@ -324,9 +324,15 @@ impl App {
 
     /// Finds the route serving `path` (no query), with its match.
     pub fn route(&self, path: &str) -> Option<(&Route, RouteMatch)> {
+        self.route_index(path).map(|(i, m)| (&self.routes[i], m))
+    }
+
+    /// Like [`App::route`], with the route's index in [`App::routes`].
+    pub fn route_index(&self, path: &str) -> Option<(usize, RouteMatch)> {
         self.routes
             .iter()
-            .find_map(|r| r.pattern.matches(path).map(|m| (r, m)))
+            .enumerate()
+            .find_map(|(i, r)| r.pattern.matches(path).map(|m| (i, m)))
     }
 }
 

@@ -173,7 +173,7 @@ pub async fn run_command(options: &CommandOptions) -> anyhow::Result<CommandOutc
             .ctx()
             .table
             .set_max_capacity(descriptors::table_capacity());
-        let mut store = guest_store(&engine, state, timeout);
+        let mut store = guest_store(&engine, state, timeout, None);
         let pre = linker
             .instantiate_pre(&module)
             .map_err(wt)
@@ -218,6 +218,7 @@ pub async fn run_command(options: &CommandOptions) -> anyhow::Result<CommandOutc
                 fds,
             },
             timeout,
+            None,
         );
         let result = if p3 {
             let pre = wasmtime_wasi::p3::bindings::CommandPre::new(pre).map_err(|e| {

@@ -259,7 +259,11 @@ pub(crate) fn start_epoch_ticker(engine: &Engine) {
             loop {
                 std::thread::sleep(EPOCH_TICK);
                 match weak.upgrade() {
-                    Some(engine) => engine.increment_epoch(),
+                    Some(engine) => {
+                        // Stamped first: a guest running now sees the tick right after it.
+                        crate::metrics::tick(std::time::Instant::now());
+                        engine.increment_epoch();
+                    }
                     None => return,
                 }
             }

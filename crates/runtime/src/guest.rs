@@ -12,6 +12,7 @@ use wasmtime::{Engine, Store, UpdateDeadline};
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
+use crate::metrics::ComponentMetrics;
 use crate::{BoxError, Failure, LoadedComponent, ResponseBody, descriptors, outbound, pool, wt};
 
 /// Store data of one request.
@@ -65,6 +66,8 @@ pub(crate) struct MemoryLimiter {
     pub(crate) exceeded: bool,
     /// Also told when the limit is hit, for whoever decides about reusing the instance.
     pub(crate) exceeded_flag: Option<Arc<std::sync::atomic::AtomicBool>>,
+    /// Told each size the instance's memory grows to (its component's high-water mark).
+    pub(crate) metrics: Option<Arc<ComponentMetrics>>,
 }
 
 /// Table elements an instance may hold.
@@ -88,6 +91,9 @@ impl wasmtime::ResourceLimiter for MemoryLimiter {
             Some(total) if total <= self.max_memory => {
                 self.total = total;
                 self.pending = growth;
+                if let Some(m) = &self.metrics {
+                    m.memory(total);
+                }
                 Ok(true)
             }
             _ => {
@@ -135,11 +141,17 @@ pub(crate) trait GuestState: Send + 'static {
     fn limiter(&mut self) -> &mut MemoryLimiter;
 }
 
-/// A store for one guest run, every executor's: its limiter installed and its deadline armed.
-pub(crate) fn guest_store<T: GuestState>(engine: &Engine, state: T, timeout: Duration) -> Store<T> {
+/// A store for one guest run, every executor's: its limiter installed and its deadline armed
+/// (counting the guest's CPU time in `metrics`, if given).
+pub(crate) fn guest_store<T: GuestState>(
+    engine: &Engine,
+    state: T,
+    timeout: Duration,
+    metrics: Option<Arc<ComponentMetrics>>,
+) -> Store<T> {
     let mut store = Store::new(engine, state);
     store.limiter(|s| s.limiter());
-    arm_deadline(&mut store, timeout);
+    arm_deadline(&mut store, timeout, metrics);
     store
 }
 
@@ -243,6 +255,9 @@ impl wasmtime_wasi_http::WasiHttpHooks for CountedHooks {
         let permit = match self.slots.acquire() {
             Ok(p) => p,
             Err(denied) => {
+                if let Some(m) = &self.policy.metrics {
+                    m.outbound_denied.inc();
+                }
                 tracing::warn!(
                     component = %self.policy.component,
                     "outbound request refused: {}",
@@ -277,7 +292,12 @@ pub(crate) fn new_store(
     engine: &Engine,
     comp: &LoadedComponent,
 ) -> Result<Store<HostState>, Failure> {
-    Ok(guest_store(engine, new_state(comp)?, comp.limits.timeout))
+    Ok(guest_store(
+        engine,
+        new_state(comp)?,
+        comp.limits.timeout,
+        comp.metrics.clone(),
+    ))
 }
 
 /// The store data of one instance of `comp`: its WASI context with the component's environment,
@@ -314,10 +334,11 @@ pub(crate) fn new_state(comp: &LoadedComponent) -> Result<HostState, Failure> {
                 component: comp.id.clone(),
                 allowed: comp.allowed.clone(),
                 may_name_local_addresses: comp.may_name_local_addresses,
+                metrics: comp.metrics.clone(),
             },
             slots: descriptors::OutboundSlots::new(&comp.fds),
         },
-        limiter: MemoryLimiter::new(comp.limits.max_memory),
+        limiter: MemoryLimiter::new(comp.limits.max_memory).counted(comp.metrics.clone()),
         fds,
         variables: crate::variables::GuestVariables::new(comp.id.clone(), comp.variables.clone()),
     };
@@ -325,12 +346,21 @@ pub(crate) fn new_state(comp: &LoadedComponent) -> Result<HostState, Failure> {
 }
 
 /// Stops the guest once `timeout` has passed; until then it yields to other tasks every epoch
-/// tick, so a guest in a CPU loop cannot starve the requests sharing its thread.
-fn arm_deadline<T>(store: &mut Store<T>, timeout: Duration) {
+/// tick, so a guest in a CPU loop cannot starve the requests sharing its thread. Each tick the
+/// guest sees is offered to `metrics` as CPU time.
+fn arm_deadline<T>(
+    store: &mut Store<T>,
+    timeout: Duration,
+    metrics: Option<Arc<ComponentMetrics>>,
+) {
     let deadline = Instant::now() + timeout;
     store.set_epoch_deadline(1);
     store.epoch_deadline_callback(move |_| {
-        if Instant::now() >= deadline {
+        let now = Instant::now();
+        if let Some(m) = &metrics {
+            m.epoch_callback(now);
+        }
+        if now >= deadline {
             Ok(UpdateDeadline::Interrupt)
         } else {
             Ok(UpdateDeadline::Yield(1))
@@ -346,7 +376,13 @@ impl MemoryLimiter {
             pending: 0,
             exceeded: false,
             exceeded_flag: None,
+            metrics: None,
         }
+    }
+
+    /// The same, telling `metrics` (if any) how far the instance's memory grows.
+    pub(crate) fn counted(self, metrics: Option<Arc<ComponentMetrics>>) -> Self {
+        Self { metrics, ..self }
     }
 }
 

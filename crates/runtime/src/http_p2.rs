@@ -78,7 +78,9 @@ where
             let Kind::Http(pre) = &comp.kind else {
                 unreachable!("only wasi:http components reach run()")
             };
+            let started = std::time::Instant::now();
             let proxy = pre.instantiate_async(&mut store).await?;
+            comp.instantiated(started);
             proxy
                 .wasi_http_incoming_handler()
                 .call_handle(&mut store, req, out)
@@ -104,12 +106,14 @@ where
             let f = Failure::GuestError {
                 message: format!("{code:?}"),
             };
+            comp.count_failure(&f);
             tracing::error!(component = %comp.id, "{f}");
             Err(f)
         }
         Err(_) => match task.await {
             Ok(Outcome::Failed(f)) => Err(f),
             Ok(Outcome::Done) => {
+                comp.count_failure(&Failure::NoResponse);
                 tracing::error!(component = %comp.id, "{}", Failure::NoResponse);
                 Err(Failure::NoResponse)
             }
@@ -160,8 +164,9 @@ pub(crate) fn load_http(
     id: &str,
     source: &Path,
     precompiled: Option<&Path>,
+    metrics: Option<&crate::metrics::Metrics>,
 ) -> anyhow::Result<HttpPre> {
-    let component = compile(engine, id, source, precompiled)?;
+    let component = compile(engine, id, source, precompiled, metrics)?;
     let pre = linker
         .instantiate_pre(&component)
         .map_err(|e| anyhow!("{e:?}"))

@@ -259,16 +259,22 @@ impl HandlerState for P3Component {
         // requests in flight and stops the instance once one of them is past its timeout.
         let timeout = comp.limits.timeout;
         let watched = shared.clone();
+        let metrics = comp.metrics.clone();
         store.epoch_deadline_callback(move |_| {
+            if let Some(m) = &metrics {
+                m.epoch_callback(Instant::now());
+            }
             if watched.any_past(timeout) {
                 Err(Trap::Interrupt.into())
             } else {
                 Ok(UpdateDeadline::Yield(1))
             }
         });
+        let started = Instant::now();
         let proxy = tokio::time::timeout(timeout, self.pre.instantiate_async(&mut store))
             .await
             .map_err(|_| wasmtime::Error::new(Failure::Timeout { timeout }))??;
+        comp.instantiated(started);
         Ok(Instance {
             store,
             proxy,
@@ -377,6 +383,8 @@ impl WorkerState for Worker {
         } else {
             classify(&e, store.data().limiter.exceeded, &self.comp)
         };
+        // Counted once for the instance: its requests fail with it, uncounted.
+        self.comp.count_failure(&f);
         tracing::error!(component = %self.comp.id, "instance discarded: {f}");
         // Before the store (and the response streams it feeds) goes: bodies in flight then end
         // in an error, not as if complete.

@@ -27,6 +27,7 @@ mod guest_log;
 mod http_p2;
 mod http_p3;
 mod load;
+pub mod metrics;
 mod outbound;
 pub mod pool;
 mod release;
@@ -105,6 +106,8 @@ pub struct RuntimeOptions {
     /// How long pool slots may stay idle before what they keep is given back to the kernel
     /// (default [`DEFAULT_POOL_IDLE_RELEASE`]; zero: never).
     pub pool_idle_release: Option<Duration>,
+    /// Where to count what components do, for the admin listener (`None`: nothing is counted).
+    pub metrics: Option<Arc<metrics::Metrics>>,
 }
 
 /// The default of [`RuntimeOptions::pool_idle_release`].
@@ -182,11 +185,14 @@ struct LoadedComponent {
     guest_log: Arc<guest_log::LogBudget>,
     /// Rate limit of its overload warnings, so a flood of 503s cannot flood the log.
     overload_log: Arc<guest_log::LogBudget>,
+    /// Its counters, when the process counts (an admin listener is on).
+    metrics: Option<Arc<metrics::ComponentMetrics>>,
 }
 
 impl LoadedComponent {
     /// Logs a failure of this component's request; overloads are warnings, rate-limited.
     pub(crate) fn log_failure(&self, f: &Failure) {
+        self.count_failure(f);
         match f {
             Failure::Overloaded { .. } => {
                 if self.overload_log.allow() {
@@ -194,6 +200,21 @@ impl LoadedComponent {
                 }
             }
             _ => tracing::error!(component = %self.id, "{f}"),
+        }
+    }
+
+    /// Counts a failure of this component's request (every failure is counted once, whether or
+    /// not it is logged through [`Self::log_failure`]).
+    pub(crate) fn count_failure(&self, f: &Failure) {
+        if let Some(m) = &self.metrics {
+            m.failure(f);
+        }
+    }
+
+    /// Times an instantiation for the metrics.
+    pub(crate) fn instantiated(&self, since: std::time::Instant) {
+        if let Some(m) = &self.metrics {
+            m.instantiated(since.elapsed());
         }
     }
 
@@ -294,6 +315,7 @@ impl Runtime {
                         id,
                         &c.source,
                         options.precompiled.as_deref(),
+                        options.metrics.as_deref(),
                     ) {
                         Ok(pre) => Code::Http(pre),
                         Err(e)
@@ -309,7 +331,14 @@ impl Runtime {
                             }
                             let (pulley, pulley_linker) = fallback.as_ref().expect("just set");
                             component_engine = pulley.clone();
-                            Code::Http(load_http(pulley, pulley_linker, id, &c.source, None)?)
+                            Code::Http(load_http(
+                                pulley,
+                                pulley_linker,
+                                id,
+                                &c.source,
+                                None,
+                                options.metrics.as_deref(),
+                            )?)
                         }
                         Err(e) => return Err(e),
                     }
@@ -380,12 +409,29 @@ impl Runtime {
                     fds: fd_budget.clone(),
                     guest_log: guest_log::LogBudget::guest_lines(&name),
                     overload_log: guest_log::LogBudget::new(&name, "overload warnings", 1.0, 5.0),
+                    metrics: options.metrics.as_ref().map(|m| m.component(id)),
                 }),
             ));
         }
         let global = Arc::new(Semaphore::new(report.max_concurrent_requests));
         let activity = Arc::new(release::Activity::default());
         let current = Arc::new(RwLock::new(Arc::new(Generation { components, engine })));
+        if let Some(m) = &options.metrics
+            && report.pool.pooling
+        {
+            let slots = u64::from(report.pool.slots);
+            let weak = Arc::downgrade(&current);
+            m.set_pool_probe(Box::new(move || {
+                let current = weak.upgrade()?;
+                let engine = current
+                    .read()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .engine
+                    .clone();
+                let in_use = engine.pooling_allocator_metrics()?.component_instances();
+                Some((in_use, slots))
+            }));
+        }
         if let Some(period) = report.resident.as_ref().and_then(|r| r.idle_release) {
             release::start(release::Releaser {
                 current: Arc::downgrade(&current),

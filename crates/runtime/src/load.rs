@@ -39,11 +39,21 @@ pub(crate) fn compile(
     id: &str,
     path: &Path,
     precompiled: Option<&Path>,
+    metrics: Option<&crate::metrics::Metrics>,
 ) -> anyhow::Result<Component> {
     let bytes = read_component(id, path)?;
     let start = Instant::now();
     let (component, origin) = aot::load(engine, id, &bytes, precompiled)
         .with_context(|| format!("component `{id}`: cannot compile {}", path.display()))?;
+    if let Some(m) = metrics {
+        use crate::metrics::CodeOrigin;
+        let o = match origin {
+            aot::Origin::Compiled => CodeOrigin::Compiled,
+            aot::Origin::Cache => CodeOrigin::Cache,
+            aot::Origin::Precompiled(_) => CodeOrigin::Precompiled,
+        };
+        m.code_loaded(id, o);
+    }
     match origin {
         aot::Origin::Compiled => {
             tracing::info!(component = id, "compiled in {:?}", start.elapsed())

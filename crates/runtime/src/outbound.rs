@@ -31,6 +31,8 @@ pub(crate) struct OutboundPolicy {
     /// in a local manifest (the operator's word); never from an image, whose manifest an
     /// untrusted publisher wrote.
     pub may_name_local_addresses: bool,
+    /// Counts requests sent and denied.
+    pub metrics: Option<Arc<crate::metrics::ComponentMetrics>>,
 }
 
 type IoFuture = Box<dyn Future<Output = Result<(), HttpError>> + Send>;
@@ -48,7 +50,11 @@ impl WasiHttpHooks for OutboundPolicy {
         _fut: IoFuture,
     ) -> SendFuture {
         let component = self.component.clone();
+        let metrics = self.metrics.clone();
         let deny = move |what: String, error: HttpError| -> SendFuture {
+            if let Some(m) = &metrics {
+                m.outbound_denied.inc();
+            }
             tracing::warn!(component = %component, "{what}");
             Box::new(async move { Err(error) })
         };
@@ -86,6 +92,7 @@ impl WasiHttpHooks for OutboundPolicy {
         let explicit =
             self.may_name_local_addresses && names_address(&self.allowed, &scheme, &host, port);
         let component = self.component.clone();
+        let metrics = self.metrics.clone();
         Box::new(async move {
             let connect_timeout = options
                 .and_then(|o| o.connect_timeout)
@@ -99,6 +106,9 @@ impl WasiHttpHooks for OutboundPolicy {
                 .into_iter()
                 .partition(|a| explicit || special_purpose(a.ip()).is_none());
             if usable.is_empty() {
+                if let Some(m) = &metrics {
+                    m.outbound_denied.inc();
+                }
                 let why = refused
                     .first()
                     .map(|a| {
@@ -121,6 +131,9 @@ impl WasiHttpHooks for OutboundPolicy {
                     component = %component,
                     "outbound request to {host}: not using {refused:?} (special-purpose addresses)"
                 );
+            }
+            if let Some(m) = &metrics {
+                m.outbound_allowed.inc();
             }
             let tls = (scheme == "https").then_some(bare);
             send(request, options, &usable, tls).await

@@ -451,7 +451,7 @@ where
     }
     let mut state = WagiState {
         p1: wasi.build_p1(),
-        limiter: MemoryLimiter::new(comp.limits.max_memory),
+        limiter: MemoryLimiter::new(comp.limits.max_memory).counted(comp.metrics.clone()),
         fds,
     };
     state
@@ -459,7 +459,8 @@ where
         .ctx()
         .table
         .set_max_capacity(descriptors::table_capacity());
-    let mut store = crate::guest::guest_store(engine, state, comp.limits.timeout);
+    let mut store =
+        crate::guest::guest_store(engine, state, comp.limits.timeout, comp.metrics.clone());
 
     let pre = module.pre.clone();
     let entrypoint = module.entrypoint.clone();
@@ -474,7 +475,9 @@ where
             }
         };
         let run = tokio::time::timeout_at(deadline, async {
+            let started = std::time::Instant::now();
             let instance = pre.instantiate_async(&mut store).await?;
+            comp.instantiated(started);
             let start = instance.get_typed_func::<(), ()>(&mut store, &entrypoint)?;
             start.call_async(&mut store, ()).await
         });

@@ -34,6 +34,9 @@ pub struct Launch {
     /// Where the app's variables get their values (`wms up`: the runtime config file, its
     /// environment and `.env`; the shim: the container's environment).
     pub variables: wms_manifest::Providers,
+    /// The admin listener (`/metrics`, `/healthz`, `/readyz`); `None`: none, and nothing is
+    /// counted.
+    pub admin: Option<SocketAddr>,
 }
 
 impl Launch {
@@ -49,6 +52,7 @@ impl Launch {
             max_connections: None,
             shutdown_grace: crate::DEFAULT_SHUTDOWN_GRACE,
             variables: wms_manifest::Providers::from_process_env(),
+            admin: None,
         }
     }
 }
@@ -182,11 +186,16 @@ pub async fn shutdown_signal() {
     }
 }
 
-/// Serves `app` until `shutdown` resolves: splits the descriptors (a quarter for client
-/// connections, half for guests, which the runtime takes from the same limit, the rest for the
-/// server itself), builds the runtime, listens on `launch.listen` (printing `Serving
-/// http://ADDR` and the routes), and serves. Returns whether every connection finished within
-/// the shutdown grace.
+/// The environment variable naming the admin listener (`wms up --admin-listen`, and the shim
+/// reads it from the container's environment).
+pub const ENV_ADMIN_LISTEN: &str = "WMS_ADMIN_LISTEN";
+
+/// Serves `app` until `shutdown` resolves: starts the admin listener if asked (printing `Admin
+/// http://ADDR`; `/readyz` answers 503 until the app is loaded and again once `shutdown`
+/// resolved), splits the descriptors (a quarter for client connections, half for guests, which
+/// the runtime takes from the same limit, the rest for the server itself), builds the runtime,
+/// listens on `launch.listen` (printing `Serving http://ADDR` and the routes), and serves.
+/// Returns whether every connection finished within the shutdown grace.
 pub async fn serve_app(
     mut app: App,
     launch: Launch,
@@ -212,10 +221,43 @@ pub async fn serve_app(
         None => crate::DEFAULT_MAX_CONNECTIONS.min(connection_share),
     };
     let mut options = launch.runtime;
+    let health = match launch.admin {
+        None => None,
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| {
+                    format!("cannot listen on {addr} for the admin listener (--admin-listen, {ENV_ADMIN_LISTEN})")
+                })?;
+            let bound = listener.local_addr()?;
+            let metrics = Arc::new(wms_runtime::metrics::Metrics::new());
+            let health = Arc::new(crate::admin::Health::default());
+            tokio::spawn(crate::admin::serve(
+                listener,
+                metrics.clone(),
+                health.clone(),
+            ));
+            println!("Admin http://{bound}");
+            tracing::info!(
+                target: LOG_TARGET,
+                "admin listener on http://{bound}: /metrics, /healthz, /readyz"
+            );
+            options.metrics = Some(metrics);
+            Some(health)
+        }
+    };
     let manifest_budget = resident_budget_of(&app);
     options.pool_resident_budget = options.pool_resident_budget.or(manifest_budget);
     let started = std::time::Instant::now();
-    let runtime = Runtime::new(&app, &options).with_context(|| {
+    let app = Arc::new(app);
+    // Off the async threads: compiling takes a while, and the admin listener answers meanwhile.
+    let runtime = {
+        let (app, options) = (app.clone(), options.clone());
+        tokio::task::spawn_blocking(move || Runtime::new(&app, &options))
+            .await
+            .context("loading the app panicked")?
+    }
+    .with_context(|| {
         format!(
             "cannot start app `{}` from {}",
             app.name,
@@ -254,6 +296,7 @@ pub async fn serve_app(
         body_idle_timeout: launch.body_idle_timeout,
         max_connections,
         shutdown_grace: launch.shutdown_grace,
+        metrics: options.metrics.clone(),
     };
     tracing::info!(
         target: LOG_TARGET,
@@ -262,12 +305,14 @@ pub async fn serve_app(
         launch.idle_timeout,
         launch.body_idle_timeout
     );
-    Ok(crate::serve(
-        Arc::new(app),
-        Arc::new(runtime),
-        listener,
-        server_options,
-        shutdown,
-    )
-    .await)
+    if let Some(h) = &health {
+        h.set_ready();
+    }
+    let shutdown = async move {
+        shutdown.await;
+        if let Some(h) = &health {
+            h.set_draining();
+        }
+    };
+    Ok(crate::serve(app, Arc::new(runtime), listener, server_options, shutdown).await)
 }

@@ -10,6 +10,7 @@
 //! stall while sending it (`body_idle_timeout`), and a request whose client goes away cancels
 //! its guest.
 
+pub mod admin;
 mod body;
 mod conn;
 pub mod launch;
@@ -31,6 +32,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use wms_manifest::App;
+use wms_runtime::metrics::{Metrics, RouteMetrics};
 use wms_runtime::{Failure, ResponseBody, Runtime};
 
 /// Largest request body accepted by default (413 beyond it).
@@ -63,6 +65,8 @@ pub struct ServerOptions {
     pub body_idle_timeout: Duration,
     pub max_connections: usize,
     pub shutdown_grace: Duration,
+    /// Where requests and connections are counted (`None`: they are not).
+    pub metrics: Option<Arc<Metrics>>,
 }
 
 impl Default for ServerOptions {
@@ -74,6 +78,7 @@ impl Default for ServerOptions {
             body_idle_timeout: DEFAULT_BODY_IDLE_TIMEOUT,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+            metrics: None,
         }
     }
 }
@@ -109,6 +114,13 @@ pub async fn serve(
     let connections = TaskTracker::new();
     let slots = Arc::new(Semaphore::new(options.max_connections));
     let mut saturated = false;
+    // Each route's counters, resolved once (same order as `app.routes`).
+    let routes: Option<Arc<[RouteMetrics]>> = options.metrics.as_ref().map(|m| {
+        app.routes
+            .iter()
+            .map(|r| m.route(&r.component, r.pattern.raw()))
+            .collect()
+    });
     let options = Arc::new(options);
     tokio::pin!(shutdown);
     loop {
@@ -155,6 +167,7 @@ pub async fn serve(
             app: app.clone(),
             runtime: runtime.clone(),
             options: options.clone(),
+            routes: routes.clone(),
             client,
         };
         let busy_on = activity.clone();
@@ -172,8 +185,13 @@ pub async fn serve(
         // Boxed as a trait object: rustc cannot prove the connection future `Send` for every
         // lifetime when it is driven from inside a generic async fn.
         let conn: Pin<Box<dyn conn::Conn>> = Box::pin(conn);
+        let open = options
+            .metrics
+            .as_ref()
+            .map(|m| OpenConnection::new(m.open_connections()));
         connections.spawn(async move {
             let _slot = slot;
+            let _open = open;
             let end = conn::watch(conn, &activity, bounds, &closing).await;
             if end == conn::End::Idle {
                 tracing::debug!(%client, "closed a silent or idle connection");
@@ -199,17 +217,45 @@ pub async fn serve(
     }
 }
 
+/// One open connection in the gauge, for as long as this lives.
+struct OpenConnection(prometheus_client::metrics::gauge::Gauge);
+
+impl OpenConnection {
+    fn new(gauge: &prometheus_client::metrics::gauge::Gauge) -> Self {
+        gauge.inc();
+        Self(gauge.clone())
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 #[derive(Clone)]
 struct Front {
     app: Arc<App>,
     runtime: Arc<Runtime>,
     options: Arc<ServerOptions>,
+    /// Per route of `app.routes`, when counting.
+    routes: Option<Arc<[RouteMetrics]>>,
     client: SocketAddr,
 }
 
 impl Front {
     async fn handle(&self, req: Request<Incoming>, busy: conn::Busy) -> Response<ResponseBody> {
-        let response = self.route(req).await;
+        let start = Instant::now();
+        let response = match self.app.route_index(req.uri().path()) {
+            None => plain(StatusCode::NOT_FOUND, "no route matches this path\n"),
+            Some((index, matched)) => {
+                let response = self.route(req, index, matched, start).await;
+                if let Some(routes) = &self.routes {
+                    routes[index].observe(response.status().as_u16(), start.elapsed());
+                }
+                response
+            }
+        };
         // The connection counts as busy until the response body is done or dropped.
         response.map(|b| {
             b.map_frame(move |frame| {
@@ -220,13 +266,16 @@ impl Front {
         })
     }
 
-    async fn route(&self, mut req: Request<Incoming>) -> Response<ResponseBody> {
-        let start = Instant::now();
+    async fn route(
+        &self,
+        mut req: Request<Incoming>,
+        index: usize,
+        matched: wms_manifest::RouteMatch,
+        start: Instant,
+    ) -> Response<ResponseBody> {
         let method = req.method().clone();
         let path = req.uri().path().to_string();
-        let Some((route, matched)) = self.app.route(&path) else {
-            return plain(StatusCode::NOT_FOUND, "no route matches this path\n");
-        };
+        let route = &self.app.routes[index];
         let component = route.component.clone();
         if let Some(len) = content_length(&req)
             && len > self.options.max_body

@@ -446,6 +446,7 @@ async fn run(
     // WMS_VARIABLE_NAME), not the shim's.
     launch.variables =
         wms_manifest::Providers::new(None, env.iter().map(|(k, v)| (k.into(), v.into())), None)?;
+    launch.admin = admin_listen(env)?;
     if let Some(layer) = cached {
         // Compiled by this shim at the image's first start and kept by containerd; the runtime
         // uses a component's code only when it was made from exactly that component's wasm and
@@ -459,6 +460,17 @@ async fn run(
     let clean =
         wms_server::launch::serve_app(app, launch, wms_server::launch::shutdown_signal()).await?;
     Ok(if clean { 0 } else { 1 })
+}
+
+/// The admin listener `WMS_ADMIN_LISTEN` in the container's environment asks for (`ADDR`, or a
+/// bare port on 127.0.0.1), if any.
+fn admin_listen(env: &HashMap<String, String>) -> anyhow::Result<Option<SocketAddr>> {
+    use wms_server::launch::ENV_ADMIN_LISTEN;
+    env.get(ENV_ADMIN_LISTEN)
+        .map(|v| {
+            wms_server::admin::address(v).map_err(|e| anyhow::anyhow!("{ENV_ADMIN_LISTEN}: {e}"))
+        })
+        .transpose()
 }
 
 /// A fresh directory for this start (private, empty, named at random) in the first of
@@ -766,5 +778,21 @@ mod tests {
         assert_eq!(env["WMS_LISTEN"], "127.0.0.1:2");
         assert_eq!(env["EMPTY"], "");
         assert!(!env.contains_key("NOEQUALS"));
+    }
+
+    #[test]
+    fn the_admin_listener_comes_from_the_container_environment() {
+        let env = |v: &[&str]| container_env(&v.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        assert_eq!(admin_listen(&env(&["PATH=/bin"])).unwrap(), None);
+        assert_eq!(
+            admin_listen(&env(&["WMS_ADMIN_LISTEN=9090"])).unwrap(),
+            Some("127.0.0.1:9090".parse().unwrap())
+        );
+        assert_eq!(
+            admin_listen(&env(&["WMS_ADMIN_LISTEN=0.0.0.0:9090"])).unwrap(),
+            Some("0.0.0.0:9090".parse().unwrap())
+        );
+        let e = admin_listen(&env(&["WMS_ADMIN_LISTEN=nine"])).unwrap_err();
+        assert!(format!("{e}").contains("WMS_ADMIN_LISTEN"), "{e}");
     }
 }

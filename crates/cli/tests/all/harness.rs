@@ -52,6 +52,8 @@ fn test_cache() -> &'static Path {
 pub struct Server {
     pub child: Child,
     pub addr: SocketAddr,
+    /// The admin listener's address, when started with one (`Admin http://ADDR`).
+    pub admin: Option<SocketAddr>,
     log: Arc<Mutex<String>>,
     _dir: Option<tempfile::TempDir>,
 }
@@ -132,10 +134,16 @@ impl Server {
         });
         let stdout = child.stdout.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
+        // Printed before `Serving`: known by the time the address is.
+        let admin = Arc::new(Mutex::new(None));
+        let admin_sink = admin.clone();
         std::thread::spawn(move || {
             let mut reader = BufReader::new(stdout);
             let mut line = String::new();
             while reader.read_line(&mut line).unwrap_or(0) > 0 {
+                if let Some(addr) = line.trim().strip_prefix("Admin http://") {
+                    *admin_sink.lock().unwrap() = Some(addr.parse::<SocketAddr>().unwrap());
+                }
                 if let Some(addr) = line.trim().strip_prefix("Serving http://") {
                     let _ = tx.send(addr.parse::<SocketAddr>().unwrap());
                 }
@@ -153,9 +161,11 @@ impl Server {
                 );
             }
         };
+        let admin = *admin.lock().unwrap();
         Server {
             child,
             addr,
+            admin,
             log,
             _dir: dir,
         }
@@ -163,6 +173,12 @@ impl Server {
 
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
+    }
+
+    /// A URL on the admin listener (the server must have been started with one).
+    pub fn admin_url(&self, path: &str) -> String {
+        let admin = self.admin.expect("started without --admin-listen");
+        format!("http://{admin}{path}")
     }
 
     /// Everything the server logged to stderr so far.

@@ -8,6 +8,7 @@ mod harness;
 mod limits;
 mod memory;
 mod oci;
+mod ops;
 mod outbound;
 mod p3;
 mod run;
