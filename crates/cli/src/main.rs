@@ -13,8 +13,6 @@ use wms_runtime::{Allocation, EngineKind, RuntimeOptions};
 
 /// Address `wms up` listens on unless told otherwise.
 pub const ENV_LISTEN: &str = "WMS_LISTEN";
-/// Log filter (tracing `EnvFilter` syntax, e.g. `info,wms::guest=debug`).
-pub const ENV_LOG: &str = "WMS_LOG";
 
 #[derive(Parser)]
 #[command(
@@ -179,13 +177,12 @@ enum Engine {
 }
 
 fn main() -> ExitCode {
-    let filter = tracing_subscriber::EnvFilter::try_from_env(ENV_LOG)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
-        .init();
+    use wms_server::launch::{ENV_LOG, ENV_LOG_FORMAT, init_logging};
+    init_logging(
+        std::env::var(ENV_LOG).ok().as_deref(),
+        std::env::var(ENV_LOG_FORMAT).ok().as_deref(),
+        std::io::IsTerminal::is_terminal(&std::io::stderr()),
+    );
     match run(Cli::parse()) {
         Ok(code) => code,
         Err(e) => {

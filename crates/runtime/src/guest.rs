@@ -484,7 +484,8 @@ where
 {
     let (done_tx, done_rx) = tokio::sync::oneshot::channel::<bool>();
     let task_comp = comp.clone();
-    let task = tokio::spawn(async move {
+    // In the request's span: the guest's output and failure name the request.
+    let task = tokio::spawn(tracing::Instrument::in_current_span(async move {
         let _permits = permits;
         let outcome = run.await;
         if let Outcome::Failed(f) = &outcome {
@@ -492,7 +493,7 @@ where
         }
         let _ = done_tx.send(matches!(outcome, Outcome::Failed(_)));
         outcome
-    });
+    }));
     let guest = GuestTask::new(&task, &comp.id);
     (task, done_rx, guest)
 }

@@ -154,6 +154,8 @@ pub(crate) struct GuestLog {
     pub component: Arc<str>,
     pub stream: &'static str,
     pub budget: Arc<LogBudget>,
+    /// The span of the request the instance serves (its lines name the request), or none.
+    pub span: tracing::Span,
 }
 
 impl IsTerminal for GuestLog {
@@ -186,7 +188,8 @@ impl LineLogger {
         }
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         let text = escape_line(line, truncated);
-        tracing::info!(target: "wms::guest", component = %self.log.component, stream = self.log.stream, "{text}");
+        // Wasmtime writes guest output from a task of its own: the request's span is named here.
+        tracing::info!(target: "wms::guest", parent: &self.log.span, component = %self.log.component, stream = self.log.stream, "{text}");
     }
 }
 

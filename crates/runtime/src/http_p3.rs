@@ -251,7 +251,10 @@ impl HandlerState for P3Component {
             .upgrade()
             .ok_or_else(|| wasmtime::format_err!("the component was unloaded"))?;
         let shared = Arc::new(Shared::default());
-        let mut state = new_state(&comp).map_err(wasmtime::Error::new)?;
+        // Outside any request's span: the instance serves many, so its output names none.
+        let mut state = tracing::Span::none()
+            .in_scope(|| new_state(&comp))
+            .map_err(wasmtime::Error::new)?;
         state.limiter.exceeded_flag = Some(shared.memory_exceeded.clone());
         let mut store = Store::new(&comp.engine, state);
         store.limiter(|s| &mut s.limiter);

@@ -223,6 +223,7 @@ impl LoadedComponent {
             component: self.id.clone(),
             stream,
             budget: self.guest_log.clone(),
+            span: tracing::Span::current(),
         }
     }
 

@@ -186,6 +186,42 @@ pub async fn shutdown_signal() {
     }
 }
 
+/// The log filter (`tracing` `EnvFilter` syntax, e.g. `info,wms::guest=debug`; default `info`).
+pub const ENV_LOG: &str = "WMS_LOG";
+/// The log format: `text` (the default: human lines, coloured on a terminal) or `json` (one
+/// JSON object per line).
+pub const ENV_LOG_FORMAT: &str = "WMS_LOG_FORMAT";
+
+/// Installs the process's logger on standard error, from the values of [`ENV_LOG`] and
+/// [`ENV_LOG_FORMAT`] (an unusable filter is `info`; an unknown format is text, and said so).
+/// Each line about a request is in its `request` span, whose `request_id` field names it: as
+/// `request{request_id=...}:` in text, as `"span":{"request_id":...,"name":"request"}` in JSON.
+pub fn init_logging(filter: Option<&str>, format: Option<&str>, ansi: bool) {
+    let filter = filter
+        .and_then(|f| tracing_subscriber::EnvFilter::try_new(f).ok())
+        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let format = format.map(str::trim).unwrap_or_default();
+    if format.eq_ignore_ascii_case("json") {
+        let _ = builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .try_init();
+        return;
+    }
+    let _ = builder.with_ansi(ansi).try_init();
+    if !format.is_empty() && !format.eq_ignore_ascii_case("text") {
+        tracing::warn!(
+            target: LOG_TARGET,
+            "{ENV_LOG_FORMAT}={format:?} is neither `text` nor `json`: logging text"
+        );
+    }
+}
+
 /// The environment variable naming the admin listener (`wms up --admin-listen`, and the shim
 /// reads it from the container's environment).
 pub const ENV_ADMIN_LISTEN: &str = "WMS_ADMIN_LISTEN";

@@ -245,6 +245,22 @@ struct Front {
 
 impl Front {
     async fn handle(&self, req: Request<Incoming>, busy: conn::Busy) -> Response<ResponseBody> {
+        // Every line logged about the request, its guest's output included, is in this span.
+        let span = tracing::info_span!("request", request_id = tracing::field::Empty);
+        if !span.is_disabled() {
+            span.record(
+                "request_id",
+                tracing::field::display(request_id(req.headers())),
+            );
+        }
+        tracing::Instrument::instrument(self.serve_request(req, busy), span).await
+    }
+
+    async fn serve_request(
+        &self,
+        req: Request<Incoming>,
+        busy: conn::Busy,
+    ) -> Response<ResponseBody> {
         let start = Instant::now();
         let response = match self.app.route_index(req.uri().path()) {
             None => plain(StatusCode::NOT_FOUND, "no route matches this path\n"),
@@ -393,6 +409,47 @@ impl Front {
     }
 }
 
+/// A request's id in the log: the trace id of its W3C `traceparent` header when that is valid
+/// (so the lines join the client's trace), else a new one of the same form, 32 hex digits.
+fn request_id(headers: &http::HeaderMap) -> String {
+    if let Some(id) = headers
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .and_then(trace_id)
+    {
+        return id.to_string();
+    }
+    use std::hash::BuildHasher as _;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static KEYS: std::sync::OnceLock<std::hash::RandomState> = std::sync::OnceLock::new();
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let keys = KEYS.get_or_init(std::hash::RandomState::new);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    format!("{:016x}{:016x}", keys.hash_one(n), keys.hash_one(!n))
+}
+
+/// The trace id of a `traceparent` value (`VERSION-TRACEID-PARENTID-FLAGS`, lowercase hex), if
+/// it is one: version `ff` and all-zero ids are invalid.
+fn trace_id(traceparent: &str) -> Option<&str> {
+    let mut parts = traceparent.trim().split('-');
+    let (version, trace, parent, flags) =
+        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    let hex = |s: &str, len: usize| {
+        s.len() == len
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    };
+    let valid = hex(version, 2)
+        && version != "ff"
+        && (version != "00" || parts.next().is_none())
+        && hex(trace, 32)
+        && trace.bytes().any(|b| b != b'0')
+        && hex(parent, 16)
+        && parent.bytes().any(|b| b != b'0')
+        && hex(flags, 2);
+    valid.then_some(trace)
+}
+
 fn content_length<B>(req: &Request<B>) -> Option<u64> {
     req.headers()
         .get(header::CONTENT_LENGTH)?
@@ -440,5 +497,45 @@ fn failure_response(component: &str, failure: &Failure) -> Response<ResponseBody
             StatusCode::INTERNAL_SERVER_ERROR,
             &format!("component `{component}` failed to handle the request\n"),
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_request_id_is_the_trace_id_of_a_valid_traceparent() {
+        let id = "4bf92f3577b34da6a3ce929d0e0e4736";
+        assert_eq!(trace_id(&format!("00-{id}-00f067aa0ba902b7-01")), Some(id));
+        // A later version may add fields.
+        assert_eq!(
+            trace_id(&format!("01-{id}-00f067aa0ba902b7-01-x")),
+            Some(id)
+        );
+        for bad in [
+            format!("00-{id}-00f067aa0ba902b7-01-x"),
+            format!("ff-{id}-00f067aa0ba902b7-01"),
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01".to_string(),
+            format!("00-{id}-0000000000000000-01"),
+            format!("00-{}-00f067aa0ba902b7-01", id.to_uppercase()),
+            format!("00-{id}-00f067aa0ba902b7"),
+            "garbage".to_string(),
+        ] {
+            assert_eq!(trace_id(&bad), None, "{bad}");
+        }
+        let mut headers = http::HeaderMap::new();
+        headers.insert(
+            "traceparent",
+            HeaderValue::from_str(&format!("00-{id}-00f067aa0ba902b7-01")).unwrap(),
+        );
+        assert_eq!(request_id(&headers), id);
+        let (a, b) = (
+            request_id(&http::HeaderMap::new()),
+            request_id(&http::HeaderMap::new()),
+        );
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 32);
+        assert!(trace_id(&format!("00-{a}-00f067aa0ba902b7-01")).is_some());
     }
 }

@@ -27,8 +27,6 @@ const ENV_LISTEN: &str = "WMS_LISTEN";
 /// Where a container's app listens unless `WMS_LISTEN` says otherwise: all addresses, since the
 /// container's network namespace is its own (or the host's with host networking).
 const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
-/// Log filter from the container's environment (tracing `EnvFilter` syntax, default `info`).
-const ENV_LOG: &str = "WMS_LOG";
 /// The reference a bundle is prepared under: its last segment names a wasm artifact's component
 /// (and a command's `argv[0]`).
 const REFERENCE: &str = "containerd.local/wms/app:latest";
@@ -377,15 +375,12 @@ fn container_env(envs: &[String]) -> HashMap<String, String> {
 }
 
 fn init_logging(env: &HashMap<String, String>) {
-    let filter = env
-        .get(ENV_LOG)
-        .and_then(|f| tracing_subscriber::EnvFilter::try_new(f).ok())
-        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(false)
-        .with_writer(std::io::stderr)
-        .try_init();
+    use wms_server::launch::{ENV_LOG, ENV_LOG_FORMAT};
+    wms_server::launch::init_logging(
+        env.get(ENV_LOG).map(String::as_str),
+        env.get(ENV_LOG_FORMAT).map(String::as_str),
+        false,
+    );
 }
 
 /// Prepares the bundled image, then serves it until SIGTERM or SIGINT, or runs it to completion

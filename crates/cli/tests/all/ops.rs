@@ -361,3 +361,84 @@ fn prometheus_scrapes_the_counters_of_a_known_sequence() {
         .unwrap();
     assert!(rss > 1e6, "{rss}");
 }
+
+const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+
+/// Asks the testkit guest to print a line on each of its outputs (with `traceparent`, if
+/// given), then to trap (without).
+fn log_and_trap(server: &Server, traceparent: Option<&str>) {
+    rt().block_on(async {
+        let mut req = client().get(server.url("/log"));
+        if let Some(t) = traceparent {
+            req = req.header("traceparent", t);
+        }
+        assert_eq!(req.send().await.unwrap().status(), 200);
+        assert_eq!(get(server.url("/trap")).await.0, 500);
+    });
+    server.wait_for_log("to stderr from the guest");
+    server.wait_for_log("guest trapped");
+}
+
+#[test]
+fn json_logs_name_the_request_on_every_line_about_it_including_guest_output() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("wms.toml"),
+        testkit_app(&[("kit", "/...", "")]),
+    )
+    .unwrap();
+    let server = Server::start_with_env(
+        dir.path(),
+        &[],
+        &[("WMS_LOG_FORMAT", std::path::Path::new("json"))],
+    );
+    log_and_trap(&server, Some(TRACEPARENT));
+    let log = server.log();
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let find = |needle: &str| {
+        lines
+            .iter()
+            .find(|v| v["message"].as_str().is_some_and(|m| m.contains(needle)))
+            .unwrap_or_else(|| panic!("no line with {needle:?} in:\n{log}"))
+    };
+    // The guest's own output, on both streams, carries the id from `traceparent`.
+    for needle in ["to stdout from the guest", "to stderr from the guest"] {
+        let line = find(needle);
+        assert_eq!(line["span"]["request_id"], TRACE_ID, "{line}");
+        assert_eq!(line["span"]["name"], "request", "{line}");
+        assert_eq!(line["component"], "kit", "{line}");
+        assert_eq!(line["target"], "wms::guest", "{line}");
+    }
+    // A request without one gets an id of the same form, its own.
+    let trap = find("guest trapped");
+    let id = trap["span"]["request_id"].as_str().unwrap();
+    assert_eq!(id.len(), 32, "{trap}");
+    assert!(id.bytes().all(|b| b.is_ascii_hexdigit()), "{trap}");
+    assert_ne!(id, TRACE_ID);
+    assert_eq!(trap["level"], "ERROR");
+    // Lines not about a request have no span.
+    let start = find("engine cranelift");
+    assert!(start.get("span").is_none(), "{start}");
+}
+
+#[test]
+fn text_logs_name_the_request_too() {
+    let server = Server::with_manifest(&testkit_app(&[("kit", "/...", "")]), &[]);
+    log_and_trap(&server, Some(TRACEPARENT));
+    let log = server.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("to stdout from the guest"))
+        .unwrap();
+    assert!(
+        line.contains(&format!("request{{request_id={TRACE_ID}}}")),
+        "{line}"
+    );
+    let trap = log.lines().find(|l| l.contains("guest trapped")).unwrap();
+    assert!(trap.contains("request{request_id="), "{trap}");
+    assert!(!trap.contains(TRACE_ID), "{trap}");
+}
