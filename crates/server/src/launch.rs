@@ -316,6 +316,11 @@ pub async fn serve_app(
             )
         })?;
     let addr = listener.local_addr()?;
+    // Ready from here: the app is loaded and connections queue on the bound socket until the
+    // server accepts them. Before the `Serving` line, which is what scripts and tests wait for.
+    if let Some(h) = &health {
+        h.set_ready();
+    }
     println!("Serving http://{addr}");
     println!("Available routes:");
     for route in &app.routes {
@@ -341,9 +346,6 @@ pub async fn serve_app(
         launch.idle_timeout,
         launch.body_idle_timeout
     );
-    if let Some(h) = &health {
-        h.set_ready();
-    }
     let shutdown = async move {
         shutdown.await;
         if let Some(h) = &health {
