@@ -22,7 +22,8 @@ WASMTIME_VERSION=48.0.8
 CACHE=${WMS_BENCH_CACHE:-/var/cache/wms-bench}
 TARGET_DIR=${CARGO_TARGET_DIR:-target}
 
-need() { command -v "$1" >/dev/null || { echo "missing $1: $2" >&2; exit 1; }; }
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
 need wrk "apt-get install wrk"
 need curl "apt-get install curl"
 
@@ -48,31 +49,9 @@ if [ -z "${WASMTIME:-}" ]; then
   fi
 fi
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_up() { for _ in $(seq 1 200); do curl -sf "$1" >/dev/null 2>&1 && return 0; sleep 0.05; done; echo "server at $1 did not come up" >&2; return 1; }
-
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; }
 trap 'cleanup; rm -rf "$P3APP"' EXIT
-
-# run NAME URL -> "rps p50_ms p99_ms"
-measure() {
-  local url=$1
-  wrk -t"$THREADS" -c"$CONNECTIONS" -d"$WARMUP" "$url" >/dev/null
-  wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency "$url" | python3 -c '
-import re, sys
-text = sys.stdin.read()
-def ms(v):
-    m = re.match(r"([\d.]+)(us|ms|s)", v)
-    n, u = float(m.group(1)), m.group(2)
-    return n / 1000 if u == "us" else n * 1000 if u == "s" else n
-rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
-p50 = ms(re.search(r"^\s+50%\s+(\S+)", text, re.M).group(1))
-p99 = ms(re.search(r"^\s+99%\s+(\S+)", text, re.M).group(1))
-errors = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
-if errors: sys.exit("non-2xx responses: " + errors.group(1))
-print(f"{rps:.0f} {p50:.3f} {p99:.3f}")'
-}
 
 declare -A RESULT
 
