@@ -348,7 +348,7 @@ fn an_app_image_pulled_by_containerd_serves_http_and_stops_on_kill() {
     );
 
     let id = &format!("wms-shim-test-{}", std::process::id());
-    let (mut run, port) = start_serving(&containerd, &reference, id);
+    let (run, port) = start_serving(&containerd, &reference, id);
 
     let body = rt().block_on(async {
         let resp = client()
@@ -374,12 +374,7 @@ fn an_app_image_pulled_by_containerd_serves_http_and_stops_on_kill() {
     );
 
     // `ctr task kill` sends SIGTERM: the app stops accepting, drains and exits 0.
-    containerd.ctr_ok(&["task", "kill", id]);
-    let status = run
-        .wait_exit(Duration::from_secs(30))
-        .unwrap_or_else(|| panic!("the task did not stop within 30 s:\n{}", run.output()));
-    let output = run.output();
-    assert_run_ended_well(&containerd, id, status, &output);
+    let output = stop_serving(&containerd, id, run);
     assert!(output.contains("SIGTERM received"), "{output}");
 
     // Nothing is left: no task, no container (--rm), no guest process, no shim.
@@ -605,7 +600,7 @@ fn serve_once(containerd: &Containerd, reference: &str, id: &str) -> String {
 
 /// [`serve_once`] with more `ctr run` options.
 fn serve_once_with(containerd: &Containerd, reference: &str, id: &str, options: &[&str]) -> String {
-    let (mut run, port) = start_serving_with(containerd, reference, id, options);
+    let (run, port) = start_serving_with(containerd, reference, id, options);
     let status = rt().block_on(async {
         client()
             .get(format!("http://127.0.0.1:{port}/"))
@@ -615,10 +610,16 @@ fn serve_once_with(containerd: &Containerd, reference: &str, id: &str, options: 
             .status()
     });
     assert_eq!(status, 200, "{id}:\n{}", run.output());
+    stop_serving(containerd, id, run)
+}
+
+/// Stops container `id` (started by [`start_serving`]) with `ctr task kill` and checks that its
+/// run ended well; returns its output.
+fn stop_serving(containerd: &Containerd, id: &str, mut run: Collected) -> String {
     containerd.ctr_ok(&["task", "kill", id]);
     let status = run
         .wait_exit(Duration::from_secs(30))
-        .unwrap_or_else(|| panic!("{id}: the task did not stop:\n{}", run.output()));
+        .unwrap_or_else(|| panic!("{id}: the task did not stop within 30 s:\n{}", run.output()));
     let output = run.output();
     assert_run_ended_well(containerd, id, status, &output);
     output
@@ -717,7 +718,7 @@ fn the_containers_memory_limit_bounds_its_guests_and_the_pools_budget() {
     // image is prepared in the container's /dev/shm.)
     let limit = (512 * MIB).to_string();
     let id = format!("wms-app-limit-{}", std::process::id());
-    let (mut run, port) = start_serving_with(
+    let (run, port) = start_serving_with(
         &containerd,
         &app_ref,
         &id,
@@ -757,11 +758,7 @@ fn the_containers_memory_limit_bounds_its_guests_and_the_pools_budget() {
         "{}",
         run.output()
     );
-    containerd.ctr_ok(&["task", "kill", &id]);
-    let status = run
-        .wait_exit(Duration::from_secs(30))
-        .unwrap_or_else(|| panic!("the task did not stop within 30 s:\n{}", run.output()));
-    assert_run_ended_well(&containerd, &id, status, &run.output());
+    stop_serving(&containerd, &id, run);
 }
 
 /// Capability sets of the process of container `id`, from the host (`CapEff`, `CapBnd`, ...),
@@ -829,7 +826,7 @@ fn a_container_that_drops_every_capability_runs_with_none() {
         options.extend(["--cap-drop", cap]);
     }
     let id = format!("wms-nocaps-{}", std::process::id());
-    let (mut run, port) = start_serving_with(&containerd, &reference, &id, &options);
+    let (run, port) = start_serving_with(&containerd, &reference, &id, &options);
     let caps = task_capabilities(&containerd, &id);
     for set in ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"] {
         assert_eq!(caps[set], "0000000000000000", "{set} of {caps:?}");
@@ -843,22 +840,14 @@ fn a_container_that_drops_every_capability_runs_with_none() {
             .status()
     });
     assert_eq!(status, 200, "{}", run.output());
-    containerd.ctr_ok(&["task", "kill", &id]);
-    let status = run
-        .wait_exit(Duration::from_secs(30))
-        .unwrap_or_else(|| panic!("the task did not stop within 30 s:\n{}", run.output()));
-    assert_run_ended_well(&containerd, &id, status, &run.output());
+    stop_serving(&containerd, &id, run);
 
     // A container with the default set keeps it: the shim drops only what nobody asked for.
     let id = format!("wms-defaultcaps-{}", std::process::id());
-    let (mut run, _) = start_serving_with(&containerd, &reference, &id, &[]);
+    let (run, _) = start_serving_with(&containerd, &reference, &id, &[]);
     let caps = task_capabilities(&containerd, &id);
     assert_ne!(caps["CapEff"], "0000000000000000", "{caps:?}");
-    containerd.ctr_ok(&["task", "kill", &id]);
-    let status = run
-        .wait_exit(Duration::from_secs(30))
-        .unwrap_or_else(|| panic!("the task did not stop within 30 s:\n{}", run.output()));
-    assert_run_ended_well(&containerd, &id, status, &run.output());
+    stop_serving(&containerd, &id, run);
 }
 
 #[test]
@@ -1423,7 +1412,7 @@ fn an_app_with_a_wasi_03_component_is_served_with_reuse() {
     containerd.ctr_ok(&["image", "pull", "--plain-http", &reference]);
 
     let id = &format!("wms-shim-p3-{}", std::process::id());
-    let (mut run, port) = start_serving(&containerd, &reference, id);
+    let (run, port) = start_serving(&containerd, &reference, id);
     let seen = rt().block_on(async {
         let mut seen = Vec::new();
         for _ in 0..3 {
@@ -1450,9 +1439,5 @@ fn an_app_with_a_wasi_03_component_is_served_with_reuse() {
         seen
     });
     assert_eq!(seen, ["1", "2", "3"]);
-    containerd.ctr_ok(&["task", "kill", id]);
-    let status = run
-        .wait_exit(Duration::from_secs(30))
-        .unwrap_or_else(|| panic!("the task did not stop within 30 s:\n{}", run.output()));
-    assert_run_ended_well(&containerd, id, status, &run.output());
+    stop_serving(&containerd, id, run);
 }
