@@ -32,6 +32,9 @@ const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
 const REFERENCE: &str = "containerd.local/wms/app:latest";
 /// A command's memory limit when the container's is not known: `wms run`'s default.
 const COMMAND_MAX_MEMORY: u64 = 128 << 20;
+/// How long the compile hook waits for containerd to say which images hold a layer before it
+/// compiles instead of using a publisher's code.
+const TRUST_LOOKUP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 /// The least a container's memory limit leaves for wms itself (code, stacks, buffers, what the
 /// pool keeps) rather than for guests.
 const MIN_HEADROOM: u64 = 32 << 20;
@@ -121,9 +124,17 @@ impl Compiler for WmsCompiler {
         for l in layers {
             let publisher = if is_bundle(l) {
                 let digest = l.config.digest().to_string();
-                trusted_image_with(&digest).await.unwrap_or_else(|e| {
+                let lookup =
+                    tokio::time::timeout(TRUST_LOOKUP_TIMEOUT, trusted_image_with(&digest))
+                        .await
+                        .unwrap_or_else(|_| {
+                            Err(anyhow::anyhow!(
+                                "containerd did not answer within {TRUST_LOOKUP_TIMEOUT:?}"
+                            ))
+                        });
+                lookup.unwrap_or_else(|e| {
                     tracing::warn!(
-                        "cannot tell which images hold layer {digest}, so its precompiled code is not used: {e:#}"
+                        "cannot tell which images hold layer {digest}, so its precompiled code is not used (the app is compiled instead): {e:#}"
                     );
                     None
                 })
