@@ -6,6 +6,8 @@
 # x86_64-unknown-linux-musl rustup target. Prints a markdown report and writes it to bench/results/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
 RUNS=${RUNS:-10}
 T=${CARGO_TARGET_DIR:-target}
 WMS="$T/release/wms"
@@ -19,24 +21,9 @@ trap 'kill $REG_PID 2>/dev/null || true; rm -rf "$WORK"' EXIT
 # The native service, static, stripped as one would ship it.
 cargo build --release -q -p native-hello --target x86_64-unknown-linux-musl
 NATIVE="$T/x86_64-unknown-linux-musl/release/native-hello"
-strip -o "$WORK/native-hello" "$NATIVE"
-
-# A scratch image by hand (OCI layout): one gzip layer with the binary, config with Entrypoint.
-sha() { sha256sum "$1" | cut -d' ' -f1; }
-L="$WORK/layout"; mkdir -p "$L/blobs/sha256" "$WORK/root"
-cp "$WORK/native-hello" "$WORK/root/native-hello"
-tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -C "$WORK/root" -cf "$WORK/layer.tar" native-hello
-gzip -9n -c "$WORK/layer.tar" > "$WORK/layer.tar.gz"
-DIFF=$(sha "$WORK/layer.tar"); LAYER=$(sha "$WORK/layer.tar.gz"); LSIZE=$(stat -c%s "$WORK/layer.tar.gz")
-cp "$WORK/layer.tar.gz" "$L/blobs/sha256/$LAYER"
-printf '{"architecture":"amd64","os":"linux","config":{"Entrypoint":["/native-hello"],"ExposedPorts":{"3000/tcp":{}}},"rootfs":{"type":"layers","diff_ids":["sha256:%s"]}}' "$DIFF" > "$WORK/config.json"
-CONFIG=$(sha "$WORK/config.json"); CSIZE=$(stat -c%s "$WORK/config.json")
-cp "$WORK/config.json" "$L/blobs/sha256/$CONFIG"
-printf '{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:%s","size":%s},"layers":[{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"sha256:%s","size":%s}]}' "$CONFIG" "$CSIZE" "$LAYER" "$LSIZE" > "$WORK/manifest.json"
-MAN=$(sha "$WORK/manifest.json"); MSIZE=$(stat -c%s "$WORK/manifest.json")
-cp "$WORK/manifest.json" "$L/blobs/sha256/$MAN"
-echo '{"imageLayoutVersion":"1.0.0"}' > "$L/oci-layout"
-printf '{"schemaVersion":2,"manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:%s","size":%s,"annotations":{"org.opencontainers.image.ref.name":"1"}}]}' "$MAN" "$MSIZE" > "$L/index.json"
+# The native service in a scratch image, made by hand (bench/lib.sh).
+native_image "$NATIVE" "$WORK"
+L="$WORK/layout"
 
 # The registry.
 cat > "$WORK/registry.yml" <<EOF

@@ -14,6 +14,8 @@
 # Prints a markdown report and writes it to bench/results/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
 RUNS=${RUNS:-7}
 T=${CARGO_TARGET_DIR:-target}
 [ "$(id -u)" = 0 ] || { echo "containerd needs root: run as root" >&2; exit 1; }
@@ -39,22 +41,9 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# The native service, static and stripped, in a scratch image made by hand (OCI layout).
-sha() { sha256sum "$1" | cut -d' ' -f1; }
-L="$WORK/layout"; mkdir -p "$L/blobs/sha256" "$WORK/rootfs"
-strip -o "$WORK/rootfs/native-hello" "$NATIVE"
-tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -C "$WORK/rootfs" -cf "$WORK/layer.tar" native-hello
-gzip -9n -c "$WORK/layer.tar" > "$WORK/layer.tar.gz"
-DIFF=$(sha "$WORK/layer.tar"); LAYER=$(sha "$WORK/layer.tar.gz"); LSIZE=$(stat -c%s "$WORK/layer.tar.gz")
-cp "$WORK/layer.tar.gz" "$L/blobs/sha256/$LAYER"
-printf '{"architecture":"amd64","os":"linux","config":{"Entrypoint":["/native-hello"]},"rootfs":{"type":"layers","diff_ids":["sha256:%s"]}}' "$DIFF" > "$WORK/config.json"
-CONFIG=$(sha "$WORK/config.json"); CSIZE=$(stat -c%s "$WORK/config.json")
-cp "$WORK/config.json" "$L/blobs/sha256/$CONFIG"
-printf '{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:%s","size":%s},"layers":[{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"sha256:%s","size":%s}]}' "$CONFIG" "$CSIZE" "$LAYER" "$LSIZE" > "$WORK/manifest.json"
-MAN=$(sha "$WORK/manifest.json"); MSIZE=$(stat -c%s "$WORK/manifest.json")
-cp "$WORK/manifest.json" "$L/blobs/sha256/$MAN"
-echo '{"imageLayoutVersion":"1.0.0"}' > "$L/oci-layout"
-printf '{"schemaVersion":2,"manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:%s","size":%s,"annotations":{"org.opencontainers.image.ref.name":"1"}}]}' "$MAN" "$MSIZE" > "$L/index.json"
+# The native service in a scratch image, made by hand (bench/lib.sh).
+native_image "$NATIVE" "$WORK"
+L="$WORK/layout"
 
 # The registry.
 cat > "$WORK/registry.yml" <<EOF
