@@ -83,8 +83,9 @@ impl wasip2::exports::http::incoming_handler::Guest for Testkit {
             .to_string();
         match action.as_str() {
             "trap" => panic!("testkit was asked to trap"),
-            "loop" =>
-            {
+            "loop" => {
+                // Tests wait for this line to know the guest holds its slot.
+                eprintln!("testkit: loop started");
                 #[expect(clippy::empty_loop, reason = "the point is a guest that never yields")]
                 loop {}
             }
@@ -110,6 +111,7 @@ impl wasip2::exports::http::incoming_handler::Guest for Testkit {
                 let ms = query_arg(&path, "ms")
                     .and_then(|m| m.parse().ok())
                     .unwrap_or(1000);
+                eprintln!("testkit: slow started");
                 sleep_ms(ms);
                 respond(out, 200, format!("slept {ms}ms").as_bytes());
             }

@@ -119,7 +119,7 @@ fn board_limits_hold() {
         assert_eq!(status("/fine").await, 200);
         let start = Instant::now();
         let looping = tokio::spawn(status("/slow/loop"));
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        server.wait_for_log_async("testkit: loop started").await;
         // The one slot of `slow` is taken: 503 at once.
         assert_eq!(status("/slow/fine").await, 503);
         assert_eq!(looping.await.unwrap(), 504);

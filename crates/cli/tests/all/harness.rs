@@ -207,6 +207,24 @@ impl Server {
         }
     }
 
+    /// Waits, inside a test's async block, until the log contains `needle` (20 s at most).
+    /// Tests use it to know a guest has begun (the testkit's `/slow` and `/loop` say so) instead
+    /// of sleeping a fixed time, which a loaded machine outlasts.
+    pub async fn wait_for_log_async(&self, needle: &str) -> String {
+        let start = Instant::now();
+        loop {
+            let log = self.log();
+            if log.contains(needle) {
+                return log;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "log never contained {needle:?}:\n{log}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     pub fn pid(&self) -> i32 {
         self.child.id() as i32
     }

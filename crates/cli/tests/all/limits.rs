@@ -37,7 +37,7 @@ fn infinite_loop_is_504_within_the_timeout_and_the_server_keeps_serving() {
         let start = Instant::now();
         // Meanwhile another request on the same server is answered promptly.
         let looping = tokio::spawn(status(server.url("/loop")));
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        server.wait_for_log_async("testkit: loop started").await;
         let quick = Instant::now();
         assert_eq!(status(server.url("/fine")).await, 200);
         assert!(
@@ -139,7 +139,7 @@ fn process_concurrency_limit_answers_503() {
     let server = Server::with_manifest(&manifest, &[]);
     rt().block_on(async {
         let slow = tokio::spawn(status(server.url("/slow?ms=1000")));
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        server.wait_for_log_async("testkit: slow started").await;
         assert_eq!(status(server.url("/fine")).await, 503);
         assert_eq!(slow.await.unwrap(), 200);
     });

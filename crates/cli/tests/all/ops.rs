@@ -270,7 +270,7 @@ fn prometheus_scrapes_the_counters_of_a_known_sequence() {
         // The component's one slot is taken (within its 1 s timeout): the next request is
         // turned away.
         let slow = tokio::spawn(get(server.url("/slow?ms=800")));
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        server.wait_for_log_async("testkit: slow started").await;
         assert_eq!(get(server.url("/fine")).await.0, 503);
         assert_eq!(slow.await.unwrap().0, 200);
         let allowed = format!("/outbound?url=http://{}/", upstream.addr);
