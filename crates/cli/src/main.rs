@@ -434,6 +434,7 @@ fn run_command(args: RunArgs) -> anyhow::Result<ExitCode> {
             Engine::Cranelift => EngineKind::Cranelift,
             Engine::Pulley => EngineKind::Pulley,
         },
+        precompiled: None,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

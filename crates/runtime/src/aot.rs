@@ -57,33 +57,18 @@ pub(crate) fn load(
 ) -> anyhow::Result<(Component, Origin)> {
     let digest = sha256_hex(wasm);
     if let Some(dir) = trusted {
-        let code = dir.join(format!("{id}.cwasm"));
-        let sidecar = code.with_extension(SIDECAR_EXT);
-        match std::fs::read_to_string(&sidecar) {
-            Ok(recorded) if recorded.trim() == digest => match read_verified(&code) {
-                // SAFETY: the user trusts this directory (--precompiled), the file is intact
-                // (trailing sha256) and was made from exactly this wasm (sidecar); Wasmtime
-                // rejects code compiled for another engine configuration.
-                Some(bytes) => match unsafe { Component::deserialize(engine, &bytes) } {
-                    Ok(c) => return Ok((c, Origin::Precompiled(code))),
-                    Err(e) => tracing::warn!(
-                        "component `{id}`: not using {}: {e}; compiling instead",
-                        code.display()
-                    ),
-                },
-                None => tracing::warn!(
-                    "component `{id}`: {} is missing, truncated or corrupt; compiling instead",
+        match read_trusted(dir, id, &digest) {
+            // SAFETY: the user trusts this directory (--precompiled), the file is intact
+            // (trailing sha256) and was made from exactly this wasm (sidecar); Wasmtime rejects
+            // code compiled for another engine configuration.
+            Ok((code, bytes)) => match unsafe { Component::deserialize(engine, &bytes) } {
+                Ok(c) => return Ok((c, Origin::Precompiled(code))),
+                Err(e) => tracing::warn!(
+                    "component `{id}`: not using {}: {e}; compiling instead",
                     code.display()
                 ),
             },
-            Ok(_) => tracing::warn!(
-                "component `{id}`: {} was made from another build of this component; compiling instead",
-                code.display()
-            ),
-            Err(_) => tracing::warn!(
-                "component `{id}`: no precompiled code in {}; compiling instead",
-                dir.display()
-            ),
+            Err(why) => tracing::warn!("component `{id}`: {why}; compiling instead"),
         }
     }
     let cached = match private_cache_subdir("aot")? {
@@ -180,6 +165,31 @@ fn needs_simd(wasm: &[u8]) -> bool {
         && Validator::new_with_features(without)
             .validate_all(wasm)
             .is_err()
+}
+
+/// The code in a trusted precompiled directory for `id` (`<id>.cwasm`), when it is intact and
+/// was made from the wasm whose sha256 is `digest`; else why not, for a warning.
+pub(crate) fn read_trusted(
+    dir: &Path,
+    id: &str,
+    digest: &str,
+) -> Result<(PathBuf, Vec<u8>), String> {
+    let code = dir.join(format!("{id}.cwasm"));
+    let sidecar = code.with_extension(SIDECAR_EXT);
+    match std::fs::read_to_string(&sidecar) {
+        Ok(recorded) if recorded.trim() == digest => match read_verified(&code) {
+            Some(bytes) => Ok((code, bytes)),
+            None => Err(format!(
+                "{} is missing, truncated or corrupt",
+                code.display()
+            )),
+        },
+        Ok(_) => Err(format!(
+            "{} was made from another build of this component",
+            code.display()
+        )),
+        Err(_) => Err(format!("no precompiled code in {}", dir.display())),
+    }
 }
 
 /// Writes a precompiled artifact and its sidecar for `wms compile`.

@@ -2,7 +2,7 @@
 //! exports `wasi:cli/run`) runs to completion with arguments, environment, directories and the
 //! process's stdio, under a timeout and a memory limit.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context as _, anyhow, bail};
@@ -36,6 +36,81 @@ pub struct CommandOptions {
     pub timeout: Option<Duration>,
     pub max_memory: u64,
     pub engine: EngineKind,
+    /// A directory holding this command's code made by [`compile_command`] (the containerd
+    /// shim keeps it in containerd's store): used when it was made from exactly this wasm and
+    /// this engine accepts it, else the command is compiled. Only for code this host made or the
+    /// operator trusts: Wasmtime maps it executable as it is.
+    pub precompiled: Option<PathBuf>,
+}
+
+/// The name of a command's code in a [`compile_command`] directory.
+const COMMAND_CODE: &str = "command";
+
+/// The engine commands run on, Cranelift or Pulley.
+fn command_engine(kind: EngineKind) -> anyhow::Result<Engine> {
+    let mut config = Config::new();
+    config.epoch_interruption(true);
+    if crate::effective_engine(kind) == EngineKind::Pulley {
+        let t = if cfg!(target_pointer_width = "64") {
+            "pulley64"
+        } else {
+            "pulley32"
+        };
+        config.target(t).map_err(wt)?;
+    }
+    Engine::new(&config).map_err(wt)
+}
+
+fn is_module(wasm: &[u8]) -> bool {
+    wasm.get(4..8) == Some(&[1, 0, 0, 0])
+}
+
+/// Compiles the command `wasm` (a module or a component) for this host's Cranelift engine into
+/// `dir`, for [`CommandOptions::precompiled`]; the file written.
+pub fn compile_command(wasm: &[u8], dir: &Path) -> anyhow::Result<PathBuf> {
+    let engine = command_engine(EngineKind::Cranelift)?;
+    let code = if is_module(wasm) {
+        engine.precompile_module(wasm)
+    } else {
+        engine.precompile_component(wasm)
+    }
+    .map_err(wt)
+    .context("cannot compile the command")?;
+    std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    crate::aot::write_precompiled(dir, COMMAND_CODE, wasm, &code)
+}
+
+/// The command loaded from `code` when there is some and the engine accepts it, else compiled.
+fn code_or_compile<T>(
+    code: Option<Vec<u8>>,
+    deserialize: impl FnOnce(Vec<u8>) -> wasmtime::Result<T>,
+    compile: impl FnOnce() -> wasmtime::Result<T>,
+    path: &Path,
+) -> anyhow::Result<T> {
+    if let Some(code) = code {
+        match deserialize(code) {
+            Ok(loaded) => {
+                tracing::debug!("loaded precompiled code for {}", path.display());
+                return Ok(loaded);
+            }
+            Err(e) => tracing::warn!("not using the precompiled code: {e}; compiling instead"),
+        }
+    }
+    compile()
+        .map_err(wt)
+        .with_context(|| format!("cannot compile {}", path.display()))
+}
+
+/// The command's code from `options.precompiled` when it fits, as serialized bytes.
+fn precompiled_code(options: &CommandOptions, wasm: &[u8]) -> Option<Vec<u8>> {
+    let dir = options.precompiled.as_deref()?;
+    match crate::aot::read_trusted(dir, COMMAND_CODE, &crate::cache::sha256_hex(wasm)) {
+        Ok((_, bytes)) => Some(bytes),
+        Err(why) => {
+            tracing::warn!("{why}; compiling the command instead");
+            None
+        }
+    }
 }
 
 /// How a command ended.
@@ -113,18 +188,9 @@ pub async fn run_command(options: &CommandOptions) -> anyhow::Result<CommandOutc
             options.path.display()
         );
     }
-    let mut config = Config::new();
-    config.epoch_interruption(true);
-    if crate::effective_engine(options.engine) == EngineKind::Pulley {
-        let t = if cfg!(target_pointer_width = "64") {
-            "pulley64"
-        } else {
-            "pulley32"
-        };
-        config.target(t).map_err(wt)?;
-    }
-    let engine = Engine::new(&config).map_err(wt)?;
+    let engine = command_engine(options.engine)?;
     start_epoch_ticker(&engine);
+    let code = precompiled_code(options, &bytes);
 
     // A command is the only guest of its process, with the same caps as a served one.
     let budget = Budget::new(DescriptorPlan::current().guests);
@@ -150,11 +216,16 @@ pub async fn run_command(options: &CommandOptions) -> anyhow::Result<CommandOutc
     let limiter = MemoryLimiter::new(options.max_memory);
     let timeout = options.timeout.unwrap_or(Duration::from_secs(u64::MAX / 4));
 
-    let is_module = bytes[4..8] == [1, 0, 0, 0];
-    let (result, exceeded) = if is_module {
-        let module = Module::new(&engine, &bytes)
-            .map_err(wt)
-            .with_context(|| format!("cannot compile {}", options.path.display()))?;
+    // SAFETY (both deserializations): `code` was made by `compile_command` from exactly these
+    // bytes (its sidecar) and is intact (its trailing sha256); Wasmtime refuses code compiled
+    // for another engine configuration, and the command is compiled then.
+    let (result, exceeded) = if is_module(&bytes) {
+        let module = code_or_compile(
+            code,
+            |c| unsafe { Module::deserialize(&engine, c) },
+            || Module::new(&engine, &bytes),
+            &options.path,
+        )?;
         if !module.exports().any(|e| e.name() == "_start") {
             bail!(
                 "{} is a WASI preview 1 module without `_start`; `wms run` runs commands (programs with `main`)",
@@ -186,9 +257,12 @@ pub async fn run_command(options: &CommandOptions) -> anyhow::Result<CommandOutc
         .await;
         (result.map(|r| r.map(|()| 0)), store.data().limiter.exceeded)
     } else {
-        let component = Component::new(&engine, &bytes)
-            .map_err(wt)
-            .with_context(|| format!("cannot compile {}", options.path.display()))?;
+        let component = code_or_compile(
+            code,
+            |c| unsafe { Component::deserialize(&engine, c) },
+            || Component::new(&engine, &bytes),
+            &options.path,
+        )?;
         let mut linker = wasmtime::component::Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(wt)?;
         add_open_hook(&mut linker)?;

@@ -49,7 +49,7 @@ use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wms_manifest::{AllowedHost, App, FileMount};
 
 pub use cache::{ENV_CACHE_DIR, cache_dir};
-pub use command::{CommandOptions, CommandOutcome, DirMount, run_command};
+pub use command::{CommandOptions, CommandOutcome, DirMount, compile_command, run_command};
 pub use engine::{CRANELIFT_NATIVE, effective_engine, host_has_riscv_vector};
 pub use failure::Failure;
 pub use guest::HostState;

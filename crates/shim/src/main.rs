@@ -15,7 +15,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 use containerd_shim_wasm::sandbox::Sandbox;
@@ -98,9 +98,10 @@ impl Shim for WmsShim {
     }
 }
 
-/// Compiles an HTTP app's components when its image first starts on this node; containerd-shim-wasm
-/// keeps the result in containerd's content store (labelled `runwasi.io/precompiled/wms/KEY`, kept
-/// as long as the image) and hands it to later starts instead of compiling again.
+/// Compiles an HTTP app's components, or a command, when its image first starts on this node;
+/// containerd-shim-wasm keeps the result in containerd's content store (labelled
+/// `runwasi.io/precompiled/wms/KEY`, kept as long as the image) and hands it to later starts
+/// instead of compiling again.
 struct WmsCompiler;
 
 impl Compiler for WmsCompiler {
@@ -260,8 +261,8 @@ fn is_bundle(layer: &WasmLayer) -> bool {
         .is_some_and(|a| a.contains_key(wms_oci::containerd::ANN_BUNDLE))
 }
 
-/// This host's code for an HTTP app's components, as a tar of `wms compile`'s output; `None`
-/// for a command (run by `wms_runtime::run_command`, which compiles it itself). When `trusted`
+/// This host's code for an HTTP app's components, as a tar of `wms compile`'s output, or for a
+/// command, as a tar of `wms_runtime::compile_command`'s. When `trusted`
 /// names an image of a trusted publisher holding this layer and the bundle carries code for
 /// this host for every component (`wms push --containerd --precompile`), that code is taken
 /// as it is, without compiling; the runtime still checks it against each component's wasm and
@@ -281,7 +282,10 @@ fn compile_bundle(layer: &[u8], trusted: Option<&str>) -> anyhow::Result<Option<
     if let Some(wasm) = &m.wasm
         && !serves_http(wasm)?
     {
-        return Ok(None);
+        tracing::info!("compiling the command for this node");
+        let out = scratch.path().join("code");
+        wms_runtime::compile_command(&std::fs::read(wasm)?, &out)?;
+        return Ok(Some(wms_oci::containerd::pack_files(&out)?));
     }
     if let (Some(image), Some(dir)) = (trusted, &m.precompiled) {
         let covered = m
@@ -433,11 +437,24 @@ async fn run(
             .with_context(|| format!("cannot prepare {}", path.display()))?;
         (m, &args[1..])
     };
+    // Compiled by this shim at the image's first start and kept by containerd; the runtime
+    // uses code only when it was made from exactly that wasm and Wasmtime accepts it for this
+    // engine, and compiles otherwise.
+    let precompiled = cached.and_then(|layer| {
+        let dir = state.join("precompiled");
+        match wms_oci::containerd::unpack_files(&layer.layer, &dir) {
+            Ok(()) => Some(dir),
+            Err(e) => {
+                tracing::warn!("the code cached in containerd is not used: {e:#}");
+                None
+            }
+        }
+    });
     let guest_cap = container_guest_cap();
     if let Some(wasm) = &m.wasm
         && !serves_http(wasm)?
     {
-        return run_command(wasm, &m.app, command_args, envs, guest_cap).await;
+        return run_command(wasm, &m.app, command_args, envs, guest_cap, precompiled).await;
     }
     let mut app = m.app;
     if let Some((cap, _)) = guest_cap {
@@ -453,16 +470,7 @@ async fn run(
     launch.variables =
         wms_manifest::Providers::new(None, env.iter().map(|(k, v)| (k.into(), v.into())), None)?;
     launch.admin = admin_listen(env)?;
-    if let Some(layer) = cached {
-        // Compiled by this shim at the image's first start and kept by containerd; the runtime
-        // uses a component's code only when it was made from exactly that component's wasm and
-        // Wasmtime accepts it for this engine, and compiles otherwise.
-        let dir = state.join("precompiled");
-        match wms_oci::containerd::unpack_files(&layer.layer, &dir) {
-            Ok(()) => launch.runtime.precompiled = Some(dir),
-            Err(e) => tracing::warn!("the code cached in containerd is not used: {e:#}"),
-        }
-    }
+    launch.runtime.precompiled = precompiled;
     let clean =
         wms_server::launch::serve_app(app, launch, wms_server::launch::shutdown_signal()).await?;
     Ok(if clean { 0 } else { 1 })
@@ -680,6 +688,7 @@ async fn run_command(
     args: &[String],
     envs: &[String],
     guest_cap: Option<(u64, u64)>,
+    precompiled: Option<PathBuf>,
 ) -> anyhow::Result<i32> {
     let program = app
         .components
@@ -703,6 +712,7 @@ async fn run_command(
         timeout: None,
         max_memory: guest_cap.map_or(COMMAND_MAX_MEMORY, |(cap, _)| cap),
         engine: wms_runtime::EngineKind::Cranelift,
+        precompiled,
     };
     let outcome = wms_runtime::run_command(&options).await?;
     let (code, message) = match (&outcome, guest_cap) {

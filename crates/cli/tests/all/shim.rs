@@ -891,6 +891,41 @@ fn the_second_start_uses_code_compiled_at_the_first_and_kept_by_containerd() {
     assert_eq!(compiles(), 1, "compiled again:\n{}", containerd.log());
     assert!(second.contains("loaded precompiled code"), "{second}");
     assert!(!second.contains("compiled in"), "{second}");
+
+    // Commands too, a preview 2 component and a preview 1 module: compiled at the first start,
+    // loaded from containerd's store at the second (which says so at debug level).
+    for (n, wasm) in [(1, artifacts::CMD), (2, artifacts::CMD_P1)] {
+        let reference = registry.reference(&format!("cmd-cached:{n}"));
+        push_for_containerd(Path::new(wasm), &reference);
+        containerd.ctr_ok(&["image", "pull", "--plain-http", &reference]);
+        let before = compiles();
+        let run = |start: usize| {
+            let id = format!("{id}-cmd{n}-{start}");
+            let out = containerd
+                .ctr_command(&["run", "--rm", "--runtime", "io.containerd.wms.v1"])
+                .args(["--env", "WMS_LOG=debug", &reference, &id, "args", "cached"])
+                .output()
+                .unwrap();
+            let err = String::from_utf8_lossy(&out.stderr).into_owned();
+            let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+            assert_eq!(
+                (out.status.code(), stdout.trim()),
+                (Some(0), "cached"),
+                "{err}"
+            );
+            err
+        };
+        let first = run(1);
+        assert_eq!(compiles(), before + 1, "{first}\n{}", containerd.log());
+        let second = run(2);
+        assert_eq!(
+            compiles(),
+            before + 1,
+            "compiled again:\n{}",
+            containerd.log()
+        );
+        assert!(second.contains("loaded precompiled code for"), "{second}");
+    }
 }
 
 /// Code pushed with the image (`wms push --containerd --precompile`) runs without compiling
