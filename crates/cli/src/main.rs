@@ -315,6 +315,8 @@ fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
         variables,
         admin: args.admin_listen,
     };
+    // Before the async runtime: the exporter's blocking HTTP client runs on threads of its own.
+    let traces = wms_server::telemetry::init_traces();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -323,6 +325,11 @@ fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
         launch,
         wms_server::launch::shutdown_signal(),
     ))?;
+    drop(rt);
+    // Drained: the spans of the last requests go out before the process ends.
+    if let Some(traces) = traces {
+        traces.shutdown();
+    }
     Ok(if clean {
         ExitCode::SUCCESS
     } else {

@@ -31,6 +31,11 @@ impl HostState {
     pub(crate) fn variables(&mut self) -> &mut crate::variables::GuestVariables {
         &mut self.variables
     }
+
+    /// Makes the guest's outbound requests client spans, children of `parent` (`None`: none).
+    pub(crate) fn trace_outbound(&mut self, parent: Option<opentelemetry::Context>) {
+        self.hooks.policy.trace = parent;
+    }
 }
 
 impl WasiView for HostState {
@@ -335,6 +340,7 @@ pub(crate) fn new_state(comp: &LoadedComponent) -> Result<HostState, Failure> {
                 allowed: comp.allowed.clone(),
                 may_name_local_addresses: comp.may_name_local_addresses,
                 metrics: comp.metrics.clone(),
+                trace: None,
             },
             slots: descriptors::OutboundSlots::new(&comp.fds),
         },

@@ -18,7 +18,7 @@ use wasmtime_wasi_http::p3::bindings::ServicePre;
 
 use crate::guest::{GuardedBody, HostState, Outcome, add_open_hook, new_store, spawn_guest};
 use crate::load::{compile, export_names};
-use crate::{BoxError, Failure, Kind, LoadedComponent, ResponseBody, failure::classify, wt};
+use crate::{BoxError, Failure, Kind, LoadedComponent, ResponseBody, failure::classify, trace, wt};
 
 /// A request body's error as `wasi:http` reports it to the guest (over the body limit, or cut).
 pub(crate) fn body_error(e: impl Into<BoxError>) -> wasmtime_wasi_http::Error {
@@ -58,6 +58,10 @@ where
         message: format!("{e:#}"),
     };
     let (tx, rx) = tokio::sync::oneshot::channel();
+    let parent = request
+        .extensions()
+        .get::<crate::trace::RequestContext>()
+        .map(|c| c.0.clone());
     let req = store
         .data_mut()
         .http()
@@ -74,24 +78,36 @@ where
     // If the client goes away (this future or the response body is dropped), so does the guest.
     let (task, done_rx, guest) = spawn_guest(&comp, permits, async move {
         let comp = task_comp;
+        let mut executing = None;
         let result = tokio::time::timeout_at(deadline, async {
             let Kind::Http(pre) = &comp.kind else {
                 unreachable!("only wasi:http components reach run()")
             };
             let started = std::time::Instant::now();
+            let instantiating = trace::child(parent.as_ref(), "instantiate", &comp.id);
             let proxy = pre.instantiate_async(&mut store).await?;
             comp.instantiated(started);
+            drop(instantiating);
+            // Its outbound requests are children of this span.
+            executing = trace::child(parent.as_ref(), "execute", &comp.id);
+            store
+                .data_mut()
+                .trace_outbound(executing.as_ref().map(|s| s.context().clone()));
             proxy
                 .wasi_http_incoming_handler()
                 .call_handle(&mut store, req, out)
                 .await
         })
         .await;
-        match result {
+        let outcome = match result {
             Err(_) => Outcome::Failed(Failure::Timeout { timeout }),
             Ok(Ok(())) => Outcome::Done,
             Ok(Err(e)) => Outcome::Failed(classify(&e, store.data().limiter.exceeded, &comp)),
+        };
+        if let (Some(span), Outcome::Failed(f)) = (&executing, &outcome) {
+            span.fail(f.to_string());
         }
+        outcome
     });
     match rx.await {
         Ok(Ok(response)) => Ok(response.map(|b| {

@@ -31,6 +31,7 @@ pub mod metrics;
 mod outbound;
 pub mod pool;
 mod release;
+pub mod trace;
 mod variables;
 mod wagi;
 

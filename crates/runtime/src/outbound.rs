@@ -33,6 +33,9 @@ pub(crate) struct OutboundPolicy {
     pub may_name_local_addresses: bool,
     /// Counts requests sent and denied.
     pub metrics: Option<Arc<crate::metrics::ComponentMetrics>>,
+    /// The span outbound requests are children of, when traces are exported and the instance
+    /// serves one request (see [`crate::trace`]).
+    pub trace: Option<opentelemetry::Context>,
 }
 
 type IoFuture = Box<dyn Future<Output = Result<(), HttpError>> + Send>;
@@ -45,7 +48,7 @@ const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
 impl WasiHttpHooks for OutboundPolicy {
     fn send_request(
         &mut self,
-        request: http::Request<WasiBody>,
+        mut request: http::Request<WasiBody>,
         options: Option<RequestOptions>,
         _fut: IoFuture,
     ) -> SendFuture {
@@ -93,7 +96,9 @@ impl WasiHttpHooks for OutboundPolicy {
             self.may_name_local_addresses && names_address(&self.allowed, &scheme, &host, port);
         let component = self.component.clone();
         let metrics = self.metrics.clone();
-        Box::new(async move {
+        let span =
+            crate::trace::client_span(self.trace.as_ref(), &mut request, &scheme, &host, port);
+        let sending = async move {
             let connect_timeout = options
                 .and_then(|o| o.connect_timeout)
                 .unwrap_or(DEFAULT_TIMEOUT);
@@ -137,7 +142,16 @@ impl WasiHttpHooks for OutboundPolicy {
             }
             let tls = (scheme == "https").then_some(bare);
             send(request, options, &usable, tls).await
-        })
+        };
+        match span {
+            None => Box::new(sending),
+            // Ends with the response head (or the failure).
+            Some(span) => Box::new(async move {
+                let result = sending.await;
+                crate::trace::client_outcome(&span, result.as_ref().map(|(r, _)| r.status()));
+                result
+            }),
+        }
     }
 }
 

@@ -346,6 +346,10 @@ where
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
+    let parent = request
+        .extensions()
+        .get::<crate::trace::RequestContext>()
+        .map(|c| c.0.clone());
     let (parts, body) = request.into_parts();
     let timeout = comp.limits.timeout;
     let deadline = tokio::time::Instant::now() + timeout;
@@ -474,10 +478,14 @@ where
                 Err(_) => std::future::pending().await,
             }
         };
+        let mut executing = None;
         let run = tokio::time::timeout_at(deadline, async {
             let started = std::time::Instant::now();
+            let instantiating = crate::trace::child(parent.as_ref(), "instantiate", &comp.id);
             let instance = pre.instantiate_async(&mut store).await?;
             comp.instantiated(started);
+            drop(instantiating);
+            executing = crate::trace::child(parent.as_ref(), "execute", &comp.id);
             let start = instance.get_typed_func::<(), ()>(&mut store, &entrypoint)?;
             start.call_async(&mut store, ()).await
         });
@@ -497,6 +505,9 @@ where
                 },
             },
         };
+        if let (Some(span), Outcome::Failed(f)) = (&executing, &outcome) {
+            span.fail(f.to_string());
+        }
         // Closing stdout ends the response body.
         drop(store);
         drop(open_stdin);

@@ -14,6 +14,7 @@ pub mod admin;
 mod body;
 mod conn;
 pub mod launch;
+pub mod telemetry;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -244,27 +245,40 @@ struct Front {
 }
 
 impl Front {
-    async fn handle(&self, req: Request<Incoming>, busy: conn::Busy) -> Response<ResponseBody> {
+    async fn handle(&self, mut req: Request<Incoming>, busy: conn::Busy) -> Response<ResponseBody> {
+        // When traces are exported: the request's server span, which its executor's spans are
+        // children of.
+        let trace = telemetry::server_span(req.headers(), req.method(), req.uri().path());
+        if let Some(span) = &trace {
+            req.extensions_mut()
+                .insert(wms_runtime::trace::RequestContext(span.context().clone()));
+        }
         // Every line logged about the request, its guest's output included, is in this span.
         let span = tracing::info_span!("request", request_id = tracing::field::Empty);
         if !span.is_disabled() {
-            span.record(
-                "request_id",
-                tracing::field::display(request_id(req.headers())),
-            );
+            let id = match &trace {
+                Some(t) => telemetry::trace_id(t),
+                None => request_id(req.headers()),
+            };
+            span.record("request_id", tracing::field::display(id));
         }
-        tracing::Instrument::instrument(self.serve_request(req, busy), span).await
+        tracing::Instrument::instrument(self.serve_request(req, busy, trace), span).await
     }
 
     async fn serve_request(
         &self,
         req: Request<Incoming>,
         busy: conn::Busy,
+        trace: Option<wms_runtime::trace::SpanEnd>,
     ) -> Response<ResponseBody> {
         let start = Instant::now();
         let response = match self.app.route_index(req.uri().path()) {
             None => plain(StatusCode::NOT_FOUND, "no route matches this path\n"),
             Some((index, matched)) => {
+                if let Some(span) = &trace {
+                    let route = &self.app.routes[index];
+                    telemetry::routed(span, req.method(), route.pattern.raw(), &route.component);
+                }
                 let response = self.route(req, index, matched, start).await;
                 if let Some(routes) = &self.routes {
                     routes[index].observe(response.status().as_u16(), start.elapsed());
@@ -272,10 +286,14 @@ impl Front {
                 response
             }
         };
-        // The connection counts as busy until the response body is done or dropped.
+        if let Some(span) = &trace {
+            telemetry::responded(span, response.status());
+        }
+        // The connection counts as busy, and the server span lasts, until the response body is
+        // done or dropped.
         response.map(|b| {
             b.map_frame(move |frame| {
-                let _busy = &busy;
+                let _held = (&busy, &trace);
                 frame
             })
             .boxed_unsync()

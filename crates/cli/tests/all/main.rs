@@ -15,5 +15,6 @@ mod run;
 mod serving;
 mod shim;
 mod startup;
+mod traces;
 mod variables;
 mod wagi;
