@@ -193,6 +193,9 @@ pub struct BuildSpec {
     /// Absolute working directory.
     pub workdir: PathBuf,
     pub environment: IndexMap<String, String>,
+    /// Glob patterns, relative to `workdir`, of the files whose change rebuilds the component
+    /// under `wms up --watch`.
+    pub watch: Vec<String>,
 }
 
 /// How a route's component is run.
@@ -908,8 +911,16 @@ impl Parser<'_> {
 
         let build = match &c.build {
             None => None,
-            Some(b) => {
-                let b = b.get_ref();
+            Some(spanned) => {
+                let b = spanned.get_ref();
+                if let Some((w, e)) = b
+                    .watch
+                    .iter()
+                    .find_map(|w| glob::Pattern::new(w).err().map(|e| (w, e)))
+                {
+                    return Err(self.err_at(spanned.span(), feature(&format!("`build.watch` pattern `{w}` is not a glob: {e}")))
+                        .help("write patterns relative to the build's workdir, e.g. `watch = [\"src/**/*.rs\", \"Cargo.toml\"]`"));
+                }
                 let command = match b.command.get_ref() {
                     toml::Value::String(s) if !s.trim().is_empty() => vec![s.clone()],
                     toml::Value::Array(a) if !a.is_empty() && a.iter().all(|v| v.is_str()) => {
@@ -925,6 +936,7 @@ impl Parser<'_> {
                         .as_ref()
                         .map_or_else(|| dir.to_path_buf(), |w| dir.join(w)),
                     environment: b.environment.clone(),
+                    watch: b.watch.clone(),
                 })
             }
         };

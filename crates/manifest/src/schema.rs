@@ -217,10 +217,6 @@ pub struct Build {
     pub command: Spanned<toml::Value>,
     #[serde(default)]
     pub workdir: Option<String>,
-    #[expect(
-        dead_code,
-        reason = "accepted for Spin compatibility; wms does not use it"
-    )]
     #[serde(default)]
     pub watch: Vec<String>,
     #[serde(default)]
