@@ -7,7 +7,7 @@
 //! The names, types and labels are listed in docs/operations.md; keep both in step.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 use prometheus_client::collector::Collector;
@@ -51,6 +51,11 @@ struct ReasonLabels {
 struct OutcomeLabels {
     component: String,
     outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabel {
+    result: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -126,6 +131,7 @@ pub struct Metrics {
     rejected: Family<ComponentLabel, Counter>,
     outbound: Family<OutcomeLabels, Counter>,
     code_loads: Family<OriginLabels, Counter>,
+    reloads: Family<ResultLabel, Counter>,
     open_connections: Gauge,
     process: Arc<ProcessCollector>,
 }
@@ -201,6 +207,15 @@ impl Metrics {
             "Components' code at start-up, by origin (compiled; cache: the compiled-code cache hit; precompiled)",
             code_loads.clone(),
         );
+        let reloads = Family::<ResultLabel, Counter>::default();
+        registry.register(
+            "wms_reloads",
+            "Reloads of the app (SIGHUP, or a watched file changed with --watch), by result (success: the new version serves; failure: refused, the previous version keeps serving)",
+            reloads.clone(),
+        );
+        for result in ["success", "failure"] {
+            let _ = reloads.get_or_create(&ResultLabel { result });
+        }
         let open_connections = Gauge::default();
         registry.register(
             "wms_open_connections",
@@ -220,6 +235,7 @@ impl Metrics {
             rejected,
             outbound,
             code_loads,
+            reloads,
             open_connections,
             process,
         }
@@ -254,6 +270,12 @@ impl Metrics {
                 })
                 .clone(),
         }
+    }
+
+    /// One reload of the app, which succeeded or was refused.
+    pub fn reloaded(&self, success: bool) {
+        let result = if success { "success" } else { "failure" };
+        self.reloads.get_or_create(&ResultLabel { result }).inc();
     }
 
     /// The gauge of open client connections.
@@ -305,9 +327,10 @@ impl Metrics {
             .inc();
     }
 
-    /// How the runtime tells the pool's slots in use and in all, read at each scrape.
+    /// How the runtime tells the pool's slots in use and in all, read at each scrape; a
+    /// reloaded app's runtime replaces its predecessor's.
     pub(crate) fn set_pool_probe(&self, probe: PoolProbe) {
-        let _ = self.process.pool.set(probe);
+        *self.process.pool.write().unwrap_or_else(|e| e.into_inner()) = Some(probe);
     }
 }
 
@@ -407,7 +430,7 @@ pub(crate) type PoolProbe = Box<dyn Fn() -> Option<(u64, u64)> + Send + Sync>;
 /// pool's slots.
 #[derive(Default)]
 struct ProcessCollector {
-    pool: OnceLock<PoolProbe>,
+    pool: RwLock<Option<PoolProbe>>,
 }
 
 impl std::fmt::Debug for ProcessCollector {
@@ -443,7 +466,13 @@ impl Collector for ProcessCollector {
             )?;
             c.encode(m)?;
         }
-        if let Some((in_use, all)) = self.pool.get().and_then(|probe| probe()) {
+        let pool = self
+            .pool
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .and_then(|probe| probe());
+        if let Some((in_use, all)) = pool {
             let mut m = encoder.encode_descriptor(
                 "wms_pool_slots",
                 "Instance slots of the pooling allocator, in use or free",

@@ -233,9 +233,67 @@ pub const ENV_ADMIN_LISTEN: &str = "WMS_ADMIN_LISTEN";
 /// listens on `launch.listen` (printing `Serving http://ADDR` and the routes), and serves.
 /// Returns whether every connection finished within the shutdown grace.
 pub async fn serve_app(
+    app: App,
+    launch: Launch,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<bool> {
+    serve_app_reloading(app, launch, shutdown, None).await
+}
+
+/// A reload asked for: why, and which components to build first. Several asked for while one
+/// runs are merged into one ([`ReloadRequest::merge`]).
+#[derive(Debug, Clone, Default)]
+pub struct ReloadRequest {
+    /// What asked, for the log: `SIGHUP`, `wms.toml changed`, ...
+    pub reasons: Vec<String>,
+    /// Components whose build command runs before the app is read again (`wms up --watch`).
+    pub build: std::collections::BTreeSet<String>,
+    /// Whether the manifest itself changed (`--watch`), so components whose build changed or
+    /// whose `source` is missing are built too.
+    pub manifest_changed: bool,
+}
+
+impl ReloadRequest {
+    /// A reload for `reason` alone.
+    pub fn because(reason: impl Into<String>) -> Self {
+        Self {
+            reasons: vec![reason.into()],
+            ..Self::default()
+        }
+    }
+
+    pub fn merge(&mut self, other: ReloadRequest) {
+        for r in other.reasons {
+            if !self.reasons.contains(&r) {
+                self.reasons.push(r);
+            }
+        }
+        self.build.extend(other.build);
+        self.manifest_changed |= other.manifest_changed;
+    }
+}
+
+/// What reads an app again for a reload, off the async threads: the manifest (built first if
+/// the request says so) and where its variables get their values. An error names the file,
+/// field or component.
+pub type ReloadLoader =
+    Arc<dyn Fn(&ReloadRequest) -> anyhow::Result<(App, wms_manifest::Providers)> + Send + Sync>;
+
+/// Reloads for [`serve_app_reloading`]: each request received reloads the app with `load`.
+pub struct Reloads {
+    pub requests: tokio::sync::mpsc::UnboundedReceiver<ReloadRequest>,
+    pub load: ReloadLoader,
+}
+
+/// [`serve_app`], and while it serves, each request from `reloads` loads the app again in the
+/// background and swaps it in: new requests go to the new version, requests in flight finish on
+/// the old one, which is freed when the last ends. A version that fails to load is refused with
+/// an error and the old one keeps serving (and `/readyz` stays ready).
+pub async fn serve_app_reloading(
     mut app: App,
     launch: Launch,
     shutdown: impl Future<Output = ()>,
+    reloads: Option<Reloads>,
 ) -> anyhow::Result<bool> {
     let origins = app.resolve_variables(&launch.variables)?;
     log_components(&app, &origins);
@@ -282,14 +340,16 @@ pub async fn serve_app(
             Some(health)
         }
     };
-    let manifest_budget = resident_budget_of(&app);
-    options.pool_resident_budget = options.pool_resident_budget.or(manifest_budget);
+    // The operator's options; each version adds its manifest's budget where the operator set
+    // none.
+    let operator_options = options.clone();
     let started = std::time::Instant::now();
     let app = Arc::new(app);
     // Off the async threads: compiling takes a while, and the admin listener answers meanwhile.
+    let prints = fingerprints(&app);
     let runtime = {
-        let (app, options) = (app.clone(), options.clone());
-        tokio::task::spawn_blocking(move || Runtime::new(&app, &options))
+        let (app, options) = (app.clone(), operator_options.clone());
+        tokio::task::spawn_blocking(move || new_runtime(&app, options))
             .await
             .context("loading the app panicked")?
     }
@@ -300,7 +360,6 @@ pub async fn serve_app(
             app.manifest_path.display()
         )
     })?;
-    tracing::info!(target: LOG_TARGET, "{}", runtime.report());
     tracing::info!(
         target: LOG_TARGET,
         "loaded {} component(s) in {:?}",
@@ -337,7 +396,7 @@ pub async fn serve_app(
         body_idle_timeout: launch.body_idle_timeout,
         max_connections,
         shutdown_grace: launch.shutdown_grace,
-        metrics: options.metrics.clone(),
+        metrics: operator_options.metrics.clone(),
     };
     tracing::info!(
         target: LOG_TARGET,
@@ -352,5 +411,185 @@ pub async fn serve_app(
             h.set_draining();
         }
     };
-    Ok(crate::serve(app, Arc::new(runtime), listener, server_options, shutdown).await)
+    let current = crate::Current::new(crate::Version::new(
+        app,
+        Arc::new(runtime),
+        operator_options.metrics.as_deref(),
+    ));
+    let reloader = reloads.map(|reloads| {
+        tokio::spawn(reload_loop(
+            reloads,
+            current.clone(),
+            operator_options,
+            prints,
+        ))
+    });
+    let clean = crate::serve_current(current, listener, server_options, shutdown).await;
+    if let Some(task) = reloader {
+        task.abort();
+    }
+    Ok(clean)
+}
+
+/// The runtime of one version of the app: the operator's options, with the manifest's pool
+/// budget where the operator set none.
+fn new_runtime(app: &App, mut options: RuntimeOptions) -> anyhow::Result<Runtime> {
+    options.pool_resident_budget = options.pool_resident_budget.or(resident_budget_of(app));
+    let runtime = Runtime::new(app, &options)?;
+    tracing::info!(target: LOG_TARGET, "{}", runtime.report());
+    Ok(runtime)
+}
+
+/// Serves reload requests one at a time until the channel closes; requests that come while one
+/// runs are merged into the next.
+async fn reload_loop(
+    mut reloads: Reloads,
+    current: crate::Current,
+    options: RuntimeOptions,
+    mut prints: Fingerprints,
+) {
+    while let Some(mut request) = reloads.requests.recv().await {
+        while let Ok(more) = reloads.requests.try_recv() {
+            request.merge(more);
+        }
+        let reasons = request.reasons.join(", ");
+        tracing::info!(target: LOG_TARGET, "reloading ({reasons})");
+        let started = std::time::Instant::now();
+        let old = current.get();
+        let load = reloads.load.clone();
+        let loaded = {
+            let options = options.clone();
+            tokio::task::spawn_blocking(move || -> anyhow::Result<(App, Fingerprints, Runtime)> {
+                let (mut app, variables) = load(&request)?;
+                let origins = app.resolve_variables(&variables)?;
+                log_components(&app, &origins);
+                let prints = fingerprints(&app);
+                let runtime = new_runtime(&app, options).with_context(|| {
+                    format!(
+                        "cannot load app `{}` from {}",
+                        app.name,
+                        app.manifest_path.display()
+                    )
+                })?;
+                Ok((app, prints, runtime))
+            })
+            .await
+            .unwrap_or_else(|e| Err(anyhow::anyhow!("loading the app panicked: {e}")))
+        };
+        let metrics = options.metrics.as_deref();
+        match loaded {
+            Ok((app, new_prints, runtime)) => {
+                let changes = Changes::between((&old.app, &prints), (&app, &new_prints));
+                prints = new_prints;
+                let app = Arc::new(app);
+                current.replace(crate::Version::new(app.clone(), Arc::new(runtime), metrics));
+                drop(old);
+                if let Some(m) = metrics {
+                    m.reloaded(true);
+                }
+                tracing::info!(
+                    target: LOG_TARGET,
+                    "reloaded app `{}` from {} in {:?}: {changes}; new requests go to the new version, requests in flight finish on the previous one",
+                    app.name,
+                    app.manifest_path.display(),
+                    started.elapsed()
+                );
+            }
+            Err(e) => {
+                if let Some(m) = metrics {
+                    m.reloaded(false);
+                }
+                tracing::error!(
+                    target: LOG_TARGET,
+                    "reload failed, keeping the previous version: {e:#}"
+                );
+            }
+        }
+    }
+}
+
+/// What identifies a version of each component: its manifest entry as loaded (values included,
+/// never printed) and its `.wasm` file's size and modification time. Taken before it is loaded.
+type Fingerprints = Vec<(String, String)>;
+
+fn fingerprints(app: &App) -> Fingerprints {
+    app.components
+        .iter()
+        .map(|(id, c)| {
+            let file = std::fs::metadata(&c.source)
+                .ok()
+                .map(|m| (m.len(), m.modified().ok()));
+            (id.clone(), format!("{c:?} {file:?}"))
+        })
+        .collect()
+}
+
+/// What a reload changed, for the log: components added, removed and changed, and whether the
+/// routes changed.
+struct Changes {
+    added: Vec<String>,
+    removed: Vec<String>,
+    changed: Vec<String>,
+    unchanged: usize,
+    routes: bool,
+}
+
+impl Changes {
+    fn between(old: (&App, &Fingerprints), new: (&App, &Fingerprints)) -> Self {
+        let find = |prints: &Fingerprints, id: &str| {
+            prints.iter().find(|(i, _)| i == id).map(|(_, p)| p.clone())
+        };
+        let mut changes = Changes {
+            added: Vec::new(),
+            removed: Vec::new(),
+            changed: Vec::new(),
+            unchanged: 0,
+            routes: false,
+        };
+        for (id, print) in new.1 {
+            match find(old.1, id) {
+                None => changes.added.push(id.clone()),
+                Some(p) if &p != print => changes.changed.push(id.clone()),
+                Some(_) => changes.unchanged += 1,
+            }
+        }
+        changes.removed = old
+            .1
+            .iter()
+            .filter(|(id, _)| find(new.1, id).is_none())
+            .map(|(id, _)| id.clone())
+            .collect();
+        let routes = |app: &App| -> Vec<(String, String)> {
+            app.routes
+                .iter()
+                .map(|r| (r.pattern.raw().to_string(), r.component.clone()))
+                .collect()
+        };
+        changes.routes = routes(old.0) != routes(new.0);
+        changes
+    }
+}
+
+impl std::fmt::Display for Changes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let list = |v: &[String]| {
+            if v.is_empty() {
+                "none".to_string()
+            } else {
+                v.iter()
+                    .map(|id| format!("`{id}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            }
+        };
+        write!(
+            f,
+            "components added: {}; removed: {}; changed: {}; unchanged: {}; routes {}",
+            list(&self.added),
+            list(&self.removed),
+            list(&self.changed),
+            self.unchanged,
+            if self.routes { "changed" } else { "unchanged" }
+        )
+    }
 }

@@ -19,7 +19,7 @@ pub mod telemetry;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -84,12 +84,76 @@ impl Default for ServerOptions {
     }
 }
 
+/// What serves requests: an app's routes and its loaded components. A reload replaces it whole
+/// ([`Current::replace`]); a request keeps the version it was routed with until its response
+/// ends, and a version is freed when its last request is done.
+pub struct Version {
+    pub app: Arc<App>,
+    pub runtime: Arc<Runtime>,
+    /// Per route of `app.routes`, when counting.
+    routes: Option<Arc<[RouteMetrics]>>,
+}
+
+impl Version {
+    /// `app` served by `runtime`, its routes counted in `metrics` if given.
+    pub fn new(app: Arc<App>, runtime: Arc<Runtime>, metrics: Option<&Metrics>) -> Self {
+        // Each route's counters, resolved once (same order as `app.routes`).
+        let routes = metrics.map(|m| {
+            app.routes
+                .iter()
+                .map(|r| m.route(&r.component, r.pattern.raw()))
+                .collect()
+        });
+        Self {
+            app,
+            runtime,
+            routes,
+        }
+    }
+}
+
+/// The version new requests are routed to; cloned handles share it.
+#[derive(Clone)]
+pub struct Current(Arc<RwLock<Arc<Version>>>);
+
+impl Current {
+    pub fn new(version: Version) -> Self {
+        Self(Arc::new(RwLock::new(Arc::new(version))))
+    }
+
+    /// The version serving new requests now.
+    pub fn get(&self) -> Arc<Version> {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Routes new requests to `version`; returns the one it replaces (requests routed before
+    /// keep it).
+    pub fn replace(&self, version: Version) -> Arc<Version> {
+        std::mem::replace(
+            &mut *self.0.write().unwrap_or_else(|e| e.into_inner()),
+            Arc::new(version),
+        )
+    }
+}
+
 /// Serves `app` on `listener` until `shutdown` resolves, then stops accepting and waits up to
 /// `options.shutdown_grace` for in-flight requests. Returns whether every connection finished
 /// in time.
 pub async fn serve(
     app: Arc<App>,
     runtime: Arc<Runtime>,
+    listener: TcpListener,
+    options: ServerOptions,
+    shutdown: impl Future<Output = ()>,
+) -> bool {
+    let version = Version::new(app, runtime, options.metrics.as_deref());
+    serve_current(Current::new(version), listener, options, shutdown).await
+}
+
+/// [`serve`] whatever version `current` holds at each request: a reload swaps it under the
+/// running server.
+pub async fn serve_current(
+    current: Current,
     listener: TcpListener,
     options: ServerOptions,
     shutdown: impl Future<Output = ()>,
@@ -115,13 +179,6 @@ pub async fn serve(
     let connections = TaskTracker::new();
     let slots = Arc::new(Semaphore::new(options.max_connections));
     let mut saturated = false;
-    // Each route's counters, resolved once (same order as `app.routes`).
-    let routes: Option<Arc<[RouteMetrics]>> = options.metrics.as_ref().map(|m| {
-        app.routes
-            .iter()
-            .map(|r| m.route(&r.component, r.pattern.raw()))
-            .collect()
-    });
     let options = Arc::new(options);
     tokio::pin!(shutdown);
     loop {
@@ -165,10 +222,8 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         let activity = conn::Activity::new();
         let front = Front {
-            app: app.clone(),
-            runtime: runtime.clone(),
+            current: current.clone(),
             options: options.clone(),
-            routes: routes.clone(),
             client,
         };
         let busy_on = activity.clone();
@@ -236,11 +291,8 @@ impl Drop for OpenConnection {
 
 #[derive(Clone)]
 struct Front {
-    app: Arc<App>,
-    runtime: Arc<Runtime>,
+    current: Current,
     options: Arc<ServerOptions>,
-    /// Per route of `app.routes`, when counting.
-    routes: Option<Arc<[RouteMetrics]>>,
     client: SocketAddr,
 }
 
@@ -272,15 +324,18 @@ impl Front {
         trace: Option<wms_runtime::trace::SpanEnd>,
     ) -> Response<ResponseBody> {
         let start = Instant::now();
-        let response = match self.app.route_index(req.uri().path()) {
+        // Read once: the request is served by this version to its end, whatever a reload swaps
+        // in meanwhile.
+        let version = self.current.get();
+        let response = match version.app.route_index(req.uri().path()) {
             None => plain(StatusCode::NOT_FOUND, "no route matches this path\n"),
             Some((index, matched)) => {
                 if let Some(span) = &trace {
-                    let route = &self.app.routes[index];
+                    let route = &version.app.routes[index];
                     telemetry::routed(span, req.method(), route.pattern.raw(), &route.component);
                 }
-                let response = self.route(req, index, matched, start).await;
-                if let Some(routes) = &self.routes {
+                let response = self.route(&version, req, index, matched, start).await;
+                if let Some(routes) = &version.routes {
                     routes[index].observe(response.status().as_u16(), start.elapsed());
                 }
                 response
@@ -289,11 +344,11 @@ impl Front {
         if let Some(span) = &trace {
             telemetry::responded(span, response.status());
         }
-        // The connection counts as busy, and the server span lasts, until the response body is
-        // done or dropped.
+        // The connection counts as busy, the server span lasts, and the version stays alive (its
+        // staged files, its pool), until the response body is done or dropped.
         response.map(|b| {
             b.map_frame(move |frame| {
-                let _held = (&busy, &trace);
+                let _held = (&busy, &trace, &version);
                 frame
             })
             .boxed_unsync()
@@ -302,6 +357,7 @@ impl Front {
 
     async fn route(
         &self,
+        version: &Version,
         mut req: Request<Incoming>,
         index: usize,
         matched: wms_manifest::RouteMatch,
@@ -309,7 +365,7 @@ impl Front {
     ) -> Response<ResponseBody> {
         let method = req.method().clone();
         let path = req.uri().path().to_string();
-        let route = &self.app.routes[index];
+        let route = &version.app.routes[index];
         let component = route.component.clone();
         if let Some(len) = content_length(&req)
             && len > self.options.max_body
@@ -368,7 +424,7 @@ impl Front {
         set("spin-matched-route", route.pattern.raw());
         set("spin-raw-component-route", route.pattern.raw());
         set("spin-component-route", route.pattern.without_wildcard());
-        set("spin-base-path", &self.app.base);
+        set("spin-base-path", &version.app.base);
         set("spin-client-addr", &self.client.to_string());
         for (name, value) in &matched.params {
             // As Spin names it: `:user_id` is `spin-path-match-user-id`.
@@ -383,7 +439,7 @@ impl Front {
         let body = body::GuardedBody::new(incoming, max_body, self.options.body_idle_timeout);
         let body_state = body.state.clone();
         let req = Request::from_parts(parts, body);
-        let response = match self.runtime.handle(&component, req).await {
+        let response = match version.runtime.handle(&component, req).await {
             Ok(resp) => resp,
             Err(failure) => failure_response(&component, &failure),
         };
