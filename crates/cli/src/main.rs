@@ -1,6 +1,7 @@
 //! `wms`: run WebAssembly microservices from an app manifest.
 
 mod oci;
+mod reload;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -69,6 +70,10 @@ struct UpArgs {
     /// Run the components' build commands first.
     #[arg(long)]
     build: bool,
+    /// Rebuild a component (its build command) and reload when its `build.watch` files change,
+    /// and reload when the manifest changes (a local app only). SIGHUP reloads with or without it.
+    #[arg(long)]
+    watch: bool,
     /// Code generator: native code with Cranelift, or the portable Pulley interpreter.
     #[arg(long, value_enum, default_value_t = Engine::Cranelift)]
     engine: Engine,
@@ -264,29 +269,25 @@ fn grace_arg(s: &str) -> Result<Duration, String> {
 
 fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
     let pulley = matches!(args.engine, Engine::Pulley);
-    let (app, image_precompiled) = match oci::app_source(&args.app)? {
-        oci::AppSource::Local(path) => (wms_manifest::load(&path)?, None),
+    let (app, image_precompiled, local) = match oci::app_source(&args.app)? {
+        oci::AppSource::Local(path) => (wms_manifest::load(&path)?, None, Some(path)),
         oci::AppSource::Image(reference) => {
-            if args.build {
-                bail!("--build builds a local app; {reference} is an image");
+            if args.build || args.watch {
+                bail!("--build and --watch build a local app; {reference} is an image");
             }
             let m = oci::resolve(&reference, &args.image, pulley)?;
-            (m.app, m.precompiled)
+            (m.app, m.precompiled, None)
         }
     };
     if args.build {
         build(&app)?;
     }
-    let runtime_config = match &args.runtime_config_file {
-        Some(path) => Some(wms_manifest::runtime_config::load(path)?),
-        None => None,
-    };
     // As Spin's default provider: the environment, then `.env` in the current directory.
-    let variables = wms_manifest::Providers::new(
-        runtime_config.as_ref(),
-        std::env::vars_os(),
-        Some(std::path::Path::new(".env")),
-    )?;
+    let variables = reload::providers(args.runtime_config_file.as_deref())?;
+    let loader = match &local {
+        Some(path) => reload::local_loader(path.clone(), args.runtime_config_file.clone(), &app),
+        None => reload::image_loader(app.clone(), args.runtime_config_file.clone()),
+    };
     let options = RuntimeOptions {
         engine: match args.engine {
             Engine::Cranelift => EngineKind::Cranelift,
@@ -320,11 +321,24 @@ fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let clean = rt.block_on(wms_server::launch::serve_app(
-        app,
-        launch,
-        wms_server::launch::shutdown_signal(),
-    ))?;
+    let clean = rt.block_on(async {
+        let (requests, received) = tokio::sync::mpsc::unbounded_channel();
+        reload::on_sighup(requests.clone())?;
+        if args.watch {
+            reload::watch(&app, requests)?;
+        }
+        let reloads = wms_server::launch::Reloads {
+            requests: received,
+            load: loader,
+        };
+        wms_server::launch::serve_app_reloading(
+            app,
+            launch,
+            wms_server::launch::shutdown_signal(),
+            Some(reloads),
+        )
+        .await
+    })?;
     drop(rt);
     // Drained: the spans of the last requests go out before the process ends.
     if let Some(traces) = traces {
@@ -457,39 +471,99 @@ fn run_command(args: RunArgs) -> anyhow::Result<ExitCode> {
 fn build(app: &wms_manifest::App) -> anyhow::Result<()> {
     let mut built = 0;
     for (id, component) in &app.components {
-        let Some(spec) = &component.build else {
-            continue;
-        };
-        for command in &spec.command {
-            eprintln!(
-                "wms: building component `{id}`: {command} (in {})",
-                spec.workdir.display()
-            );
-            let status = shell(command)
-                .current_dir(&spec.workdir)
-                .envs(&spec.environment)
-                .status()
-                .with_context(|| {
-                    format!("component `{id}`: cannot start build command `{command}`")
-                })?;
-            if !status.success() {
-                bail!(
-                    "component `{id}`: build command `{command}` failed ({status}); fix the build and run `wms build` again"
-                );
-            }
+        if component.build.is_some() {
+            build_component(id, component, BuildOutput::Inherit)?;
+            built += 1;
         }
-        if !component.source.is_file() {
-            bail!(
-                "component `{id}`: the build finished but {} does not exist; make `source` point at what the build produces",
-                component.source.display()
-            );
-        }
-        built += 1;
     }
     if built == 0 {
         eprintln!("wms: no component has a [component.NAME.build] command; nothing to build");
     }
     Ok(())
+}
+
+/// Where a build command's output goes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum BuildOutput {
+    /// To wms's own standard output and error (`wms build`, `wms up --build`).
+    Inherit,
+    /// Into the log, as a reload's build (`wms up --watch`): at debug level, or with the error
+    /// when the build fails.
+    Log,
+}
+
+/// Runs `component`'s build commands (none: nothing to do) and checks that its `source` exists
+/// afterwards.
+fn build_component(
+    id: &str,
+    component: &wms_manifest::Component,
+    output: BuildOutput,
+) -> anyhow::Result<()> {
+    let Some(spec) = &component.build else {
+        return Ok(());
+    };
+    let again = match output {
+        BuildOutput::Inherit => "run `wms build` again",
+        BuildOutput::Log => "save a change to try again",
+    };
+    for command in &spec.command {
+        let what = format!(
+            "building component `{id}`: {command} (in {})",
+            spec.workdir.display()
+        );
+        let mut cmd = shell(command);
+        cmd.current_dir(&spec.workdir).envs(&spec.environment);
+        let started = || format!("component `{id}`: cannot start build command `{command}`");
+        let (status, text) = match output {
+            BuildOutput::Inherit => {
+                eprintln!("wms: {what}");
+                (cmd.status().with_context(started)?, String::new())
+            }
+            BuildOutput::Log => {
+                tracing::info!(target: "wms", "{what}");
+                let out = cmd
+                    .stdin(std::process::Stdio::null())
+                    .output()
+                    .with_context(started)?;
+                let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+                text.push_str(&String::from_utf8_lossy(&out.stderr));
+                (out.status, text.trim_end().to_string())
+            }
+        };
+        if !status.success() {
+            let output = if text.is_empty() {
+                String::new()
+            } else {
+                format!("; its output:\n{}", tail(&text, 8 << 10))
+            };
+            bail!(
+                "component `{id}`: build command `{command}` failed ({status}); fix the build and {again}{output}"
+            );
+        }
+        if !text.is_empty() {
+            tracing::debug!(target: "wms", component = %id, "build output:\n{text}");
+        }
+    }
+    if !component.source.is_file() {
+        bail!(
+            "component `{id}`: the build finished but {} does not exist; make `source` point at what the build produces",
+            component.source.display()
+        );
+    }
+    Ok(())
+}
+
+/// The last `max` bytes of `text` (at a character boundary), marked as cut when they are not
+/// all of it: a failed build's errors are at its end.
+fn tail(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_string();
+    }
+    let mut start = text.len() - max;
+    while !text.is_char_boundary(start) {
+        start += 1;
+    }
+    format!("[...]{}", &text[start..])
 }
 
 fn shell(command: &str) -> std::process::Command {

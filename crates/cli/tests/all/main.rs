@@ -11,6 +11,7 @@ mod oci;
 mod ops;
 mod outbound;
 mod p3;
+mod reload;
 mod run;
 mod serving;
 mod shim;
