@@ -107,10 +107,13 @@ fn main() {
             .unwrap_or_else(|e| panic!("copy {} to {}: {e}", built.display(), expected.display()));
     }
     // Test guests made with the Spin Rust SDK, each its own workspace like the examples above:
-    // SDK 5 (Spin 2's variables interface and wasi:config) and SDK 7 (Spin 3's).
+    // SDK 5 (Spin 2's variables interface and wasi:config) and SDK 7 (Spin 3's); sockets and
+    // Spin's outbound services.
     for (guest, file, target, ident) in [
         ("spin-vars", "spin_vars.wasm", "wasm32-wasip1", "SPIN_VARS"),
         ("spin3-vars", "spin3_vars.wasm", TARGET, "SPIN3_VARS"),
+        // SDK 5 for wasm32-wasip2: std::net is wasi:sockets there.
+        ("spin-net", "spin_net.wasm", TARGET, "SPIN_NET"),
     ] {
         let dir = guests.join(guest);
         watch_only(&dir);

@@ -1,10 +1,13 @@
 //! `allowed_outbound_hosts` in Spin's syntax: `scheme://host[:port]`, where the scheme, the host,
 //! a leading host label (`*.example.com`) and the port may be `*`, and a port may be a range
 //! `1000..2000` (end excluded, as in Spin). A host may be an IP address, IPv6 in brackets
-//! (`http://[::1]:8080`). Nothing is allowed unless a pattern matches.
+//! (`http://[::1]:8080`), or a CIDR range of addresses (`tcp://10.0.0.0/8:5432`,
+//! `udp://[fd00::/8]:53`). Nothing is allowed unless a pattern matches.
 
 use std::fmt;
 use std::net::IpAddr;
+
+use ipnet::IpNet;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum HostPattern {
@@ -14,6 +17,8 @@ enum HostPattern {
     Exact(String),
     /// An IP address, compared as an address (`::0001` is `::1`).
     Address(IpAddr),
+    /// A CIDR range of addresses (`10.0.0.0/8`).
+    Network(IpNet),
 }
 
 /// A request's host as compared: an IP address (brackets of an IPv6 literal removed) or a
@@ -70,6 +75,8 @@ impl AllowedHost {
             ));
         }
         let rest = rest.trim_end_matches('/');
+        let (rest, prefix) = split_prefix(raw, rest)?;
+        let rest: &str = &rest;
         if rest.contains('/') {
             return Err(format!(
                 "`{raw}` has a path; an allowed host is only `scheme://host[:port]`"
@@ -125,9 +132,25 @@ impl AllowedHost {
                 "`{raw}`: a host wildcard must be `*` or start with `*.`, as in `*.example.com`"
             ));
         } else {
-            match normalize(host) {
-                Ok(ip) => HostPattern::Address(ip),
-                Err(name) => HostPattern::Exact(name),
+            match (normalize(host), prefix) {
+                (Ok(ip), Some(len)) => {
+                    let net = IpNet::new(ip, len)
+                        .map_err(|_| format!("`{raw}`: /{len} is not a prefix length for {ip}"))?;
+                    if net.network() != ip {
+                        return Err(format!(
+                            "`{raw}`: {ip}/{len} has host bits set; the range is written `{}`",
+                            net.trunc()
+                        ));
+                    }
+                    HostPattern::Network(net)
+                }
+                (Ok(ip), None) => HostPattern::Address(ip),
+                (Err(_), Some(_)) => {
+                    return Err(format!(
+                        "`{raw}`: a CIDR range needs an IP address before the `/`, as in `tcp://10.0.0.0/8:5432`"
+                    ));
+                }
+                (Err(name), None) => HostPattern::Exact(name),
             }
         };
         let port_pattern = match port {
@@ -174,6 +197,35 @@ impl AllowedHost {
         }
     }
 
+    /// Whether this entry names `ip` itself: its host is that address, or a CIDR range holding
+    /// it (`tcp://10.0.0.0/8:5432`). Wildcards and host names name no address.
+    pub fn names(&self, ip: IpAddr) -> bool {
+        match self.host {
+            HostPattern::Address(a) => a == ip,
+            HostPattern::Network(net) => net.contains(&ip),
+            _ => false,
+        }
+    }
+
+    /// Whether this entry's scheme is `scheme` or `*`.
+    pub fn has_scheme(&self, scheme: &str) -> bool {
+        self.scheme
+            .as_deref()
+            .is_none_or(|s| s.eq_ignore_ascii_case(scheme))
+    }
+
+    /// Whether this entry's host pattern matches the host name `name` (any port), a name's
+    /// wildcard included; an address or CIDR entry matches no name.
+    pub fn matches_name(&self, name: &str) -> bool {
+        let name = name.trim_end_matches('.').to_ascii_lowercase();
+        match &self.host {
+            HostPattern::Any => true,
+            HostPattern::Suffix(suffix) => name.ends_with(suffix.as_str()),
+            HostPattern::Exact(h) => *h == name,
+            HostPattern::Address(_) | HostPattern::Network(_) => false,
+        }
+    }
+
     /// Whether a request to `scheme://host:port` is allowed by this entry. `host` is the
     /// request's host: a name, an IPv4 address, or an IPv6 address with or without brackets.
     pub fn allows(&self, scheme: &str, host: &str, port: u16) -> bool {
@@ -188,6 +240,7 @@ impl AllowedHost {
             (HostPattern::Suffix(suffix), Err(name)) => name.ends_with(suffix.as_str()),
             (HostPattern::Exact(h), Err(name)) => h == name,
             (HostPattern::Address(a), Ok(ip)) => a == ip,
+            (HostPattern::Network(net), Ok(ip)) => net.contains(ip),
             _ => false,
         };
         let port_ok = match self.port {
@@ -209,13 +262,58 @@ pub fn is_allowed(list: &[AllowedHost], scheme: &str, host: &str, port: u16) -> 
 }
 
 /// Whether an entry allowing the destination names its address explicitly (the request's host
-/// is an IP address and an entry's host is that address, not a wildcard).
+/// is an IP address and an entry's host is that address or a CIDR range holding it, not a
+/// wildcard).
 pub fn names_address(list: &[AllowedHost], scheme: &str, host: &str, port: u16) -> bool {
     let Ok(ip) = normalize(host) else {
         return false;
     };
     list.iter()
-        .any(|a| a.address() == Some(ip) && a.allows(scheme, host, port))
+        .any(|a| a.names(ip) && a.allows(scheme, host, port))
+}
+
+/// `host/len` (a CIDR range, IPv6 in brackets: `[fd00::/8]`) split into the host, with the rest
+/// of the entry after it, and the prefix length; anything else unchanged.
+fn split_prefix<'a>(
+    raw: &str,
+    rest: &'a str,
+) -> Result<(std::borrow::Cow<'a, str>, Option<u8>), String> {
+    let (host, after, bracketed) = if let Some(b) = rest.strip_prefix('[') {
+        match b.split_once(']') {
+            Some((inside, after)) => (inside, after, true),
+            None => return Ok((rest.into(), None)),
+        }
+    } else {
+        match rest.find([':', '/']) {
+            Some(i) => (&rest[..i], &rest[i..], false),
+            None => (rest, "", false),
+        }
+    };
+    let (host, len, after) = if bracketed {
+        match host.split_once('/') {
+            Some((h, len)) => (h, len, after),
+            None => return Ok((rest.into(), None)),
+        }
+    } else {
+        let Some(tail) = after.strip_prefix('/') else {
+            return Ok((rest.into(), None));
+        };
+        let end = tail.find(':').unwrap_or(tail.len());
+        (host, &tail[..end], &tail[end..])
+    };
+    if host.parse::<IpAddr>().is_err() {
+        // `host/path`: the path error below says what is wrong.
+        return Ok((rest.into(), None));
+    }
+    let len = len.parse::<u8>().map_err(|_| {
+        format!("`{raw}`: `/{len}` is not a prefix length; a CIDR range is written `10.0.0.0/8`")
+    })?;
+    let host = if bracketed {
+        format!("[{host}]{after}")
+    } else {
+        format!("{host}{after}")
+    };
+    Ok((host.into(), Some(len)))
 }
 
 #[cfg(test)]
@@ -280,6 +378,64 @@ mod tests {
         assert!(!names_address(&[any], "http", "127.0.0.1", 80));
         let name = AllowedHost::parse("http://localhost:80").unwrap();
         assert!(!names_address(&[name], "http", "localhost", 80));
+    }
+
+    #[test]
+    fn cidr_ranges_match_their_addresses() {
+        let a = AllowedHost::parse("tcp://10.0.0.0/8:5432").unwrap();
+        assert!(a.allows("tcp", "10.1.2.3", 5432));
+        assert!(a.allows("tcp", "10.255.255.255", 5432));
+        assert!(!a.allows("tcp", "11.0.0.1", 5432));
+        assert!(!a.allows("tcp", "10.1.2.3", 5433));
+        assert!(!a.allows("udp", "10.1.2.3", 5432));
+        assert!(a.names("10.9.9.9".parse().unwrap()));
+        assert!(names_address(
+            std::slice::from_ref(&a),
+            "tcp",
+            "10.0.0.1",
+            5432
+        ));
+        // A name is not in a range.
+        assert!(!a.allows("tcp", "db.example.com", 5432));
+        let a = AllowedHost::parse("*://127.0.0.0/24:8000..8010").unwrap();
+        assert!(a.allows("udp", "127.0.0.9", 8009));
+        assert!(!a.allows("udp", "127.0.1.9", 8009));
+        let a = AllowedHost::parse("udp://[fd00::/8]:53").unwrap();
+        assert!(a.allows("udp", "fd12::1", 53));
+        assert!(a.allows("udp", "[fd12::1]", 53));
+        assert!(!a.allows("udp", "fe80::1", 53));
+        let a = AllowedHost::parse("tcp://192.168.1.7/32:1").unwrap();
+        assert!(a.allows("tcp", "192.168.1.7", 1));
+        assert!(!a.allows("tcp", "192.168.1.8", 1));
+        for bad in [
+            "tcp://10.0.0.1/8:5432",
+            "tcp://10.0.0.0/33:5432",
+            "tcp://10.0.0.0/x:5432",
+            "tcp://example.com/8:5432",
+            "udp://[fd00::1/8]:53",
+        ] {
+            assert!(AllowedHost::parse(bad).is_err(), "{bad}");
+        }
+        let err = AllowedHost::parse("tcp://10.0.0.1/8:5432").unwrap_err();
+        assert!(err.contains("10.0.0.0/8"), "{err}");
+    }
+
+    #[test]
+    fn socket_schemes_and_names() {
+        let a = AllowedHost::parse("tcp://*.example.com:5432").unwrap();
+        assert!(a.has_scheme("tcp"));
+        assert!(!a.has_scheme("udp"));
+        assert!(a.matches_name("db.example.com"));
+        assert!(a.matches_name("DB.Example.com."));
+        assert!(!a.matches_name("example.com"));
+        assert!(AllowedHost::parse("*://x:1").unwrap().has_scheme("udp"));
+        assert!(
+            !AllowedHost::parse("tcp://10.0.0.1:1")
+                .unwrap()
+                .matches_name("10.0.0.1")
+        );
+        // Sockets have no default port.
+        assert!(AllowedHost::parse("tcp://example.com").is_err());
     }
 
     #[test]

@@ -9,8 +9,8 @@
 //! descriptor (`quota` for a file open, `connection-limit-reached` for an outbound request), so
 //! only its own request is affected. Guests' own opens may fill three quarters of the budget;
 //! the rest is for the mounts of new instances, which otherwise would be refused with a 503.
-//! Sockets are not counted because wms never grants them (`allow_tcp` and `allow_udp` stay
-//! off).
+//! A guest's sockets (`wasi:sockets`, crate::sockets) count as outbound connections: with its
+//! outbound HTTP requests, against the same per-instance cap and the process budget.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -20,7 +20,8 @@ use wasmtime_wasi::filesystem::Descriptor;
 
 /// Files (and directories) one instance may hold open.
 pub const MAX_OPEN_FILES: usize = 256;
-/// Outbound HTTP requests one instance may have in flight, each holding a connection.
+/// Outbound HTTP requests in flight and sockets one instance may hold together, each a
+/// connection.
 pub const MAX_OUTBOUND_REQUESTS: usize = 64;
 /// Resource-table entries an instance may hold besides those for its files and outbound
 /// requests: the request and response of the call itself, header fields, streams, pollables.
@@ -74,7 +75,7 @@ impl std::fmt::Display for DescriptorPlan {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "descriptor limit {}: guests together at most {} (each at most {MAX_OPEN_FILES} open files and {MAX_OUTBOUND_REQUESTS} outbound requests), client connections up to {}, {} kept for the server",
+            "descriptor limit {}: guests together at most {} (each at most {MAX_OPEN_FILES} open files and {MAX_OUTBOUND_REQUESTS} outbound connections), client connections up to {}, {} kept for the server",
             self.limit, self.guests, self.connections, self.reserve
         )
     }

@@ -24,9 +24,21 @@ pub struct HostState {
     pub(crate) limiter: MemoryLimiter,
     fds: descriptors::InstanceFds,
     variables: crate::variables::GuestVariables,
+    sockets: crate::sockets::InstanceSockets,
 }
 
 impl HostState {
+    /// What the checked socket interfaces see (crate::sockets).
+    pub(crate) fn net(&mut self) -> crate::sockets::NetView<'_> {
+        crate::sockets::NetView {
+            sockets: wasmtime_wasi::sockets::WasiSocketsCtxView {
+                ctx: self.wasi.sockets(),
+                table: &mut self.table,
+            },
+            state: &mut self.sockets,
+        }
+    }
+
     /// What Spin's variables interfaces answer from.
     pub(crate) fn variables(&mut self) -> &mut crate::variables::GuestVariables {
         &mut self.variables
@@ -174,8 +186,8 @@ impl GuestState for HostState {
 /// guest importing any 0.2.x resolves to it).
 const FS_TYPES: &str = "wasi:filesystem/types@0.2.12";
 
-/// Replaces `descriptor.open-at`, the only call through which a component guest creates a host
-/// descriptor (sockets are never granted), with one that counts: over its instance's cap or the
+/// Replaces `descriptor.open-at`, the call through which a component guest opens a host file
+/// (sockets are counted by crate::sockets), with one that counts: over its instance's cap or the
 /// process budget the open fails with `quota` and nothing is opened.
 pub(crate) fn add_open_hook<T: GuestState + WasiView>(
     linker: &mut Linker<T>,
@@ -313,11 +325,9 @@ pub(crate) fn new_state(comp: &LoadedComponent) -> Result<HostState, Failure> {
     let mut wasi = WasiCtxBuilder::new();
     wasi.envs(&comp.environment)
         .stdout(comp.guest_output("stdout"))
-        .stderr(comp.guest_output("stderr"))
-        // The defaults, said out loud: descriptors are counted on the assumption that guests
-        // get no sockets.
-        .allow_tcp(false)
-        .allow_udp(false);
+        .stderr(comp.guest_output("stderr"));
+    // TCP, UDP and name lookups as allowed_outbound_hosts allows (crate::sockets).
+    let resolved = comp.sockets.configure(&mut wasi);
     for (host, guest) in &comp.mounts {
         wasi.preopened_dir(host, guest, FsPerms::ReadOnly)
             .map_err(|e| Failure::Internal {
@@ -330,6 +340,8 @@ pub(crate) fn new_state(comp: &LoadedComponent) -> Result<HostState, Failure> {
     }
     let mut table = ResourceTable::new();
     table.set_max_capacity(descriptors::table_capacity());
+    // Outbound HTTP requests and sockets share the instance's cap on outbound connections.
+    let slots = descriptors::OutboundSlots::new(&comp.fds);
     let state = HostState {
         wasi: wasi.build(),
         http: WasiHttpCtx::new(),
@@ -342,11 +354,12 @@ pub(crate) fn new_state(comp: &LoadedComponent) -> Result<HostState, Failure> {
                 metrics: comp.metrics.clone(),
                 trace: None,
             },
-            slots: descriptors::OutboundSlots::new(&comp.fds),
+            slots: slots.clone(),
         },
         limiter: MemoryLimiter::new(comp.limits.max_memory).counted(comp.metrics.clone()),
         fds,
         variables: crate::variables::GuestVariables::new(comp.id.clone(), comp.variables.clone()),
+        sockets: crate::sockets::InstanceSockets::new(comp.sockets.clone(), resolved, slots),
     };
     Ok(state)
 }

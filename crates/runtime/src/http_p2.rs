@@ -150,8 +150,9 @@ pub(crate) fn http_linker(engine: &Engine) -> anyhow::Result<Linker<HostState>> 
         .map_err(wt)
         .context("link wasi:http 0.2")?;
     add_open_hook(&mut linker)?;
+    crate::sockets::add_to_linker(&mut linker).context("link checked wasi:sockets 0.2")?;
     // WASI 0.3 for 0.3 components: the CLI environment, clocks, random and wasi:http. Not its
-    // filesystem or sockets: files are opened through 0.2 (counted), and guests get no sockets.
+    // filesystem or sockets: files and sockets go through 0.2 (checked and counted).
     wasmtime_wasi::p3::cli::add_to_linker(&mut linker)
         .and_then(|()| wasmtime_wasi::p3::clocks::add_to_linker(&mut linker))
         .and_then(|()| wasmtime_wasi::p3::random::add_to_linker(&mut linker))

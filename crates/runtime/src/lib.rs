@@ -31,6 +31,7 @@ pub mod metrics;
 mod outbound;
 pub mod pool;
 mod release;
+mod sockets;
 pub mod trace;
 mod variables;
 mod wagi;
@@ -180,6 +181,8 @@ struct LoadedComponent {
     variables: Arc<wms_manifest::VariableValues>,
     /// Outbound entries naming an address may reach local ones (a local manifest only).
     may_name_local_addresses: bool,
+    /// Its `wasi:sockets` policy (from `allowed_outbound_hosts`).
+    sockets: Arc<sockets::ComponentSockets>,
     /// The descriptor budget all guests of the process share.
     fds: Arc<descriptors::Budget>,
     /// Rate limit of the component's guest output in the log.
@@ -408,6 +411,11 @@ impl Runtime {
                     allowed: c.allowed_outbound_hosts.clone().into(),
                     variables,
                     may_name_local_addresses: !app.from_image,
+                    sockets: sockets::ComponentSockets::new(
+                        name.clone(),
+                        c.allowed_outbound_hosts.clone().into(),
+                        !app.from_image,
+                    ),
                     fds: fd_budget.clone(),
                     guest_log: guest_log::LogBudget::guest_lines(&name),
                     overload_log: guest_log::LogBudget::new(&name, "overload warnings", 1.0, 5.0),

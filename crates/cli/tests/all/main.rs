@@ -15,6 +15,7 @@ mod reload;
 mod run;
 mod serving;
 mod shim;
+mod sockets;
 mod startup;
 mod traces;
 mod variables;

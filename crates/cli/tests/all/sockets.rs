@@ -1,0 +1,231 @@
+//! `wasi:sockets` through the real `wms up`: a Spin SDK 5 guest built for wasm32-wasip2
+//! (`guests/spin-net`, whose std::net is wasi:sockets) against a TCP and a UDP echo server on
+//! loopback in the test process. TCP, UDP and name lookups go only where the component's
+//! `allowed_outbound_hosts` allows (`tcp://`, `udp://`, `*://`; addresses, CIDR ranges, names);
+//! a host name or `*` never reaches the node itself; nothing listens.
+
+use std::io::{Read as _, Write as _};
+use std::net::{TcpListener, UdpSocket};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use crate::harness::{Server, artifacts, client, rt};
+
+/// A TCP server on loopback answering `echo:` and what it read; counts its connections.
+fn tcp_echo() -> (u16, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let count = Arc::new(AtomicUsize::new(0));
+    let seen = count.clone();
+    std::thread::spawn(move || {
+        for s in listener.incoming() {
+            let Ok(mut s) = s else { break };
+            seen.fetch_add(1, Ordering::SeqCst);
+            let mut got = Vec::new();
+            let _ = s.read_to_end(&mut got);
+            let _ = s.write_all(b"echo:");
+            let _ = s.write_all(&got);
+        }
+    });
+    (port, count)
+}
+
+/// A UDP server on loopback answering each datagram with `echo:` and its content; counts them.
+fn udp_echo() -> (u16, Arc<AtomicUsize>) {
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let port = socket.local_addr().unwrap().port();
+    let count = Arc::new(AtomicUsize::new(0));
+    let seen = count.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 1500];
+        while let Ok((n, from)) = socket.recv_from(&mut buf) {
+            seen.fetch_add(1, Ordering::SeqCst);
+            let mut reply = b"echo:".to_vec();
+            reply.extend_from_slice(&buf[..n]);
+            let _ = socket.send_to(&reply, from);
+        }
+    });
+    (port, count)
+}
+
+/// An app of spin-net components, one per `(name, allowed_outbound_hosts entries)`, each at
+/// `/NAME/...`.
+fn app(components: &[(&str, Vec<String>)]) -> String {
+    let mut m = String::from("spin_manifest_version = 2\n[application]\nname = \"net\"\n");
+    for (name, allowed) in components {
+        m.push_str(&format!(
+            "[[trigger.http]]\nroute = \"/{name}/...\"\ncomponent = \"{name}\"\n[component.{name}]\nsource = {:?}\nallowed_outbound_hosts = {allowed:?}\n",
+            artifacts::SPIN_NET
+        ));
+    }
+    m
+}
+
+fn get(server: &Server, path: &str) -> (u16, String) {
+    rt().block_on(async {
+        let r = client().get(server.url(path)).send().await.unwrap();
+        (r.status().as_u16(), r.text().await.unwrap())
+    })
+}
+
+/// Asserts the guest's call was refused with access denied.
+#[track_caller]
+fn assert_denied((status, body): (u16, String)) {
+    assert_eq!(status, 502, "{body}");
+    assert!(body.contains("PermissionDenied"), "guest saw: {body}");
+}
+
+#[test]
+fn tcp_and_udp_reach_only_what_allowed_outbound_hosts_allows() {
+    let (tcp, tcp_seen) = tcp_echo();
+    let (udp, udp_seen) = udp_echo();
+    let manifest = app(&[
+        (
+            "exact",
+            vec![
+                format!("tcp://127.0.0.1:{tcp}"),
+                format!("udp://127.0.0.1:{udp}"),
+            ],
+        ),
+        ("tcponly", vec![format!("tcp://127.0.0.1:{tcp}")]),
+        // `*://` is both; a CIDR range names the addresses in it.
+        (
+            "cidr",
+            vec![
+                format!("*://127.0.0.0/8:{tcp}"),
+                format!("udp://127.0.0.0/24:{udp}"),
+            ],
+        ),
+        (
+            "elsewhere",
+            vec![
+                format!("*://10.0.0.0/8:{tcp}"),
+                format!("*://10.0.0.0/8:{udp}"),
+            ],
+        ),
+        ("nothing", vec![]),
+        // Port ranges, the end excluded.
+        (
+            "range",
+            vec![format!("tcp://127.0.0.1:{}..{}", tcp, tcp + 1)],
+        ),
+    ]);
+    let server = Server::with_manifest(&manifest, &[]);
+
+    assert_eq!(
+        get(&server, &format!("/exact/tcp/127.0.0.1:{tcp}")),
+        (200, "echo:ping".into())
+    );
+    assert_eq!(
+        get(&server, &format!("/exact/udp/127.0.0.1:{udp}")),
+        (200, "echo:ping".into())
+    );
+    assert_eq!(
+        get(&server, &format!("/cidr/tcp/127.0.0.1:{tcp}")),
+        (200, "echo:ping".into())
+    );
+    assert_eq!(
+        get(&server, &format!("/cidr/udp/127.0.0.1:{udp}")),
+        (200, "echo:ping".into())
+    );
+    assert_eq!(
+        get(&server, &format!("/range/tcp/127.0.0.1:{tcp}")),
+        (200, "echo:ping".into())
+    );
+    assert_eq!(tcp_seen.load(Ordering::SeqCst), 3);
+    assert_eq!(udp_seen.load(Ordering::SeqCst), 2);
+
+    // The wrong port, the wrong protocol, an address outside the range, no entry at all.
+    let other = tcp.wrapping_add(1).max(1);
+    assert_denied(get(&server, &format!("/exact/tcp/127.0.0.1:{other}")));
+    let log = server.wait_for_log(&format!("TCP connection to 127.0.0.1:{other} denied"));
+    assert!(log.contains("component=exact"), "{log}");
+    assert!(
+        log.contains(&format!(
+            "no allowed_outbound_hosts entry allows tcp://127.0.0.1:{other}"
+        )),
+        "{log}"
+    );
+    assert_denied(get(&server, &format!("/exact/tcp/127.0.0.1:{udp}")));
+    assert_denied(get(&server, &format!("/range/tcp/127.0.0.1:{}", tcp + 1)));
+    assert_denied(get(&server, &format!("/tcponly/udp/127.0.0.1:{udp}")));
+    server.wait_for_log(
+        "creating a UDP socket denied: no allowed_outbound_hosts entry has scheme `udp` or `*`",
+    );
+    assert_denied(get(&server, &format!("/elsewhere/tcp/127.0.0.1:{tcp}")));
+    assert_denied(get(&server, &format!("/elsewhere/udp/127.0.0.1:{udp}")));
+    server.wait_for_log(&format!("UDP datagram to 127.0.0.1:{udp} denied"));
+    assert_denied(get(&server, &format!("/nothing/tcp/127.0.0.1:{tcp}")));
+    server.wait_for_log("creating a TCP socket denied");
+    assert_eq!(
+        tcp_seen.load(Ordering::SeqCst),
+        3,
+        "a denied connection reached the server"
+    );
+    assert_eq!(
+        udp_seen.load(Ordering::SeqCst),
+        2,
+        "a denied datagram reached the server"
+    );
+
+    // Logged once per component and address, however often the guest tries.
+    assert_denied(get(&server, &format!("/exact/tcp/127.0.0.1:{other}")));
+    let needle = format!("TCP connection to 127.0.0.1:{other} denied");
+    let log = server.wait_for_log(&needle);
+    let lines = log
+        .lines()
+        .filter(|l| l.contains(&needle) && l.contains("component=exact"))
+        .count();
+    assert_eq!(lines, 1, "{log}");
+}
+
+#[test]
+fn a_name_or_wildcard_cannot_reach_the_node_and_nothing_listens() {
+    let (tcp, tcp_seen) = tcp_echo();
+    let manifest = app(&[
+        // A name that resolves to loopback, and a wildcard host: neither names the address.
+        ("byname", vec![format!("tcp://localhost:{tcp}")]),
+        ("any", vec![format!("tcp://*:{tcp}")]),
+        (
+            "both",
+            vec![
+                format!("tcp://localhost:{tcp}"),
+                format!("tcp://127.0.0.1:{tcp}"),
+            ],
+        ),
+    ]);
+    let server = Server::with_manifest(&manifest, &[]);
+
+    // The lookup of an allowed name works; connecting to its loopback address does not.
+    let (status, body) = get(&server, "/byname/lookup/localhost");
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.lines().any(|l| l == "127.0.0.1" || l == "::1"),
+        "{body}"
+    );
+    assert_denied(get(&server, &format!("/byname/tcp/localhost:{tcp}")));
+    let log = server.wait_for_log("localhost resolves to");
+    assert!(log.contains("a loopback address"), "{log}");
+    assert_denied(get(&server, &format!("/any/tcp/127.0.0.1:{tcp}")));
+    server.wait_for_log("127.0.0.1 is a loopback address");
+    assert_eq!(
+        tcp_seen.load(Ordering::SeqCst),
+        0,
+        "a denied connection reached the server"
+    );
+    // With an entry naming the address, the name works too.
+    assert_eq!(get(&server, &format!("/both/tcp/localhost:{tcp}")).0, 200);
+
+    // Lookups only of names an entry matches: nothing leaves in a name of the guest's choosing.
+    let (status, body) = get(&server, "/byname/lookup/secret.example.com");
+    assert_eq!(status, 502, "{body}");
+    server.wait_for_log("name lookup of \"secret.example.com\" denied");
+
+    // Nothing listens, on an address of its choosing or the OS's.
+    assert_denied(get(&server, "/both/listen/127.0.0.1:0"));
+    server.wait_for_log("TCP bind to 127.0.0.1:0 denied");
+    assert_denied(get(&server, "/both/listen/0.0.0.0:0"));
+    // (wasi-libc binds 0.0.0.0:0 first, which a client may; the listen on what the OS gave it
+    // is refused.)
+    server.wait_for_log("TCP listen on 0.0.0.0:");
+}

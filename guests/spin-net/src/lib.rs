@@ -1,0 +1,83 @@
+//! Paths under the component's route (`spin-path-info`); ADDR is `host:port`:
+//! `GET /tcp/ADDR`: connects (looking the host up if it is a name), sends `ping`, and answers
+//! 200 with what came back before the peer closed, or 502 and the error.
+//! `GET /udp/ADDR`: from a socket bound to `0.0.0.0:0`, sends `ping` and answers 200 with the
+//! first datagram back, or 502 and the error.
+//! `GET /lookup/NAME`: 200 and NAME's addresses, one a line, or 502 and the error.
+//! `GET /listen/ADDR`: binds a TCP listener: 200 if that worked, or 502 and the error.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream, ToSocketAddrs, UdpSocket};
+use std::time::Duration;
+
+use spin_sdk::http::{IntoResponse, Request, Response};
+use spin_sdk::http_component;
+
+fn reply(status: u16, body: String) -> Response {
+    Response::builder()
+        .status(status)
+        .header("content-type", "text/plain")
+        .body(body)
+        .build()
+}
+
+fn io_reply(result: std::io::Result<String>) -> Response {
+    match result {
+        Ok(body) => reply(200, body),
+        Err(e) => reply(502, format!("{:?}: {e}", e.kind())),
+    }
+}
+
+fn tcp(addr: &str) -> std::io::Result<String> {
+    let mut stream = TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    stream.write_all(b"ping")?;
+    stream.shutdown(std::net::Shutdown::Write)?;
+    let mut back = String::new();
+    stream.read_to_string(&mut back)?;
+    Ok(back)
+}
+
+fn udp(addr: &str) -> std::io::Result<String> {
+    // No read timeout: wasi-libc has none for UDP (ENOPROTOOPT); the request's timeout bounds
+    // the wait.
+    let socket = UdpSocket::bind("0.0.0.0:0")?;
+    socket.send_to(b"ping", addr)?;
+    let mut buf = [0u8; 1500];
+    let (n, _) = socket.recv_from(&mut buf)?;
+    Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
+}
+
+fn lookup(name: &str) -> std::io::Result<String> {
+    let addrs: Vec<String> = (name, 0)
+        .to_socket_addrs()?
+        .map(|a| format!("{}\n", a.ip()))
+        .collect();
+    Ok(addrs.concat())
+}
+
+fn listen(addr: &str) -> std::io::Result<String> {
+    let listener = TcpListener::bind(addr)?;
+    Ok(format!("listening on {}", listener.local_addr()?))
+}
+
+#[http_component]
+fn handle(req: Request) -> anyhow::Result<impl IntoResponse> {
+    let path = req
+        .header("spin-path-info")
+        .and_then(|h| h.as_str())
+        .unwrap_or(req.path())
+        .to_string();
+    let routes: [(&str, fn(&str) -> std::io::Result<String>); 4] = [
+        ("/tcp/", tcp),
+        ("/udp/", udp),
+        ("/lookup/", lookup),
+        ("/listen/", listen),
+    ];
+    for (prefix, route) in routes {
+        if let Some(arg) = path.strip_prefix(prefix) {
+            return Ok(io_reply(route(arg)));
+        }
+    }
+    Ok(reply(404, "no such route".to_string()))
+}
