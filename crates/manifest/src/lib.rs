@@ -28,6 +28,7 @@ pub mod outbound;
 pub mod routes;
 pub mod runtime_config;
 mod schema;
+pub mod stores;
 pub mod variables;
 
 use std::path::{Path, PathBuf};
@@ -125,6 +126,10 @@ pub struct Component {
     pub variables: IndexMap<String, Template>,
     /// Their values, once [`App::resolve_variables`] has run.
     pub variable_values: Option<VariableValues>,
+    /// The key-value stores the component may open (`key_value_stores`), by label.
+    pub key_value_stores: Vec<String>,
+    /// The SQLite databases it may open (`sqlite_databases`), by label.
+    pub sqlite_databases: Vec<String>,
     pub build: Option<BuildSpec>,
     pub limits: Limits,
     /// How the routes serving this component run it.
@@ -710,16 +715,21 @@ impl Parser<'_> {
         }
         let c = c.get_ref();
         let feature = |what: &str| format!("component `{id}`: {what}");
-        self.unsupported(
-            &c.key_value_stores,
-            &feature("`key_value_stores`"),
-            "remove it; key-value storage is planned but not available yet",
-        )?;
-        self.unsupported(
-            &c.sqlite_databases,
-            &feature("`sqlite_databases`"),
-            "remove it; wms has no SQLite host interface",
-        )?;
+        let labels = |list: &[Spanned<String>], what: &str| {
+            let mut out: Vec<String> = Vec::new();
+            for l in list {
+                stores::check_label(l.get_ref()).map_err(|e| {
+                    self.err_at(l.span(), feature(&format!("{what}: {e}")))
+                        .help("use \"default\", or a label defined in the runtime config file")
+                })?;
+                if !out.contains(l.get_ref()) {
+                    out.push(l.get_ref().clone());
+                }
+            }
+            Ok::<_, ManifestError>(out)
+        };
+        let key_value_stores = labels(&c.key_value_stores, "key_value_stores")?;
+        let sqlite_databases = labels(&c.sqlite_databases, "sqlite_databases")?;
         self.unsupported(
             &c.ai_models,
             &feature("`ai_models`"),
@@ -1002,6 +1012,8 @@ impl Parser<'_> {
             outbound_templates,
             variables,
             variable_values: None,
+            key_value_stores,
+            sqlite_databases,
             build,
             limits,
             executor: Executor::Http,

@@ -13,8 +13,23 @@
 //! dotenv_path = "vars.env"        # optional; relative to this file
 //! ```
 //!
-//! Spin's other tables (`[key_value_store.NAME]`, `[sqlite_database.NAME]`, ...) are refused with
-//! an error until wms implements them.
+//! and its stores and databases (see [`crate::stores`]):
+//!
+//! ```toml
+//! [key_value_store.default]
+//! type = "spin"                   # embedded (SQLite); `path` optional
+//! max_keys = 10000                # wms's limits, see docs/manifest.md
+//!
+//! [key_value_store.shared]
+//! type = "redis"
+//! url = "redis://127.0.0.1:6379"
+//!
+//! [sqlite_database.default]
+//! type = "spin"
+//! path = "data/app.db"            # relative to this file
+//! ```
+//!
+//! Spin's other tables are refused with an error.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -31,6 +46,8 @@ use crate::variables::{DotEnv, Provider};
 pub struct RuntimeConfig {
     pub path: PathBuf,
     pub(crate) providers: Vec<Provider>,
+    /// The `[key_value_store.NAME]` and `[sqlite_database.NAME]` tables.
+    pub stores: crate::stores::StoreConfig,
 }
 
 impl std::fmt::Debug for RuntimeConfig {
@@ -77,6 +94,7 @@ pub fn parse(path: &Path, text: &str) -> Result<RuntimeConfig, ManifestError> {
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
     let mut providers = Vec::new();
+    let mut stores = crate::stores::StoreConfig::default();
     for (key, value) in &top {
         match key.get_ref().as_str() {
             "config_provider" | "variables_provider" => {
@@ -105,17 +123,37 @@ pub fn parse(path: &Path, text: &str) -> Result<RuntimeConfig, ManifestError> {
                     })?);
                 }
             }
-            "key_value_store" | "sqlite_database" => {
-                return Err(at(
-                    key.span(),
-                    format!("`{}` is not supported by wms yet", key.get_ref()),
-                )
-                .help("remove it; wms has no key-value or SQLite host interface yet"));
+            table @ ("key_value_store" | "sqlite_database") => {
+                let toml::Value::Table(entries) = value.get_ref() else {
+                    return Err(at(value.span(), format!("`{table}` must be a table")).help(
+                        format!("write each one as a [{table}.NAME] table with a `type`"),
+                    ));
+                };
+                for (name, entry) in entries {
+                    let fail = |(msg, help): (String, String)| {
+                        at(key.span(), format!("[{table}.{name}]: {msg}")).help(help)
+                    };
+                    crate::stores::check_label(name)
+                        .map_err(|e| fail((e, "rename the table".to_string())))?;
+                    let toml::Value::Table(entry) = entry else {
+                        return Err(fail((
+                            "must be a table".into(),
+                            format!("write [{table}.{name}] with a `type`"),
+                        )));
+                    };
+                    if table == "key_value_store" {
+                        let store = crate::stores::key_value_store(entry, dir).map_err(fail)?;
+                        stores.key_value.insert(name.clone(), store);
+                    } else {
+                        let db = crate::stores::sqlite_database(entry, dir).map_err(fail)?;
+                        stores.sqlite.insert(name.clone(), db);
+                    }
+                }
             }
             other => {
                 return Err(
                     at(key.span(), format!("`{other}` is not supported by wms")).help(format!(
-                        "remove it; wms reads [[config_provider]] (variable providers) only. {HELP}"
+                        "remove it; wms reads [[config_provider]] (variable providers), [key_value_store.NAME] and [sqlite_database.NAME] only. {HELP}"
                     )),
                 );
             }
@@ -124,6 +162,7 @@ pub fn parse(path: &Path, text: &str) -> Result<RuntimeConfig, ManifestError> {
     Ok(RuntimeConfig {
         path: path.to_path_buf(),
         providers,
+        stores,
     })
 }
 
@@ -345,12 +384,14 @@ mod tests {
         let e = providers("[[config_provider]]\ntype = \"static\"\n\n[[config_provider]]\ntype = \"env\"\nprefixx = \"A\"\n").unwrap_err();
         assert_eq!(e.position, Some((4, 1)));
         assert!(e.message.contains("#2: unknown key `prefixx`"), "{e}");
-        let e = providers("[key_value_store.default]\ntype = \"spin\"\n").unwrap_err();
+        let e = providers("[key_value_store.default]\ntype = \"dynamo\"\n").unwrap_err();
         assert!(
             e.message
-                .contains("`key_value_store` is not supported by wms yet"),
+                .contains("[key_value_store.default]: unknown key-value store type `dynamo`"),
             "{e}"
         );
+        let e = providers("[sqlite_database.\"A b\"]\ntype = \"spin\"\n").unwrap_err();
+        assert!(e.message.contains("may hold lowercase"), "{e}");
         let e =
             providers("[[config_provider]]\ntype = \"static\"\nvalues = { a = 1 }\n").unwrap_err();
         assert!(e.message.contains("`a` must be a string"), "{e}");

@@ -172,9 +172,9 @@ pub struct Component {
     #[serde(default)]
     pub variables: IndexMap<Spanned<String>, Spanned<String>>,
     #[serde(default)]
-    pub key_value_stores: Raw,
+    pub key_value_stores: Vec<Spanned<String>>,
     #[serde(default)]
-    pub sqlite_databases: Raw,
+    pub sqlite_databases: Vec<Spanned<String>>,
     #[serde(default)]
     pub ai_models: Raw,
     #[serde(default)]
