@@ -59,7 +59,7 @@ fn main() {
     let mut macros = String::new();
     for (name, dir) in [("spin_sdk_5_bindgen", v5), ("spin_sdk_7_bindgen", v7)] {
         macros.push_str(&format!(
-            "macro_rules! {name} {{ ($($body:tt)*) => {{ wasmtime::component::bindgen!({{ path: {:?}, $($body)* }}); }}; }}\n",
+            "#[allow(unused_macros)]\nmacro_rules! {name} {{ ($($body:tt)*) => {{ wasmtime::component::bindgen!({{ path: {:?}, $($body)* }}); }}; }}\n",
             dir.display().to_string()
         ));
     }

@@ -25,9 +25,18 @@ pub struct HostState {
     fds: descriptors::InstanceFds,
     variables: crate::variables::GuestVariables,
     sockets: crate::sockets::InstanceSockets,
+    redis: crate::redis::InstanceRedis,
 }
 
 impl HostState {
+    /// What Spin's Redis interface sees (crate::redis).
+    pub(crate) fn redis(&mut self) -> crate::redis::RedisView<'_> {
+        crate::redis::RedisView {
+            table: &mut self.table,
+            state: &mut self.redis,
+        }
+    }
+
     /// What the checked socket interfaces see (crate::sockets).
     pub(crate) fn net(&mut self) -> crate::sockets::NetView<'_> {
         crate::sockets::NetView {
@@ -359,6 +368,12 @@ pub(crate) fn new_state(comp: &LoadedComponent) -> Result<HostState, Failure> {
         limiter: MemoryLimiter::new(comp.limits.max_memory).counted(comp.metrics.clone()),
         fds,
         variables: crate::variables::GuestVariables::new(comp.id.clone(), comp.variables.clone()),
+        redis: crate::redis::InstanceRedis {
+            component: comp.id.clone(),
+            allowed: comp.allowed.clone(),
+            may_name_local_addresses: comp.may_name_local_addresses,
+            slots: slots.clone(),
+        },
         sockets: crate::sockets::InstanceSockets::new(comp.sockets.clone(), resolved, slots),
     };
     Ok(state)

@@ -30,6 +30,7 @@ mod load;
 pub mod metrics;
 mod outbound;
 pub mod pool;
+mod redis;
 mod release;
 mod sockets;
 pub mod trace;

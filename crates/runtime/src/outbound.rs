@@ -103,40 +103,22 @@ impl WasiHttpHooks for OutboundPolicy {
                 .and_then(|o| o.connect_timeout)
                 .unwrap_or(DEFAULT_TIMEOUT);
             let bare = host.trim_start_matches('[').trim_end_matches(']');
-            let resolved = match bare.parse::<IpAddr>() {
-                Ok(ip) => vec![SocketAddr::new(ip, port)],
-                Err(_) => resolve(bare, port, connect_timeout).await?,
-            };
-            let (usable, refused): (Vec<SocketAddr>, Vec<SocketAddr>) = resolved
-                .into_iter()
-                .partition(|a| explicit || special_purpose(a.ip()).is_none());
-            if usable.is_empty() {
-                if let Some(m) = &metrics {
-                    m.outbound_denied.inc();
+            let usable = match checked_addresses(&component, &host, port, explicit, connect_timeout)
+                .await
+            {
+                Ok(usable) => usable,
+                Err(Unusable::Dns(e)) => return Err(e),
+                Err(Unusable::Local(why)) => {
+                    if let Some(m) = &metrics {
+                        m.outbound_denied.inc();
+                    }
+                    tracing::warn!(
+                        component = %component,
+                        "outbound request to {scheme}://{host}:{port} denied: {why}; only an allowed_outbound_hosts entry naming the address itself allows that"
+                    );
+                    return Err(HttpError::DestinationIpProhibited);
                 }
-                let why = refused
-                    .first()
-                    .map(|a| {
-                        let kind = special_purpose(a.ip()).unwrap_or("special-purpose");
-                        if a.ip().to_string() == bare {
-                            format!("{} is a {kind} address", a.ip())
-                        } else {
-                            format!("{host} resolves to {}, a {kind} address", a.ip())
-                        }
-                    })
-                    .unwrap_or_else(|| format!("{host} has no address"));
-                tracing::warn!(
-                    component = %component,
-                    "outbound request to {scheme}://{host}:{port} denied: {why}; only an allowed_outbound_hosts entry naming the address itself allows that"
-                );
-                return Err(HttpError::DestinationIpProhibited);
-            }
-            if !refused.is_empty() {
-                tracing::debug!(
-                    component = %component,
-                    "outbound request to {host}: not using {refused:?} (special-purpose addresses)"
-                );
-            }
+            };
             if let Some(m) = &metrics {
                 m.outbound_allowed.inc();
             }
@@ -227,6 +209,56 @@ pub(crate) fn special_purpose(ip: IpAddr) -> Option<&'static str> {
             }
         }
     }
+}
+
+/// Why a host's addresses cannot be used.
+pub(crate) enum Unusable {
+    /// It does not resolve (in time).
+    Dns(HttpError),
+    /// Every address is special-purpose and no entry names it: why, for the log.
+    Local(String),
+}
+
+/// The addresses of `host` (a name, resolved once within `timeout`, or an address, IPv6 with
+/// or without brackets) a connection may go to: all but special-purpose ones, unless
+/// `explicit` (an entry of a local manifest names the address). Outbound HTTP and Spin's
+/// outbound services connect only to what this returns.
+pub(crate) async fn checked_addresses(
+    component: &str,
+    host: &str,
+    port: u16,
+    explicit: bool,
+    timeout: Duration,
+) -> Result<Vec<SocketAddr>, Unusable> {
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    let resolved = match bare.parse::<IpAddr>() {
+        Ok(ip) => vec![SocketAddr::new(ip, port)],
+        Err(_) => resolve(bare, port, timeout).await.map_err(Unusable::Dns)?,
+    };
+    let (usable, refused): (Vec<SocketAddr>, Vec<SocketAddr>) = resolved
+        .into_iter()
+        .partition(|a| explicit || special_purpose(a.ip()).is_none());
+    if usable.is_empty() {
+        let why = refused
+            .first()
+            .map(|a| {
+                let kind = special_purpose(a.ip()).unwrap_or("special-purpose");
+                if a.ip().to_string() == bare {
+                    format!("{} is a {kind} address", a.ip())
+                } else {
+                    format!("{host} resolves to {}, a {kind} address", a.ip())
+                }
+            })
+            .unwrap_or_else(|| format!("{host} has no address"));
+        return Err(Unusable::Local(why));
+    }
+    if !refused.is_empty() {
+        tracing::debug!(
+            component = %component,
+            "connection to {host}: not using {refused:?} (special-purpose addresses)"
+        );
+    }
+    Ok(usable)
 }
 
 /// Resolves `host` once, within `timeout`.

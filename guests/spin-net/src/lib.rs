@@ -5,6 +5,9 @@
 //! first datagram back, or 502 and the error.
 //! `GET /lookup/NAME`: 200 and NAME's addresses, one a line, or 502 and the error.
 //! `GET /listen/ADDR`: binds a TCP listener: 200 if that worked, or 502 and the error.
+//! `POST /redis/ADDRESS_VAR/KEY`, body VALUE: Spin 2's Redis (`fermyon:spin/redis@2.0.0`) at
+//! the URL in variable ADDRESS_VAR: SET KEY VALUE, then GET KEY; 200 and what GET returned, or
+//! 502 and the error.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream, ToSocketAddrs, UdpSocket};
@@ -61,6 +64,17 @@ fn listen(addr: &str) -> std::io::Result<String> {
     Ok(format!("listening on {}", listener.local_addr()?))
 }
 
+fn redis(address_var: &str, key: &str, value: Vec<u8>) -> Result<String, String> {
+    use spin_sdk::redis::Connection;
+    let address = spin_sdk::variables::get(address_var).map_err(|e| format!("{e:?}"))?;
+    let conn = Connection::open(&address).map_err(|e| format!("open: {e:?}"))?;
+    conn.set(key, &value).map_err(|e| format!("set: {e:?}"))?;
+    match conn.get(key).map_err(|e| format!("get: {e:?}"))? {
+        Some(v) => Ok(String::from_utf8_lossy(&v).into_owned()),
+        None => Err("get: no value".to_string()),
+    }
+}
+
 #[http_component]
 fn handle(req: Request) -> anyhow::Result<impl IntoResponse> {
     let path = req
@@ -78,6 +92,15 @@ fn handle(req: Request) -> anyhow::Result<impl IntoResponse> {
         if let Some(arg) = path.strip_prefix(prefix) {
             return Ok(io_reply(route(arg)));
         }
+    }
+    if let Some(rest) = path.strip_prefix("/redis/") {
+        let Some((var, key)) = rest.split_once('/') else {
+            return Ok(reply(400, "use /redis/ADDRESS_VAR/KEY".to_string()));
+        };
+        return Ok(match redis(var, key, req.body().to_vec()) {
+            Ok(v) => reply(200, v),
+            Err(e) => reply(502, e),
+        });
     }
     Ok(reply(404, "no such route".to_string()))
 }

@@ -229,3 +229,129 @@ fn a_name_or_wildcard_cannot_reach_the_node_and_nothing_listens() {
     // is refused.)
     server.wait_for_log("TCP listen on 0.0.0.0:");
 }
+
+/// Debian's redis-server on a free loopback port, in a temporary directory, stopped on drop.
+struct Redis {
+    port: u16,
+    child: std::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Redis {
+    fn start() -> Redis {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let dir = tempfile::tempdir().unwrap();
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--dir"])
+            .arg(dir.path())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server (Debian's redis-server package; scripts/test installs it)");
+        let redis = Redis {
+            port,
+            child,
+            _dir: dir,
+        };
+        // Ready when it answers PING.
+        let start = std::time::Instant::now();
+        while redis.command(&["PING"]).as_deref() != Some("+PONG\r\n") {
+            assert!(
+                start.elapsed() < std::time::Duration::from_secs(20),
+                "redis-server did not start"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        redis
+    }
+
+    /// One command in RESP; the raw reply, or `None` if the server cannot be reached.
+    fn command(&self, args: &[&str]) -> Option<String> {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.port)).ok()?;
+        let mut req = format!("*{}\r\n", args.len());
+        for a in args {
+            req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+        }
+        s.write_all(req.as_bytes()).ok()?;
+        let mut buf = [0u8; 512];
+        let n = s.read(&mut buf).ok()?;
+        Some(String::from_utf8_lossy(&buf[..n]).into_owned())
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn post(server: &Server, path: &str, body: &str) -> (u16, String) {
+    rt().block_on(async {
+        let r = client()
+            .post(server.url(path))
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.text().await.unwrap())
+    })
+}
+
+#[test]
+fn spin_redis_reaches_only_an_allowed_redis_server() {
+    let redis = Redis::start();
+    let port = redis.port;
+    let component = |name: &str, allowed: &str, address: &str| {
+        format!(
+            "[[trigger.http]]\nroute = \"/{name}/...\"\ncomponent = \"{name}\"\n[component.{name}]\nsource = {:?}\nallowed_outbound_hosts = [\"{allowed}\"]\n[component.{name}.variables]\naddress = \"{address}\"\n",
+            artifacts::SPIN_NET
+        )
+    };
+    let manifest = format!(
+        "spin_manifest_version = 2\n[application]\nname = \"redis\"\n{}{}{}",
+        component(
+            "ok",
+            &format!("redis://127.0.0.1:{port}"),
+            &format!("redis://127.0.0.1:{port}")
+        ),
+        component(
+            "port",
+            &format!("redis://127.0.0.1:{}", port + 1),
+            &format!("redis://127.0.0.1:{port}")
+        ),
+        component(
+            "byname",
+            &format!("redis://localhost:{port}"),
+            &format!("redis://localhost:{port}")
+        ),
+    );
+    let server = Server::with_manifest(&manifest, &[]);
+
+    assert_eq!(
+        post(&server, "/ok/redis/address/greeting", "hello"),
+        (200, "hello".into())
+    );
+    // The value is in the real server.
+    assert_eq!(
+        redis.command(&["GET", "greeting"]).as_deref(),
+        Some("$5\r\nhello\r\n")
+    );
+
+    let (status, body) = post(&server, "/port/redis/address/other", "x");
+    assert_eq!(status, 502, "{body}");
+    assert!(body.contains("denied"), "{body}");
+    let log = server.wait_for_log(&format!("Redis connection to redis://127.0.0.1:{port} denied: no allowed_outbound_hosts entry allows redis://127.0.0.1:{port}"));
+    assert!(log.contains("component=port"), "{log}");
+    let (status, body) = post(&server, "/byname/redis/address/other", "x");
+    assert_eq!(status, 502, "{body}");
+    server.wait_for_log("localhost resolves to");
+    assert_eq!(
+        redis.command(&["EXISTS", "other"]).as_deref(),
+        Some(":0\r\n")
+    );
+}

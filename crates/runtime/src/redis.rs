@@ -1,0 +1,309 @@
+//! Spin's outbound Redis for guests: `fermyon:spin/redis@2.0.0` (Spin 2's package, imported by
+//! the Spin SDKs up to 5). `Connection.open(address)` takes a `redis://host[:port][/db]` URL
+//! (credentials in it are used); it is allowed only if an `allowed_outbound_hosts` entry allows
+//! `redis://host:port` (the port defaults to 6379), and the host's addresses pass the same
+//! node-local rule as outbound HTTP ([`crate::outbound::checked_addresses`]). The connection
+//! goes to a checked address, with the redis crate on tokio; `rediss://` (TLS) and Unix sockets
+//! are refused. Each open connection counts as an outbound connection of its instance.
+//!
+//! The WIT is the Spin SDK's own (see build.rs). Spin 3's `spin:redis/redis@3.0.0` (SDKs 6
+//! and 7) is not linked yet.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::{ConnectionAddr, IntoConnectionInfo as _, Value};
+use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
+use wms_manifest::outbound::{AllowedHost, is_allowed, names_address};
+
+use crate::descriptors::{OutboundPermit, OutboundSlots};
+use crate::guest::HostState;
+use crate::wt;
+
+include!(concat!(env!("OUT_DIR"), "/spin_wit.rs"));
+
+mod spin2 {
+    spin_sdk_5_bindgen! {
+        inline: "
+            package wms:spin2-redis;
+            world imports {
+                import fermyon:spin/redis@2.0.0;
+            }
+        ",
+        imports: { default: async },
+        with: { "fermyon:spin/redis.connection": crate::redis::Connection },
+    }
+}
+
+use spin2::fermyon::spin2_0_0::redis as v2;
+
+/// How long opening a connection (resolving, connecting, the handshake) may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// An open connection, as the guest's `connection` resource.
+pub struct Connection {
+    conn: redis::aio::MultiplexedConnection,
+    _permit: OutboundPermit,
+}
+
+/// What the Redis interface sees of an instance.
+pub(crate) struct InstanceRedis {
+    pub(crate) component: Arc<str>,
+    pub(crate) allowed: Arc<[AllowedHost]>,
+    pub(crate) may_name_local_addresses: bool,
+    pub(crate) slots: OutboundSlots,
+}
+
+pub(crate) struct RedisView<'a> {
+    pub(crate) table: &'a mut ResourceTable,
+    pub(crate) state: &'a mut InstanceRedis,
+}
+
+struct HasRedis;
+
+impl HasData for HasRedis {
+    type Data<'a> = RedisView<'a>;
+}
+
+fn other(e: impl std::fmt::Display) -> v2::Error {
+    v2::Error::Other(e.to_string())
+}
+
+impl InstanceRedis {
+    fn deny(&self, address: &str, why: &str) -> v2::Error {
+        tracing::warn!(component = %self.component, "Redis connection to {address} denied: {why}");
+        v2::Error::Other(format!("connection to {address} denied: {why}"))
+    }
+
+    async fn open(&self, address: &str) -> Result<Connection, v2::Error> {
+        // The URL without credentials, for messages.
+        let shown = match url_host(address) {
+            Some(h) => h,
+            None => return Err(v2::Error::InvalidAddress),
+        };
+        let info = address
+            .into_connection_info()
+            .map_err(|_| v2::Error::InvalidAddress)?;
+        let (host, port) = match info.addr() {
+            ConnectionAddr::Tcp(host, port) => (host.clone(), *port),
+            ConnectionAddr::TcpTls { .. } => {
+                return Err(self.deny(&shown, "rediss:// (TLS) is not supported by wms yet"));
+            }
+            _ => {
+                return Err(self.deny(&shown, "Unix sockets are not reachable from guests"));
+            }
+        };
+        if !is_allowed(&self.allowed, "redis", &host, port) {
+            return Err(self.deny(
+                &shown,
+                &format!("no allowed_outbound_hosts entry allows redis://{host}:{port}"),
+            ));
+        }
+        let explicit =
+            self.may_name_local_addresses && names_address(&self.allowed, "redis", &host, port);
+        let addrs = crate::outbound::checked_addresses(
+            &self.component,
+            &host,
+            port,
+            explicit,
+            CONNECT_TIMEOUT,
+        )
+        .await
+        .map_err(|e| match e {
+            crate::outbound::Unusable::Dns(_) => v2::Error::Other(format!("cannot resolve {host}")),
+            crate::outbound::Unusable::Local(why) => self.deny(
+                &shown,
+                &format!("{why}; only an allowed_outbound_hosts entry (of a local manifest) naming the address allows that"),
+            ),
+        })?;
+        let permit = self.slots.acquire().map_err(|_| {
+            tracing::warn!(component = %self.component, "Redis connection to {shown} refused: the instance holds its limit of outbound connections");
+            v2::Error::TooManyConnections
+        })?;
+        let mut last = None;
+        for addr in addrs {
+            let info = info
+                .clone()
+                .set_addr(ConnectionAddr::Tcp(addr.ip().to_string(), addr.port()));
+            let client = redis::Client::open(info).map_err(other)?;
+            match tokio::time::timeout(CONNECT_TIMEOUT, client.get_multiplexed_async_connection())
+                .await
+            {
+                Ok(Ok(conn)) => {
+                    return Ok(Connection {
+                        conn,
+                        _permit: permit,
+                    });
+                }
+                Ok(Err(e)) => last = Some(e.to_string()),
+                Err(_) => last = Some(format!("no connection within {CONNECT_TIMEOUT:?}")),
+            }
+        }
+        Err(v2::Error::Other(format!(
+            "cannot connect to {shown}: {}",
+            last.unwrap_or_else(|| "no address".into())
+        )))
+    }
+}
+
+/// `scheme://host:port` of a Redis URL, without user info or path; `None` if it is no URL.
+fn url_host(address: &str) -> Option<String> {
+    let (scheme, rest) = address.split_once("://")?;
+    let authority = rest.split(['/', '?', '#']).next()?;
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    Some(format!("{scheme}://{host}"))
+}
+
+impl RedisView<'_> {
+    /// Command `name` with `args` on the guest's connection `c`.
+    fn command(
+        &mut self,
+        c: &Resource<Connection>,
+        name: &str,
+        args: impl redis::ToRedisArgs,
+    ) -> Result<(redis::aio::MultiplexedConnection, redis::Cmd), v2::Error> {
+        // A multiplexed connection is a handle: a clone shares the connection.
+        let conn = self.table.get(c).map(|c| c.conn.clone()).map_err(other)?;
+        let mut cmd = redis::cmd(name);
+        cmd.arg(args);
+        Ok((conn, cmd))
+    }
+}
+
+async fn query<T: redis::FromRedisValue>(
+    (mut conn, cmd): (redis::aio::MultiplexedConnection, redis::Cmd),
+) -> Result<T, v2::Error> {
+    cmd.query_async(&mut conn).await.map_err(|e| {
+        if e.kind() == redis::ErrorKind::UnexpectedReturnType {
+            v2::Error::TypeError
+        } else {
+            other(e)
+        }
+    })
+}
+
+impl v2::Host for RedisView<'_> {}
+
+impl v2::HostConnection for RedisView<'_> {
+    async fn open(&mut self, address: String) -> Result<Resource<Connection>, v2::Error> {
+        let conn = self.state.open(&address).await?;
+        self.table.push(conn).map_err(other)
+    }
+
+    async fn publish(
+        &mut self,
+        c: Resource<Connection>,
+        channel: String,
+        payload: Vec<u8>,
+    ) -> Result<(), v2::Error> {
+        query::<i64>(self.command(&c, "PUBLISH", (channel, payload))?)
+            .await
+            .map(|_| ())
+    }
+
+    async fn get(
+        &mut self,
+        c: Resource<Connection>,
+        key: String,
+    ) -> Result<Option<Vec<u8>>, v2::Error> {
+        query(self.command(&c, "GET", key)?).await
+    }
+
+    async fn set(
+        &mut self,
+        c: Resource<Connection>,
+        key: String,
+        value: Vec<u8>,
+    ) -> Result<(), v2::Error> {
+        query(self.command(&c, "SET", (key, value))?).await
+    }
+
+    async fn incr(&mut self, c: Resource<Connection>, key: String) -> Result<i64, v2::Error> {
+        query(self.command(&c, "INCR", key)?).await
+    }
+
+    async fn del(&mut self, c: Resource<Connection>, keys: Vec<String>) -> Result<u32, v2::Error> {
+        query(self.command(&c, "DEL", keys)?).await
+    }
+
+    async fn sadd(
+        &mut self,
+        c: Resource<Connection>,
+        key: String,
+        values: Vec<String>,
+    ) -> Result<u32, v2::Error> {
+        query(self.command(&c, "SADD", (key, values))?).await
+    }
+
+    async fn smembers(
+        &mut self,
+        c: Resource<Connection>,
+        key: String,
+    ) -> Result<Vec<String>, v2::Error> {
+        query(self.command(&c, "SMEMBERS", key)?).await
+    }
+
+    async fn srem(
+        &mut self,
+        c: Resource<Connection>,
+        key: String,
+        values: Vec<String>,
+    ) -> Result<u32, v2::Error> {
+        query(self.command(&c, "SREM", (key, values))?).await
+    }
+
+    async fn execute(
+        &mut self,
+        c: Resource<Connection>,
+        command: String,
+        arguments: Vec<v2::RedisParameter>,
+    ) -> Result<Vec<v2::RedisResult>, v2::Error> {
+        let (conn, mut cmd) = self.command(&c, &command, Vec::<String>::new())?;
+        for a in arguments {
+            match a {
+                v2::RedisParameter::Int64(i) => cmd.arg(i),
+                v2::RedisParameter::Binary(b) => cmd.arg(b),
+            };
+        }
+        let value: Value = query((conn, cmd)).await?;
+        let mut out = Vec::new();
+        flatten(value, &mut out)?;
+        Ok(out)
+    }
+
+    async fn drop(&mut self, c: Resource<Connection>) -> wasmtime::Result<()> {
+        self.table.delete(c)?;
+        Ok(())
+    }
+}
+
+/// A reply as Spin's `redis-result` list: arrays (and sets) flattened, as Spin does.
+fn flatten(value: Value, out: &mut Vec<v2::RedisResult>) -> Result<(), v2::Error> {
+    match value {
+        Value::Nil => out.push(v2::RedisResult::Nil),
+        Value::Int(i) => out.push(v2::RedisResult::Int64(i)),
+        Value::BulkString(b) => out.push(v2::RedisResult::Binary(b)),
+        Value::SimpleString(s) => out.push(v2::RedisResult::Status(s)),
+        Value::Okay => out.push(v2::RedisResult::Status("OK".into())),
+        Value::Array(items) | Value::Set(items) => {
+            for item in items {
+                flatten(item, out)?;
+            }
+        }
+        Value::VerbatimString { text, .. } => out.push(v2::RedisResult::Binary(text.into_bytes())),
+        Value::Double(d) => out.push(v2::RedisResult::Binary(d.to_string().into_bytes())),
+        Value::Boolean(b) => out.push(v2::RedisResult::Int64(i64::from(b))),
+        Value::ServerError(e) => return Err(other(format!("{e:?}"))),
+        other_value => {
+            return Err(v2::Error::Other(format!(
+                "unsupported reply type: {other_value:?}"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Links `fermyon:spin/redis@2.0.0`.
+pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> anyhow::Result<()> {
+    v2::add_to_linker::<HostState, HasRedis>(linker, HostState::redis).map_err(wt)
+}
