@@ -75,6 +75,9 @@ fn redis(address_var: &str, key: &str, value: Vec<u8>) -> Result<String, String>
     }
 }
 
+/// A route's work: its argument (the path after its prefix) to the reply's text.
+type Route = fn(&str) -> std::io::Result<String>;
+
 #[http_component]
 fn handle(req: Request) -> anyhow::Result<impl IntoResponse> {
     let path = req
@@ -82,7 +85,7 @@ fn handle(req: Request) -> anyhow::Result<impl IntoResponse> {
         .and_then(|h| h.as_str())
         .unwrap_or(req.path())
         .to_string();
-    let routes: [(&str, fn(&str) -> std::io::Result<String>); 4] = [
+    let routes: [(&str, Route); 4] = [
         ("/tcp/", tcp),
         ("/udp/", udp),
         ("/lookup/", lookup),
