@@ -1,6 +1,6 @@
 //! Finds the WIT files of the Spin SDK releases named in `spin-wit/Cargo.toml` in their
 //! crates.io sources (`cargo metadata` says where cargo keeps them) and writes the `bindgen!`
-//! macros `src/variables.rs` binds them with (`spin_sdk_5_bindgen!`, `spin_sdk_7_bindgen!`). Nothing of Spin's WIT is copied.
+//! macros `src/variables.rs` and `src/kv_host.rs` bind them with (`spin_sdk_5_bindgen!`, `spin_sdk_7_bindgen!`). Nothing of Spin's WIT is copied.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

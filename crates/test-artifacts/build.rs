@@ -107,10 +107,11 @@ fn main() {
             .unwrap_or_else(|e| panic!("copy {} to {}: {e}", built.display(), expected.display()));
     }
     // Test guests made with the Spin Rust SDK, each its own workspace like the examples above:
-    // SDK 5 (Spin 2's variables interface and wasi:config) and SDK 7 (Spin 3's); sockets and
-    // Spin's outbound services.
+    // SDK 5 (Spin 2's variables interface and wasi:config; Spin 2's key-value and SQLite and
+    // wasi:keyvalue), SDK 7 (Spin 3's variables); sockets and Spin's outbound services.
     for (guest, file, target, ident) in [
         ("spin-vars", "spin_vars.wasm", "wasm32-wasip1", "SPIN_VARS"),
+        ("spin-kv", "spin_kv.wasm", "wasm32-wasip1", "SPIN_KV"),
         ("spin3-vars", "spin3_vars.wasm", TARGET, "SPIN3_VARS"),
         // SDK 5 for wasm32-wasip2: std::net is wasi:sockets there.
         ("spin-net", "spin_net.wasm", TARGET, "SPIN_NET"),

@@ -117,6 +117,10 @@ struct UpArgs {
     /// tables, before the environment's `WMS_VARIABLE_NAME` and `SPIN_VARIABLE_NAME`).
     #[arg(long, value_name = "PATH")]
     runtime_config_file: Option<PathBuf>,
+    /// Where the app's embedded key-value stores and SQLite databases live (default: `.wms` in
+    /// the app's directory; an app from an image needs it to use them).
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
     /// Serve /metrics (Prometheus text), /healthz and /readyz on this address; a bare port
     /// means 127.0.0.1:PORT (default: no admin listener, and nothing is counted).
     #[arg(long, env = wms_server::launch::ENV_ADMIN_LISTEN, value_name = "ADDR|PORT", value_parser = wms_server::admin::address)]
@@ -303,6 +307,13 @@ fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
         pool_resident_budget: args.pool_resident_budget,
         pool_idle_release: Some(args.pool_idle_release),
         metrics: None,
+        stores: Default::default(),
+    };
+    // An image's app directory is in the content store, shared and not the app's to write.
+    let state_dir = match &args.state_dir {
+        Some(d) => Some(std::path::absolute(d)?),
+        None if app.from_image => None,
+        None => Some(app.dir.join(".wms")),
     };
     let launch = wms_server::launch::Launch {
         listen: args.listen,
@@ -314,6 +325,12 @@ fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
         max_connections: args.max_connections,
         shutdown_grace: args.shutdown_grace,
         variables,
+        stores: runtime_config
+            .as_ref()
+            .map(|c| c.stores.clone())
+            .unwrap_or_default(),
+        runtime_config_file: args.runtime_config_file.clone(),
+        state_dir,
         admin: args.admin_listen,
     };
     // Before the async runtime: the exporter's blocking HTTP client runs on threads of its own.

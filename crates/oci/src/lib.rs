@@ -681,6 +681,10 @@ pub struct ComponentSummary {
     pub environment: Vec<String>,
     /// Names of its variables, what Spin's variables interfaces give it (values not shown).
     pub variables: Vec<String>,
+    /// Labels of the key-value stores it may open (`key_value_stores`).
+    pub key_value_stores: Vec<String>,
+    /// Labels of the SQLite databases it may open (`sqlite_databases`).
+    pub sqlite_databases: Vec<String>,
     /// Guest paths where files are mounted.
     pub files: Vec<String>,
     /// What is mounted where: each guest path and the files layer it shows.
@@ -752,6 +756,8 @@ pub fn describe(
                     allowed_outbound_hosts: Vec::new(),
                     environment: Vec::new(),
                     variables: Vec::new(),
+                    key_value_stores: Vec::new(),
+                    sqlite_databases: Vec::new(),
                     files: Vec::new(),
                     mounts: Vec::new(),
                 });
@@ -814,6 +820,8 @@ pub fn describe(
                                 .collect(),
                             environment: c.environment.keys().cloned().collect(),
                             variables: c.variables.keys().cloned().collect(),
+                            key_value_stores: c.key_value_stores.clone(),
+                            sqlite_databases: c.sqlite_databases.clone(),
                             files: mounts.iter().map(|m| m.destination.clone()).collect(),
                             mounts,
                             size: layer.map_or(0, |l| l.size),
@@ -909,6 +917,8 @@ impl std::fmt::Display for Inspection {
             writeln!(f, "    outbound {}", or_none(&c.allowed_outbound_hosts))?;
             writeln!(f, "    env      {}", or_none(&c.environment))?;
             writeln!(f, "    vars     {}", or_none(&c.variables))?;
+            writeln!(f, "    kv       {}", or_none(&c.key_value_stores))?;
+            writeln!(f, "    sqlite   {}", or_none(&c.sqlite_databases))?;
             let mounts: Vec<String> = c
                 .mounts
                 .iter()

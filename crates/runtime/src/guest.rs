@@ -26,9 +26,15 @@ pub struct HostState {
     variables: crate::variables::GuestVariables,
     sockets: crate::sockets::InstanceSockets,
     redis: crate::redis::InstanceRedis,
+    stores: crate::kv_host::GuestStores,
 }
 
 impl HostState {
+    /// What the key-value and SQLite interfaces answer from.
+    pub(crate) fn stores(&mut self) -> &mut crate::kv_host::GuestStores {
+        &mut self.stores
+    }
+
     /// What Spin's Redis interface sees (crate::redis).
     pub(crate) fn redis(&mut self) -> crate::redis::RedisView<'_> {
         crate::redis::RedisView {
@@ -375,6 +381,11 @@ pub(crate) fn new_state(comp: &LoadedComponent) -> Result<HostState, Failure> {
             slots: slots.clone(),
         },
         sockets: crate::sockets::InstanceSockets::new(comp.sockets.clone(), resolved, slots),
+        stores: crate::kv_host::GuestStores::new(
+            comp.id.clone(),
+            comp.grants.clone(),
+            comp.limits.timeout,
+        ),
     };
     Ok(state)
 }

@@ -15,6 +15,9 @@
 //! 0.3, `wagi`, `command`), and `release` (swapping in a fresh pool when idle slots keep
 //! memory). This file keeps [`Runtime`], its options and the re-exports.
 
+// `spin_sdk_5_bindgen!` and `spin_sdk_7_bindgen!` (build.rs): before the modules that use them.
+include!(concat!(env!("OUT_DIR"), "/spin_wit.rs"));
+
 mod adapt;
 pub mod aot;
 mod cache;
@@ -26,6 +29,8 @@ mod guest;
 mod guest_log;
 mod http_p2;
 mod http_p3;
+mod kv;
+mod kv_host;
 mod load;
 pub mod metrics;
 mod outbound;
@@ -33,6 +38,7 @@ pub mod pool;
 mod redis;
 mod release;
 mod sockets;
+mod sqlite;
 pub mod trace;
 mod variables;
 mod wagi;
@@ -58,6 +64,9 @@ pub use failure::Failure;
 pub use guest::HostState;
 pub use load::{CompileTarget, compile_app};
 pub use pool::PoolPlan;
+pub use sqlite::{
+    MAX_RESULT_BYTES as SQLITE_MAX_RESULT_BYTES, MAX_RESULT_ROWS as SQLITE_MAX_RESULT_ROWS,
+};
 
 use engine::{build_engine, pool_demand, pulley_fallback};
 use http_p2::{http_linker, load_http};
@@ -111,6 +120,9 @@ pub struct RuntimeOptions {
     pub pool_idle_release: Option<Duration>,
     /// Where to count what components do, for the admin listener (`None`: nothing is counted).
     pub metrics: Option<Arc<metrics::Metrics>>,
+    /// The key-value stores and SQLite databases the app's components use, resolved
+    /// ([`wms_manifest::stores::resolve`]); opened by [`Runtime::new`].
+    pub stores: wms_manifest::stores::AppStores,
 }
 
 /// The default of [`RuntimeOptions::pool_idle_release`].
@@ -180,6 +192,8 @@ struct LoadedComponent {
     allowed: Arc<[AllowedHost]>,
     /// The values of the component's variables, for Spin's variables interfaces.
     variables: Arc<wms_manifest::VariableValues>,
+    /// The key-value stores and SQLite databases it may open.
+    grants: Arc<kv_host::Grants>,
     /// Outbound entries naming an address may reach local ones (a local manifest only).
     may_name_local_addresses: bool,
     /// Its `wasi:sockets` policy (from `allowed_outbound_hosts`).
@@ -300,6 +314,8 @@ impl Runtime {
         let fd_budget = descriptors::Budget::new(descriptor_plan.guests);
         let linker = http_linker(&engine)?;
 
+        let kv_stores = kv::KvStores::open(&options.stores)?;
+        let databases = sqlite::Databases::open(&options.stores)?;
         let mut components = Vec::new();
         let mut staging = Vec::new();
         let mut wagi_linker = None;
@@ -312,6 +328,7 @@ impl Runtime {
                     "component `{id}`: its variables were not resolved (App::resolve_variables)"
                 ),
             };
+            let grants = Arc::new(kv_host::Grants::of(c, &kv_stores, &databases)?);
             let mut component_engine = engine.clone();
             let code = match &c.executor {
                 wms_manifest::Executor::Http => {
@@ -411,6 +428,7 @@ impl Runtime {
                     mounts,
                     allowed: c.allowed_outbound_hosts.clone().into(),
                     variables,
+                    grants,
                     may_name_local_addresses: !app.from_image,
                     sockets: sockets::ComponentSockets::new(
                         name.clone(),

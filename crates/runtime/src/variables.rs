@@ -17,8 +17,6 @@ use wms_manifest::VariableValues;
 use crate::guest::HostState;
 use crate::wt;
 
-include!(concat!(env!("OUT_DIR"), "/spin_wit.rs"));
-
 mod spin2 {
     spin_sdk_5_bindgen! {
         inline: "

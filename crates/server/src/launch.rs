@@ -34,6 +34,13 @@ pub struct Launch {
     /// Where the app's variables get their values (`wms up`: the runtime config file, its
     /// environment and `.env`; the shim: the container's environment).
     pub variables: wms_manifest::Providers,
+    /// The runtime config's key-value stores and SQLite databases (`[key_value_store.NAME]`,
+    /// `[sqlite_database.NAME]`), and the file they came from, for errors.
+    pub stores: wms_manifest::stores::StoreConfig,
+    pub runtime_config_file: Option<std::path::PathBuf>,
+    /// The app's state directory: embedded stores and databases live here (`None`: an app that
+    /// uses one cannot start).
+    pub state_dir: Option<std::path::PathBuf>,
     /// The admin listener (`/metrics`, `/healthz`, `/readyz`); `None`: none, and nothing is
     /// counted.
     pub admin: Option<SocketAddr>,
@@ -52,6 +59,9 @@ impl Launch {
             max_connections: None,
             shutdown_grace: crate::DEFAULT_SHUTDOWN_GRACE,
             variables: wms_manifest::Providers::from_process_env(),
+            stores: wms_manifest::stores::StoreConfig::default(),
+            runtime_config_file: None,
+            state_dir: None,
             admin: None,
         }
     }
@@ -124,8 +134,13 @@ pub fn command_status(outcome: &wms_runtime::CommandOutcome, what: &str) -> (u8,
 }
 
 /// Logs where each application variable's value came from and what each component is given:
-/// its variables and allowed hosts (names and entries; values never).
-fn log_components(app: &App, origins: &[wms_manifest::VariableOrigin]) {
+/// its variables, key-value stores, SQLite databases and allowed hosts (names and entries;
+/// values never).
+fn log_components(
+    app: &App,
+    origins: &[wms_manifest::VariableOrigin],
+    stores: &wms_manifest::stores::AppStores,
+) {
     if !origins.is_empty() {
         let list: Vec<String> = origins
             .iter()
@@ -148,6 +163,19 @@ fn log_components(app: &App, origins: &[wms_manifest::VariableOrigin]) {
             v.join(", ")
         }
     };
+    if let Some(dir) = &stores.state_dir
+        && (!stores.key_value.is_empty() || !stores.sqlite.is_empty())
+    {
+        tracing::info!(target: LOG_TARGET, "state directory: {}", dir.display());
+    }
+    for (label, s) in &stores.key_value {
+        tracing::info!(target: LOG_TARGET, "key-value store `{label}`: {s}");
+    }
+    for id in stores.sqlite.keys() {
+        if let Some(path) = stores.sqlite_file(id) {
+            tracing::info!(target: LOG_TARGET, "SQLite database `{id}`: {}", path.display());
+        }
+    }
     for (id, c) in &app.components {
         // Resolved templates come last; one using a secret is shown as written.
         let literal = c.allowed_outbound_hosts.len() - c.outbound_templates.len();
@@ -169,8 +197,10 @@ fn log_components(app: &App, origins: &[wms_manifest::VariableOrigin]) {
         tracing::info!(
             target: LOG_TARGET,
             component = %id,
-            "variables: {}; allowed outbound hosts: {}",
+            "variables: {}; key-value stores: {}; SQLite databases: {}; allowed outbound hosts: {}",
             or_none(c.variables.keys().cloned().collect()),
+            or_none(c.key_value_stores.clone()),
+            or_none(c.sqlite_databases.clone()),
             or_none(hosts)
         );
     }
@@ -296,7 +326,13 @@ pub async fn serve_app_reloading(
     reloads: Option<Reloads>,
 ) -> anyhow::Result<bool> {
     let origins = app.resolve_variables(&launch.variables)?;
-    log_components(&app, &origins);
+    let stores = wms_manifest::stores::resolve(
+        &app,
+        &launch.stores,
+        launch.runtime_config_file.as_deref(),
+        launch.state_dir.clone(),
+    )?;
+    log_components(&app, &origins, &stores);
     let descriptors = raise_descriptor_limit();
     let connection_share = usize::try_from(descriptors / 4)
         .unwrap_or(usize::MAX)
@@ -315,6 +351,7 @@ pub async fn serve_app_reloading(
         None => crate::DEFAULT_MAX_CONNECTIONS.min(connection_share),
     };
     let mut options = launch.runtime;
+    options.stores = stores;
     let health = match launch.admin {
         None => None,
         Some(addr) => {

@@ -5,6 +5,7 @@ mod aot;
 mod board;
 mod hardening;
 mod harness;
+mod kv;
 mod limits;
 mod memory;
 mod oci;

@@ -24,7 +24,7 @@ fn start_up_logs_the_pool_configuration() {
 #[test]
 fn bad_manifest_fails_with_file_line_and_column() {
     let dir = write_app(
-        "spin_manifest_version = 2\n[application]\nname = \"x\"\n[[trigger.http]]\nroute = \"/\"\ncomponent = \"web\"\n[component.web]\nsource = \"a.wasm\"\nkey_value_stores = [\"default\"]\n",
+        "spin_manifest_version = 2\n[application]\nname = \"x\"\n[[trigger.http]]\nroute = \"/\"\ncomponent = \"web\"\n[component.web]\nsource = \"a.wasm\"\nai_models = [\"llama2-chat\"]\n",
     );
     let (code, _, stderr) = wms(&[
         "up",
@@ -36,7 +36,7 @@ fn bad_manifest_fails_with_file_line_and_column() {
     let manifest = dir.path().join("wms.toml");
     assert!(
         stderr.contains(&format!(
-            "{}:9:20: component `web`: `key_value_stores` is not supported by wms",
+            "{}:9:13: component `web`: `ai_models` is not supported by wms",
             manifest.display()
         )),
         "{stderr}"

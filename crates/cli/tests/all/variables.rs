@@ -133,7 +133,7 @@ fn spin_2_and_3_guests_read_their_variables_from_defaults_and_the_environment() 
     );
     assert!(log.contains("greeting (default)"), "{log}");
     assert!(
-        log.contains("variables: literal, message, target, token; allowed outbound hosts: none"),
+        log.contains("variables: literal, message, target, token; key-value stores: none; SQLite databases: none; allowed outbound hosts: none"),
         "{log}"
     );
     assert!(!log.contains("tok-from-spin-env"), "{log}");
@@ -202,14 +202,20 @@ fn the_runtime_config_file_provides_values_before_the_environment() {
         )),
         "{err}"
     );
-    std::fs::write(&config, "[key_value_store.default]\ntype = \"spin\"\n").unwrap();
+    std::fs::write(
+        &config,
+        "[key_value_store.default]\ntype = \"aws_dynamo\"\n",
+    )
+    .unwrap();
     let (_, _, err) = wms_up_fails(
         &manifest(""),
         &[],
         &["--runtime-config-file", config.to_str().unwrap()],
     );
     assert!(
-        err.contains("`key_value_store` is not supported by wms yet"),
+        err.contains(
+            "[key_value_store.default]: the `aws_dynamo` key-value store is not supported by wms"
+        ),
         "{err}"
     );
 }
@@ -313,13 +319,14 @@ fn allowed_outbound_hosts_take_templates() {
 }
 
 #[test]
-fn inspect_shows_variable_names_but_no_secret() {
+fn inspect_shows_variable_names_stores_and_databases_but_no_secret() {
     let registry = Registry::start();
     let app = tempfile::tempdir().unwrap();
-    let text = manifest("").replace(
-        "api_token = { required = true, secret = true }",
-        "api_token = { default = \"hunter2\", secret = true }",
-    );
+    let text = manifest("key_value_stores = [\"default\"]\nsqlite_databases = [\"default\"]")
+        .replace(
+            "api_token = { required = true, secret = true }",
+            "api_token = { default = \"hunter2\", secret = true }",
+        );
     std::fs::write(app.path().join("spin.toml"), text).unwrap();
     let home = tempfile::tempdir().unwrap();
     let reference = registry.reference("vars:1");
@@ -337,7 +344,9 @@ fn inspect_shows_variable_names_but_no_secret() {
     let text = wms(&["inspect", &reference]);
     // `wms push` writes the manifest again, its tables in name order.
     assert!(
-        text.contains("vars     literal, message, target, token"),
+        text.contains(
+            "vars     literal, message, target, token\n    kv       default\n    sqlite   default\n"
+        ),
         "{text}"
     );
     assert!(
@@ -355,5 +364,10 @@ fn inspect_shows_variable_names_but_no_secret() {
     assert_eq!(json["variables"][0]["default"], serde_json::Value::Null);
     assert_eq!(json["variables"][1]["default"], "hello");
     assert_eq!(json["components"][0]["variables"][3], "token");
+    assert_eq!(json["components"][0]["key_value_stores"][0], "default");
+    assert_eq!(
+        json["components"][1]["sqlite_databases"],
+        serde_json::json!([])
+    );
     assert!(Path::new(&home.path().join("cache")).exists());
 }

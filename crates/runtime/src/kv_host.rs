@@ -1,0 +1,399 @@
+//! The key-value interfaces guests import, over the app's [`crate::kv::KvStores`]:
+//! `fermyon:spin/key-value@2.0.0` (Spin 2's, the Spin SDKs up to 5: `spin_sdk::key_value`) and
+//! `wasi:keyvalue` `store`, `atomics` and `batch` at `0.2.0-draft2` (the version Spin 3 serves).
+//! The WIT is the Spin SDK 5's own (build.rs). `wasmtime-wasi-keyvalue` is not used: it serves
+//! an in-memory store only, with no way to plug in another backend.
+//!
+//! A component opens only the stores its manifest lists in `key_value_stores`; any other label
+//! gets Spin's `access-denied`. A failed operation is Spin's `other` with a message (a limit, an
+//! unreachable Redis), never a trap.
+
+use std::sync::Arc;
+
+use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
+
+use crate::guest::HostState;
+use crate::kv::{KvError, KvStore, KvStores, Swap};
+use crate::wt;
+
+mod bindings {
+    spin_sdk_5_bindgen! {
+        inline: "
+            package wms:spin2-stores;
+            world imports {
+                import fermyon:spin/key-value@2.0.0;
+                import fermyon:spin/sqlite@2.0.0;
+                import wasi:keyvalue/store@0.2.0-draft2;
+                import wasi:keyvalue/atomics@0.2.0-draft2;
+                import wasi:keyvalue/batch@0.2.0-draft2;
+            }
+        ",
+        imports: { default: async },
+        with: {
+            "fermyon:spin/key-value@2.0.0.store": crate::kv_host::OpenStore,
+            "fermyon:spin/sqlite@2.0.0.connection": crate::sqlite::OpenDatabase,
+            "wasi:keyvalue/store@0.2.0-draft2.bucket": crate::kv_host::OpenStore,
+            "wasi:keyvalue/atomics@0.2.0-draft2.cas": crate::kv_host::Cas,
+        },
+    }
+}
+
+use bindings::fermyon::spin2_0_0::key_value as v2;
+pub(crate) use bindings::fermyon::spin2_0_0::sqlite as spin2_sqlite;
+use bindings::wasi::keyvalue::{atomics, batch, store as wasi_store};
+
+/// An open store, as a guest holds it.
+pub struct OpenStore(Arc<KvStore>);
+
+/// A key read for a compare-and-swap (`wasi:keyvalue/atomics`).
+pub struct Cas {
+    store: Arc<KvStore>,
+    key: String,
+    current: Option<Vec<u8>>,
+}
+
+/// The most stores and databases one instance holds open at once (Spin's `store-table-full`
+/// past it).
+const MAX_OPEN: usize = 256;
+
+/// What one instance may open: its component's stores and databases, and its own handles.
+pub(crate) struct GuestStores {
+    pub(crate) component: Arc<str>,
+    pub(crate) grants: Arc<Grants>,
+    pub(crate) table: ResourceTable,
+    /// The longest one SQLite statement may run (the component's request timeout).
+    pub(crate) sqlite_timeout: std::time::Duration,
+}
+
+/// A component's stores and databases, by label (only those it declares).
+#[derive(Default)]
+pub(crate) struct Grants {
+    pub(crate) key_value: Vec<(String, Arc<KvStore>)>,
+    pub(crate) sqlite: Vec<(String, Arc<crate::sqlite::Database>)>,
+}
+
+impl Grants {
+    /// The stores and databases of `component` out of the app's.
+    pub(crate) fn of(
+        component: &wms_manifest::Component,
+        kv: &KvStores,
+        sqlite: &crate::sqlite::Databases,
+    ) -> anyhow::Result<Self> {
+        let mut g = Grants::default();
+        for label in &component.key_value_stores {
+            let s = kv.get(label).ok_or_else(|| {
+                anyhow::anyhow!(
+                    "component `{}`: key-value store `{label}` was not opened",
+                    component.id
+                )
+            })?;
+            g.key_value.push((label.clone(), s));
+        }
+        for label in &component.sqlite_databases {
+            let d = sqlite.get(label).ok_or_else(|| {
+                anyhow::anyhow!(
+                    "component `{}`: SQLite database `{label}` was not opened",
+                    component.id
+                )
+            })?;
+            g.sqlite.push((label.clone(), d));
+        }
+        Ok(g)
+    }
+}
+
+/// Why a guest may not open a store.
+pub(crate) enum Refused {
+    AccessDenied,
+    TableFull,
+}
+
+impl GuestStores {
+    pub(crate) fn new(
+        component: Arc<str>,
+        grants: Arc<Grants>,
+        sqlite_timeout: std::time::Duration,
+    ) -> Self {
+        let mut table = ResourceTable::new();
+        table.set_max_capacity(MAX_OPEN);
+        Self {
+            component,
+            grants,
+            table,
+            sqlite_timeout,
+        }
+    }
+
+    fn open(&mut self, label: &str) -> Result<Resource<OpenStore>, Refused> {
+        let Some((_, store)) = self.grants.key_value.iter().find(|(l, _)| l == label) else {
+            tracing::debug!(component = %self.component, "key-value store `{label}` refused: not in its key_value_stores");
+            return Err(Refused::AccessDenied);
+        };
+        self.table
+            .push(OpenStore(store.clone()))
+            .map_err(|_| Refused::TableFull)
+    }
+
+    fn store(&self, r: &Resource<OpenStore>) -> Result<Arc<KvStore>, KvError> {
+        self.table
+            .get(r)
+            .map(|s| s.0.clone())
+            .map_err(|e| KvError(format!("not an open store: {e}")))
+    }
+}
+
+/// The store data the key-value and SQLite interfaces see.
+pub(crate) struct HasStores;
+
+impl HasData for HasStores {
+    type Data<'a> = &'a mut GuestStores;
+}
+
+// fermyon:spin/key-value@2.0.0
+
+fn v2_error(e: KvError) -> v2::Error {
+    v2::Error::Other(e.0)
+}
+
+impl v2::Host for GuestStores {}
+
+impl v2::HostStore for GuestStores {
+    async fn open(&mut self, label: String) -> Result<Resource<OpenStore>, v2::Error> {
+        GuestStores::open(self, &label).map_err(|r| match r {
+            Refused::AccessDenied => v2::Error::AccessDenied,
+            Refused::TableFull => v2::Error::StoreTableFull,
+        })
+    }
+
+    async fn get(
+        &mut self,
+        this: Resource<OpenStore>,
+        key: String,
+    ) -> Result<Option<Vec<u8>>, v2::Error> {
+        let s = self.store(&this).map_err(v2_error)?;
+        s.get(key).await.map_err(v2_error)
+    }
+
+    async fn set(
+        &mut self,
+        this: Resource<OpenStore>,
+        key: String,
+        value: Vec<u8>,
+    ) -> Result<(), v2::Error> {
+        let s = self.store(&this).map_err(v2_error)?;
+        s.set(key, value).await.map_err(v2_error)
+    }
+
+    async fn delete(&mut self, this: Resource<OpenStore>, key: String) -> Result<(), v2::Error> {
+        let s = self.store(&this).map_err(v2_error)?;
+        s.delete(key).await.map_err(v2_error)
+    }
+
+    async fn exists(&mut self, this: Resource<OpenStore>, key: String) -> Result<bool, v2::Error> {
+        let s = self.store(&this).map_err(v2_error)?;
+        s.exists(key).await.map_err(v2_error)
+    }
+
+    async fn get_keys(&mut self, this: Resource<OpenStore>) -> Result<Vec<String>, v2::Error> {
+        let s = self.store(&this).map_err(v2_error)?;
+        s.keys().await.map_err(v2_error)
+    }
+
+    async fn drop(&mut self, this: Resource<OpenStore>) -> wasmtime::Result<()> {
+        self.table.delete(this)?;
+        Ok(())
+    }
+}
+
+// wasi:keyvalue@0.2.0-draft2
+
+fn wasi_error(e: KvError) -> wasi_store::Error {
+    wasi_store::Error::Other(e.0)
+}
+
+impl wasi_store::Host for GuestStores {
+    async fn open(&mut self, identifier: String) -> Result<Resource<OpenStore>, wasi_store::Error> {
+        GuestStores::open(self, &identifier).map_err(|r| match r {
+            Refused::AccessDenied => wasi_store::Error::AccessDenied,
+            Refused::TableFull => {
+                wasi_store::Error::Other(format!("more than {MAX_OPEN} stores open"))
+            }
+        })
+    }
+}
+
+impl wasi_store::HostBucket for GuestStores {
+    async fn get(
+        &mut self,
+        this: Resource<OpenStore>,
+        key: String,
+    ) -> Result<Option<Vec<u8>>, wasi_store::Error> {
+        let s = self.store(&this).map_err(wasi_error)?;
+        s.get(key).await.map_err(wasi_error)
+    }
+
+    async fn set(
+        &mut self,
+        this: Resource<OpenStore>,
+        key: String,
+        value: Vec<u8>,
+    ) -> Result<(), wasi_store::Error> {
+        let s = self.store(&this).map_err(wasi_error)?;
+        s.set(key, value).await.map_err(wasi_error)
+    }
+
+    async fn delete(
+        &mut self,
+        this: Resource<OpenStore>,
+        key: String,
+    ) -> Result<(), wasi_store::Error> {
+        let s = self.store(&this).map_err(wasi_error)?;
+        s.delete(key).await.map_err(wasi_error)
+    }
+
+    async fn exists(
+        &mut self,
+        this: Resource<OpenStore>,
+        key: String,
+    ) -> Result<bool, wasi_store::Error> {
+        let s = self.store(&this).map_err(wasi_error)?;
+        s.exists(key).await.map_err(wasi_error)
+    }
+
+    /// Every key in one response (no cursor), as Spin answers.
+    async fn list_keys(
+        &mut self,
+        this: Resource<OpenStore>,
+        _cursor: Option<String>,
+    ) -> Result<wasi_store::KeyResponse, wasi_store::Error> {
+        let s = self.store(&this).map_err(wasi_error)?;
+        let keys = s.keys().await.map_err(wasi_error)?;
+        Ok(wasi_store::KeyResponse { keys, cursor: None })
+    }
+
+    async fn drop(&mut self, this: Resource<OpenStore>) -> wasmtime::Result<()> {
+        self.table.delete(this)?;
+        Ok(())
+    }
+}
+
+impl atomics::Host for GuestStores {
+    async fn increment(
+        &mut self,
+        bucket: Resource<OpenStore>,
+        key: String,
+        delta: i64,
+    ) -> Result<i64, wasi_store::Error> {
+        let s = self.store(&bucket).map_err(wasi_error)?;
+        s.increment(key, delta).await.map_err(wasi_error)
+    }
+
+    async fn swap(&mut self, cas: Resource<Cas>, value: Vec<u8>) -> Result<(), atomics::CasError> {
+        let Cas {
+            store,
+            key,
+            current,
+        } = self
+            .table
+            .delete(cas)
+            .map_err(|e| atomics::CasError::StoreError(wasi_store::Error::Other(e.to_string())))?;
+        match store.swap(key.clone(), current, value).await {
+            Ok(Swap::Done) => Ok(()),
+            Ok(Swap::Changed(now)) => {
+                let cas = self
+                    .table
+                    .push(Cas {
+                        store,
+                        key,
+                        current: now,
+                    })
+                    .map_err(|e| {
+                        atomics::CasError::StoreError(wasi_store::Error::Other(e.to_string()))
+                    })?;
+                Err(atomics::CasError::CasFailed(cas))
+            }
+            Err(e) => Err(atomics::CasError::StoreError(wasi_error(e))),
+        }
+    }
+}
+
+impl atomics::HostCas for GuestStores {
+    async fn new(
+        &mut self,
+        bucket: Resource<OpenStore>,
+        key: String,
+    ) -> Result<Resource<Cas>, wasi_store::Error> {
+        let store = self.store(&bucket).map_err(wasi_error)?;
+        let current = store.get(key.clone()).await.map_err(wasi_error)?;
+        self.table
+            .push(Cas {
+                store,
+                key,
+                current,
+            })
+            .map_err(|e| wasi_store::Error::Other(e.to_string()))
+    }
+
+    async fn current(&mut self, this: Resource<Cas>) -> Result<Option<Vec<u8>>, wasi_store::Error> {
+        self.table
+            .get(&this)
+            .map(|c| c.current.clone())
+            .map_err(|e| wasi_store::Error::Other(e.to_string()))
+    }
+
+    async fn drop(&mut self, this: Resource<Cas>) -> wasmtime::Result<()> {
+        self.table.delete(this)?;
+        Ok(())
+    }
+}
+
+impl batch::Host for GuestStores {
+    async fn get_many(
+        &mut self,
+        bucket: Resource<OpenStore>,
+        keys: Vec<String>,
+    ) -> Result<Vec<(String, Option<Vec<u8>>)>, wasi_store::Error> {
+        let s = self.store(&bucket).map_err(wasi_error)?;
+        let mut out = Vec::with_capacity(keys.len());
+        for key in keys {
+            let v = s.get(key.clone()).await.map_err(wasi_error)?;
+            out.push((key, v));
+        }
+        Ok(out)
+    }
+
+    async fn set_many(
+        &mut self,
+        bucket: Resource<OpenStore>,
+        key_values: Vec<(String, Vec<u8>)>,
+    ) -> Result<(), wasi_store::Error> {
+        let s = self.store(&bucket).map_err(wasi_error)?;
+        for (key, value) in key_values {
+            s.set(key, value).await.map_err(wasi_error)?;
+        }
+        Ok(())
+    }
+
+    async fn delete_many(
+        &mut self,
+        bucket: Resource<OpenStore>,
+        keys: Vec<String>,
+    ) -> Result<(), wasi_store::Error> {
+        let s = self.store(&bucket).map_err(wasi_error)?;
+        for key in keys {
+            s.delete(key).await.map_err(wasi_error)?;
+        }
+        Ok(())
+    }
+}
+
+/// Links the key-value and SQLite interfaces, each answering from the instance's
+/// [`GuestStores`].
+pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> anyhow::Result<()> {
+    v2::add_to_linker::<HostState, HasStores>(linker, HostState::stores).map_err(wt)?;
+    spin2_sqlite::add_to_linker::<HostState, HasStores>(linker, HostState::stores).map_err(wt)?;
+    wasi_store::add_to_linker::<HostState, HasStores>(linker, HostState::stores).map_err(wt)?;
+    atomics::add_to_linker::<HostState, HasStores>(linker, HostState::stores).map_err(wt)?;
+    batch::add_to_linker::<HostState, HasStores>(linker, HostState::stores).map_err(wt)?;
+    Ok(())
+}
