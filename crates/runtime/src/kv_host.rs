@@ -1,6 +1,7 @@
 //! The key-value interfaces guests import, over the app's [`crate::kv::KvStores`]:
 //! `fermyon:spin/key-value@2.0.0` (Spin 2's, the Spin SDKs up to 5: `spin_sdk::key_value`) and
-//! `wasi:keyvalue` `store`, `atomics` and `batch` at `0.2.0-draft2` (the version Spin 3 serves).
+//! `wasi:keyvalue` `store`, `atomics` and `batch` at `0.2.0-draft2` (the version Spin 3 serves);
+//! the SQLite interfaces are bound here too and served by `crate::sqlite`.
 //! The WIT is the Spin SDK 5's own (build.rs). `wasmtime-wasi-keyvalue` is not used: it serves
 //! an in-memory store only, with no way to plug in another backend.
 //!
@@ -23,6 +24,7 @@ mod bindings {
             world imports {
                 import fermyon:spin/key-value@2.0.0;
                 import fermyon:spin/sqlite@2.0.0;
+                import spin:sqlite/sqlite@3.0.0;
                 import wasi:keyvalue/store@0.2.0-draft2;
                 import wasi:keyvalue/atomics@0.2.0-draft2;
                 import wasi:keyvalue/batch@0.2.0-draft2;
@@ -32,6 +34,7 @@ mod bindings {
         with: {
             "fermyon:spin/key-value@2.0.0.store": crate::kv_host::OpenStore,
             "fermyon:spin/sqlite@2.0.0.connection": crate::sqlite::OpenDatabase,
+            "spin:sqlite/sqlite@3.0.0.connection": crate::sqlite::OpenDatabase,
             "wasi:keyvalue/store@0.2.0-draft2.bucket": crate::kv_host::OpenStore,
             "wasi:keyvalue/atomics@0.2.0-draft2.cas": crate::kv_host::Cas,
         },
@@ -40,6 +43,7 @@ mod bindings {
 
 use bindings::fermyon::spin2_0_0::key_value as v2;
 pub(crate) use bindings::fermyon::spin2_0_0::sqlite as spin2_sqlite;
+pub(crate) use bindings::spin::sqlite::sqlite as spin3_sqlite;
 use bindings::wasi::keyvalue::{atomics, batch, store as wasi_store};
 
 /// An open store, as a guest holds it.
@@ -392,6 +396,7 @@ impl batch::Host for GuestStores {
 pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> anyhow::Result<()> {
     v2::add_to_linker::<HostState, HasStores>(linker, HostState::stores).map_err(wt)?;
     spin2_sqlite::add_to_linker::<HostState, HasStores>(linker, HostState::stores).map_err(wt)?;
+    spin3_sqlite::add_to_linker::<HostState, HasStores>(linker, HostState::stores).map_err(wt)?;
     wasi_store::add_to_linker::<HostState, HasStores>(linker, HostState::stores).map_err(wt)?;
     atomics::add_to_linker::<HostState, HasStores>(linker, HostState::stores).map_err(wt)?;
     batch::add_to_linker::<HostState, HasStores>(linker, HostState::stores).map_err(wt)?;

@@ -1,5 +1,6 @@
-//! Spin's SQLite interface for guests, `fermyon:spin/sqlite@2.0.0` (the Spin SDKs up to 5:
-//! `spin_sdk::sqlite`): one embedded database file per label the app uses (the state
+//! Spin's SQLite interfaces for guests, `fermyon:spin/sqlite@2.0.0` (the Spin SDKs up to 5:
+//! `spin_sdk::sqlite`) and `spin:sqlite/sqlite@3.0.0` (SDK 5's `spin_sdk::sqlite3`, with
+//! `last-insert-rowid` and `changes`): one embedded database file per label the app uses (the state
 //! directory's `sqlite/LABEL.db`, or the label's `path`), in WAL mode with `synchronous = FULL`,
 //! so a statement that returned has been committed and synced.
 //!
@@ -20,7 +21,7 @@ use rusqlite::hooks::{AuthAction, AuthContext, Authorization};
 use rusqlite::types::Value as SqlValue;
 use wasmtime::component::Resource;
 
-use crate::kv_host::{GuestStores, Refused, spin2_sqlite as v2};
+use crate::kv_host::{GuestStores, Refused, spin2_sqlite as v2, spin3_sqlite as v3};
 
 /// The most rows one statement returns to a guest.
 pub const MAX_RESULT_ROWS: usize = 100_000;
@@ -134,6 +135,11 @@ impl Databases {
 pub(crate) struct Rows {
     pub(crate) columns: Vec<String>,
     pub(crate) rows: Vec<Vec<SqlValue>>,
+    /// The connection's last inserted rowid and changed rows, read right after the statement.
+    pub(crate) last_insert_rowid: i64,
+    pub(crate) changes: u64,
+    /// Whether the statement may write (else the two above are not its own).
+    pub(crate) writes: bool,
 }
 
 impl Database {
@@ -186,6 +192,7 @@ impl Database {
 fn run(conn: &rusqlite::Connection, sql: &str, params: Vec<SqlValue>) -> rusqlite::Result<Rows> {
     let mut stmt = conn.prepare(sql)?;
     let columns: Vec<String> = stmt.column_names().map(|c| c.to_string()).collect();
+    let writes = !stmt.readonly();
     let mut rows_out = Vec::new();
     let mut bytes = 0usize;
     let mut rows = stmt.query(rusqlite::params_from_iter(params))?;
@@ -208,9 +215,13 @@ fn run(conn: &rusqlite::Connection, sql: &str, params: Vec<SqlValue>) -> rusqlit
         }
         rows_out.push(values);
     }
+    drop(rows);
     Ok(Rows {
         columns,
         rows: rows_out,
+        last_insert_rowid: conn.last_insert_rowid(),
+        changes: conn.changes(),
+        writes,
     })
 }
 
@@ -218,8 +229,13 @@ fn too_big(what: String) -> rusqlite::Error {
     rusqlite::Error::ToSqlConversionFailure(format!("the result holds {what}; select less").into())
 }
 
-/// An open database, as a guest holds it.
-pub struct OpenDatabase(Arc<Database>);
+/// An open database, as a guest holds it, with what its last statement did (Spin 3's
+/// `last-insert-rowid` and `changes` answer for this handle, whatever other guests run).
+pub struct OpenDatabase {
+    db: Arc<Database>,
+    last_insert_rowid: i64,
+    changes: u64,
+}
 
 impl GuestStores {
     fn open_database(&mut self, label: &str) -> Result<Resource<OpenDatabase>, Refused> {
@@ -228,74 +244,111 @@ impl GuestStores {
             return Err(Refused::AccessDenied);
         };
         self.table
-            .push(OpenDatabase(db.clone()))
+            .push(OpenDatabase {
+                db: db.clone(),
+                last_insert_rowid: 0,
+                changes: 0,
+            })
             .map_err(|_| Refused::TableFull)
     }
 }
 
-fn to_sql(v: v2::Value) -> SqlValue {
-    match v {
-        v2::Value::Integer(i) => SqlValue::Integer(i),
-        v2::Value::Real(f) => SqlValue::Real(f),
-        v2::Value::Text(s) => SqlValue::Text(s),
-        v2::Value::Blob(b) => SqlValue::Blob(b),
-        v2::Value::Null => SqlValue::Null,
-    }
+/// One version of Spin's SQLite interface over [`Database`]: `$v` is its bindings module; the
+/// methods in braces are the version's own (Spin 3's `last-insert-rowid` and `changes`).
+macro_rules! spin_sqlite_host {
+    ($v:ident, $host:ident { $($extra:tt)* }) => {
+        mod $host {
+            use super::*;
+
+            fn to_sql(v: $v::Value) -> SqlValue {
+                match v {
+                    $v::Value::Integer(i) => SqlValue::Integer(i),
+                    $v::Value::Real(f) => SqlValue::Real(f),
+                    $v::Value::Text(s) => SqlValue::Text(s),
+                    $v::Value::Blob(b) => SqlValue::Blob(b),
+                    $v::Value::Null => SqlValue::Null,
+                }
+            }
+
+            fn from_sql(v: SqlValue) -> $v::Value {
+                match v {
+                    SqlValue::Integer(i) => $v::Value::Integer(i),
+                    SqlValue::Real(f) => $v::Value::Real(f),
+                    SqlValue::Text(s) => $v::Value::Text(s),
+                    SqlValue::Blob(b) => $v::Value::Blob(b),
+                    SqlValue::Null => $v::Value::Null,
+                }
+            }
+
+            impl $v::Host for GuestStores {}
+
+            impl $v::HostConnection for GuestStores {
+                async fn open(
+                    &mut self,
+                    database: String,
+                ) -> Result<Resource<OpenDatabase>, $v::Error> {
+                    self.open_database(&database).map_err(|r| match r {
+                        Refused::AccessDenied => $v::Error::AccessDenied,
+                        Refused::TableFull => $v::Error::Io("too many databases open".to_string()),
+                    })
+                }
+
+                async fn execute(
+                    &mut self,
+                    this: Resource<OpenDatabase>,
+                    statement: String,
+                    parameters: Vec<$v::Value>,
+                ) -> Result<$v::QueryResult, $v::Error> {
+                    let db = self
+                        .table
+                        .get(&this)
+                        .map(|d| d.db.clone())
+                        .map_err(|_| $v::Error::InvalidConnection)?;
+                    let params = parameters.into_iter().map(to_sql).collect();
+                    let rows = db
+                        .execute(statement, params, self.sqlite_timeout)
+                        .await
+                        .map_err($v::Error::Io)?;
+                    if let Ok(open) = self.table.get_mut(&this)
+                        && rows.writes
+                    {
+                        open.last_insert_rowid = rows.last_insert_rowid;
+                        open.changes = rows.changes;
+                    }
+                    Ok($v::QueryResult {
+                        columns: rows.columns,
+                        rows: rows
+                            .rows
+                            .into_iter()
+                            .map(|r| $v::RowResult {
+                                values: r.into_iter().map(from_sql).collect(),
+                            })
+                            .collect(),
+                    })
+                }
+
+                $($extra)*
+
+                async fn drop(&mut self, this: Resource<OpenDatabase>) -> wasmtime::Result<()> {
+                    self.table.delete(this)?;
+                    Ok(())
+                }
+            }
+        }
+    };
 }
 
-fn from_sql(v: SqlValue) -> v2::Value {
-    match v {
-        SqlValue::Integer(i) => v2::Value::Integer(i),
-        SqlValue::Real(f) => v2::Value::Real(f),
-        SqlValue::Text(s) => v2::Value::Text(s),
-        SqlValue::Blob(b) => v2::Value::Blob(b),
-        SqlValue::Null => v2::Value::Null,
-    }
-}
+spin_sqlite_host!(v2, spin2_host {});
 
-impl v2::Host for GuestStores {}
-
-impl v2::HostConnection for GuestStores {
-    async fn open(&mut self, database: String) -> Result<Resource<OpenDatabase>, v2::Error> {
-        self.open_database(&database).map_err(|r| match r {
-            Refused::AccessDenied => v2::Error::AccessDenied,
-            Refused::TableFull => v2::Error::Io("too many databases open".to_string()),
-        })
+spin_sqlite_host!(v3, spin3_host {
+    async fn last_insert_rowid(&mut self, this: Resource<OpenDatabase>) -> i64 {
+        self.table.get(&this).map_or(0, |d| d.last_insert_rowid)
     }
 
-    async fn execute(
-        &mut self,
-        this: Resource<OpenDatabase>,
-        statement: String,
-        parameters: Vec<v2::Value>,
-    ) -> Result<v2::QueryResult, v2::Error> {
-        let db = self
-            .table
-            .get(&this)
-            .map(|d| d.0.clone())
-            .map_err(|_| v2::Error::InvalidConnection)?;
-        let params = parameters.into_iter().map(to_sql).collect();
-        let rows = db
-            .execute(statement, params, self.sqlite_timeout)
-            .await
-            .map_err(v2::Error::Io)?;
-        Ok(v2::QueryResult {
-            columns: rows.columns,
-            rows: rows
-                .rows
-                .into_iter()
-                .map(|r| v2::RowResult {
-                    values: r.into_iter().map(from_sql).collect(),
-                })
-                .collect(),
-        })
+    async fn changes(&mut self, this: Resource<OpenDatabase>) -> u64 {
+        self.table.get(&this).map_or(0, |d| d.changes)
     }
-
-    async fn drop(&mut self, this: Resource<OpenDatabase>) -> wasmtime::Result<()> {
-        self.table.delete(this)?;
-        Ok(())
-    }
-}
+});
 
 #[cfg(test)]
 mod tests {

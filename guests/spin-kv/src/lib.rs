@@ -8,6 +8,8 @@
 //! `/sqlite/exec?db=&sql=&p=...`: one statement through `spin_sdk::sqlite` with the `p`
 //! parameters (as integers where they parse, else text); the columns then one row a line,
 //! values `|`-separated and typed (`i:1`, `r:1.5`, `t:x`, `b:3 bytes`, `null`).
+//! `/sqlite3/exec?db=&sql=`: one statement through `spin_sdk::sqlite3` (spin:sqlite@3.0.0):
+//! `rows=N rowid=N changes=N`.
 //! Every error is 500 with the error as the SDK reports it (`{:?}`).
 
 use spin_sdk::http::{IntoResponse, Request, Response};
@@ -204,6 +206,26 @@ fn handle(req: Request) -> anyhow::Result<impl IntoResponse> {
                 Err(e) => fail(e),
             },
         );
+    }
+    if path == "/sqlite3/exec" {
+        // Spin 3's interface: what the statement did on this connection.
+        use spin_sdk::sqlite3::Connection;
+        let conn = match Connection::open(&get("db").unwrap_or_else(|| "default".to_string())) {
+            Ok(c) => c,
+            Err(e) => return Ok(fail(e)),
+        };
+        return Ok(match conn.execute(&get("sql").unwrap_or_default(), &[]) {
+            Ok(r) => reply(
+                200,
+                format!(
+                    "rows={} rowid={} changes={}",
+                    r.rows.len(),
+                    conn.last_insert_rowid(),
+                    conn.changes()
+                ),
+            ),
+            Err(e) => fail(e),
+        });
     }
     Ok(reply(404, "no such route".into()))
 }
