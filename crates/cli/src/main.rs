@@ -325,10 +325,12 @@ fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
         max_connections: args.max_connections,
         shutdown_grace: args.shutdown_grace,
         variables,
-        stores: runtime_config
-            .as_ref()
-            .map(|c| c.stores.clone())
-            .unwrap_or_default(),
+        // The runtime config's store and database definitions (read once: a reload re-reads
+        // variables, not these).
+        stores: match &args.runtime_config_file {
+            Some(path) => wms_manifest::runtime_config::load(path)?.stores,
+            None => Default::default(),
+        },
         runtime_config_file: args.runtime_config_file.clone(),
         state_dir,
         admin: args.admin_listen,

@@ -20,8 +20,6 @@ use crate::descriptors::{OutboundPermit, OutboundSlots};
 use crate::guest::HostState;
 use crate::wt;
 
-include!(concat!(env!("OUT_DIR"), "/spin_wit.rs"));
-
 mod spin2 {
     spin_sdk_5_bindgen! {
         inline: "

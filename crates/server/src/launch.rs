@@ -326,12 +326,24 @@ pub async fn serve_app_reloading(
     reloads: Option<Reloads>,
 ) -> anyhow::Result<bool> {
     let origins = app.resolve_variables(&launch.variables)?;
-    let stores = wms_manifest::stores::resolve(
-        &app,
-        &launch.stores,
-        launch.runtime_config_file.as_deref(),
-        launch.state_dir.clone(),
-    )?;
+    // Each version's labels are resolved against the same runtime config's stores (a reload
+    // re-reads the manifest, not the operator's store definitions).
+    let resolve_stores: StoreResolver = {
+        let (config, file, dir) = (
+            launch.stores.clone(),
+            launch.runtime_config_file.clone(),
+            launch.state_dir.clone(),
+        );
+        Arc::new(move |app: &App| {
+            Ok(wms_manifest::stores::resolve(
+                app,
+                &config,
+                file.as_deref(),
+                dir.clone(),
+            )?)
+        })
+    };
+    let stores = resolve_stores(&app)?;
     log_components(&app, &origins, &stores);
     let descriptors = raise_descriptor_limit();
     let connection_share = usize::try_from(descriptors / 4)
@@ -459,6 +471,7 @@ pub async fn serve_app_reloading(
             current.clone(),
             operator_options,
             prints,
+            resolve_stores,
         ))
     });
     let clean = crate::serve_current(current, listener, server_options, shutdown).await;
@@ -477,6 +490,11 @@ fn new_runtime(app: &App, mut options: RuntimeOptions) -> anyhow::Result<Runtime
     Ok(runtime)
 }
 
+/// Resolves an app's store and database labels (`wms_manifest::stores::resolve` with the
+/// operator's runtime config and state directory).
+type StoreResolver =
+    Arc<dyn Fn(&App) -> anyhow::Result<wms_manifest::stores::AppStores> + Send + Sync>;
+
 /// Serves reload requests one at a time until the channel closes; requests that come while one
 /// runs are merged into the next.
 async fn reload_loop(
@@ -484,6 +502,7 @@ async fn reload_loop(
     current: crate::Current,
     options: RuntimeOptions,
     mut prints: Fingerprints,
+    resolve_stores: StoreResolver,
 ) {
     while let Some(mut request) = reloads.requests.recv().await {
         while let Ok(more) = reloads.requests.try_recv() {
@@ -495,11 +514,13 @@ async fn reload_loop(
         let old = current.get();
         let load = reloads.load.clone();
         let loaded = {
-            let options = options.clone();
+            let mut options = options.clone();
+            let resolve_stores = resolve_stores.clone();
             tokio::task::spawn_blocking(move || -> anyhow::Result<(App, Fingerprints, Runtime)> {
                 let (mut app, variables) = load(&request)?;
                 let origins = app.resolve_variables(&variables)?;
-                log_components(&app, &origins);
+                options.stores = resolve_stores(&app)?;
+                log_components(&app, &origins, &options.stores);
                 let prints = fingerprints(&app);
                 let runtime = new_runtime(&app, options).with_context(|| {
                     format!(
