@@ -59,6 +59,9 @@ pub struct Cas {
 /// The most stores and databases one instance holds open at once (Spin's `store-table-full`
 /// past it).
 const MAX_OPEN: usize = 256;
+/// Most bytes of values one `wasi:keyvalue/batch.get-many` returns: its keys may repeat, so
+/// without this a short list of keys could make the host hold any multiple of the value limit.
+const MAX_BATCH_BYTES: usize = 16 << 20;
 
 /// What one instance may open: its component's stores and databases, and its own handles.
 pub(crate) struct GuestStores {
@@ -359,8 +362,16 @@ impl batch::Host for GuestStores {
     ) -> Result<Vec<(String, Option<Vec<u8>>)>, wasi_store::Error> {
         let s = self.store(&bucket).map_err(wasi_error)?;
         let mut out = Vec::with_capacity(keys.len());
+        let mut bytes = 0usize;
         for key in keys {
             let v = s.get(key.clone()).await.map_err(wasi_error)?;
+            bytes = bytes.saturating_add(v.as_ref().map_or(0, Vec::len));
+            if bytes > MAX_BATCH_BYTES {
+                return Err(wasi_store::Error::Other(format!(
+                    "get-many would return more than {} MiB of values; ask for fewer keys at a time",
+                    MAX_BATCH_BYTES >> 20
+                )));
+            }
             out.push((key, v));
         }
         Ok(out)

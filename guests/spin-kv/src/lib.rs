@@ -4,7 +4,8 @@
 //! `/kv/exists` (`true`/`false`), `/kv/keys` (one key a line, sorted), `/kv/big?store=&key=&size=`
 //! (sets a value of `size` bytes): `spin_sdk::key_value` (fermyon:spin/key-value@2.0.0).
 //! `/wkv/set`, `/wkv/get`, `/wkv/keys`, `/wkv/incr?key=&by=`, `/wkv/cas?key=&from=&to=`:
-//! the same through `wasi:keyvalue` store and atomics.
+//! the same through `wasi:keyvalue` store and atomics; `/wkv/many?key=&n=` gets `key` `n` times
+//! in one `batch.get-many` and answers the total size of the values.
 //! `/sqlite/exec?db=&sql=&p=...`: one statement through `spin_sdk::sqlite` with the `p`
 //! parameters (as integers where they parse, else text); the columns then one row a line,
 //! values `|`-separated and typed (`i:1`, `r:1.5`, `t:x`, `b:3 bytes`, `null`).
@@ -16,7 +17,7 @@ use spin_sdk::http::{IntoResponse, Request, Response};
 use spin_sdk::http_component;
 use spin_sdk::key_value::Store;
 use spin_sdk::sqlite::{Connection, Value};
-use spin_sdk::wit::wasi::keyvalue::{atomics, store as wasi};
+use spin_sdk::wit::wasi::keyvalue::{atomics, batch, store as wasi};
 
 fn reply(status: u16, body: String) -> Response {
     Response::builder()
@@ -152,6 +153,16 @@ fn handle(req: Request) -> anyhow::Result<impl IntoResponse> {
                 }
                 Err(e) => fail(e),
             },
+            "many" => {
+                let n: usize = get("n").and_then(|s| s.parse().ok()).unwrap_or(1);
+                match batch::get_many(&bucket, &vec![key.clone(); n]) {
+                    Ok(values) => {
+                        let total: usize = values.iter().filter_map(|(_, v)| v.as_ref()).map(Vec::len).sum();
+                        reply(200, total.to_string())
+                    }
+                    Err(e) => fail(e),
+                }
+            }
             "incr" => {
                 let by: i64 = get("by").and_then(|s| s.parse().ok()).unwrap_or(1);
                 match atomics::increment(&bucket, &key, by) {

@@ -187,6 +187,26 @@ fn store_limits_reject_writes_with_an_error_the_guest_sees() {
     assert_eq!(ok(&server, "/a/kv/get?key=c"), "3");
 }
 
+/// Regression (review): one `wasi:keyvalue` `get-many` could make the host hold one value any
+/// number of times (its keys may repeat). A batch now returns at most 16 MiB of values.
+#[test]
+fn a_batch_cannot_make_the_host_hold_a_value_many_times_over() {
+    let dir = app_dir(&manifest(""));
+    let server = Server::start(dir.path(), &[]);
+    assert_eq!(ok(&server, "/a/kv/big?key=a&size=1048576"), "ok");
+    assert_eq!(
+        ok(&server, "/a/wkv/many?key=a&n=16"),
+        (16u64 << 20).to_string()
+    );
+    let (status, body) = get(&server, "/a/wkv/many?key=a&n=17");
+    assert_eq!(status, 500);
+    assert!(
+        body.contains("get-many would return more than 16 MiB of values"),
+        "{body}"
+    );
+    assert_eq!(ok(&server, "/a/wkv/many?key=a&n=1"), "1048576");
+}
+
 /// Runs `wms up` in `dir`, expecting it to stop at start; returns its standard error.
 fn up_fails(dir: &Path, args: &[&str]) -> String {
     let cache = tempfile::tempdir().unwrap();
