@@ -195,16 +195,24 @@ impl Server {
     pub fn wait_for_log_within(&self, needle: &str, within: Duration) -> String {
         let start = Instant::now();
         loop {
-            let log = self.log();
-            if log.contains(needle) {
+            if let Some(log) = self.log_containing(needle, start, within) {
                 return log;
             }
-            assert!(
-                start.elapsed() < within,
-                "log never contained {needle:?}:\n{log}"
-            );
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// The log if it contains `needle`; panics once `within` has passed since `start`.
+    fn log_containing(&self, needle: &str, start: Instant, within: Duration) -> Option<String> {
+        let log = self.log();
+        if log.contains(needle) {
+            return Some(log);
+        }
+        assert!(
+            start.elapsed() < within,
+            "log never contained {needle:?}:\n{log}"
+        );
+        None
     }
 
     /// Waits, inside a test's async block, until the log contains `needle` (20 s at most).
@@ -213,14 +221,9 @@ impl Server {
     pub async fn wait_for_log_async(&self, needle: &str) -> String {
         let start = Instant::now();
         loop {
-            let log = self.log();
-            if log.contains(needle) {
+            if let Some(log) = self.log_containing(needle, start, Duration::from_secs(20)) {
                 return log;
             }
-            assert!(
-                start.elapsed() < Duration::from_secs(20),
-                "log never contained {needle:?}:\n{log}"
-            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
