@@ -438,7 +438,7 @@ pub(crate) struct GuardedBody {
     pub(crate) inner: ResponseBody,
     pub(crate) done: Option<tokio::sync::oneshot::Receiver<bool>>,
     /// The guest producing the body: cancelled when the body is dropped before the end.
-    pub(crate) _guest: GuestTask,
+    pub(crate) guest: GuestTask,
 }
 
 /// A running guest, cancelled when this is dropped: a guest whose client went away stops at
@@ -446,6 +446,8 @@ pub(crate) struct GuardedBody {
 pub(crate) struct GuestTask {
     handle: tokio::task::AbortHandle,
     component: Arc<str>,
+    /// The client got the whole response: whatever the guest still does is not cancelled.
+    answered: bool,
 }
 
 impl GuestTask {
@@ -453,13 +455,59 @@ impl GuestTask {
         Self {
             handle: task.abort_handle(),
             component: component.clone(),
+            answered: false,
         }
+    }
+}
+
+/// How long a response body dropped before its end waits for its guest to report before the
+/// guest is cancelled: HTTP/1 drops a body once it has sent the bytes its `content-length`
+/// named, an instant before the guest's task ends.
+const DROPPED_BODY_GRACE: std::time::Duration = std::time::Duration::from_millis(200);
+
+impl GuestTask {
+    /// The guest is over or its client has the whole response: nothing to cancel.
+    fn answered(&mut self) {
+        self.answered = true;
+    }
+
+    /// Moves the guard out: the returned one cancels the guest when dropped, this one no
+    /// longer does.
+    fn hand_over(&mut self) -> GuestTask {
+        let task = GuestTask {
+            handle: self.handle.clone(),
+            component: self.component.clone(),
+            answered: self.answered,
+        };
+        self.answered = true;
+        task
+    }
+}
+
+impl Drop for GuardedBody {
+    fn drop(&mut self) {
+        let Some(done) = self.done.take() else {
+            return;
+        };
+        if self.guest.answered || self.guest.handle.is_finished() {
+            return;
+        }
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let mut guest = self.guest.hand_over();
+        rt.spawn(async move {
+            // Reported (or its task ended): nothing to cancel. Else `guest` cancels it.
+            if tokio::time::timeout(DROPPED_BODY_GRACE, done).await.is_ok() {
+                guest.answered();
+            }
+        });
     }
 }
 
 impl Drop for GuestTask {
     fn drop(&mut self) {
-        if !self.handle.is_finished() {
+        if !self.answered && !self.handle.is_finished() {
             tracing::info!(component = %self.component, "client went away; guest cancelled");
             self.handle.abort();
         }
@@ -480,12 +528,16 @@ impl http_body::Body for GuardedBody {
             other => return other,
         }
         let Some(done) = self.done.as_mut() else {
+            self.guest.answered();
             return Poll::Ready(None);
         };
         match std::pin::Pin::new(done).poll(cx) {
             Poll::Pending => Poll::Pending,
             Poll::Ready(failed) => {
                 self.done = None;
+                // The guest has reported: its task is ending on its own, and the client has
+                // everything it will get.
+                self.guest.answered();
                 if failed.unwrap_or(true) {
                     Poll::Ready(Some(Err(
                         "the guest failed while sending the response body".into(),

@@ -114,7 +114,7 @@ where
             GuardedBody {
                 inner: b.map_err(|e| Box::new(e) as BoxError).boxed_unsync(),
                 done: Some(done_rx),
-                _guest: guest,
+                guest,
             }
             .boxed_unsync()
         })),

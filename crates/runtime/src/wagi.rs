@@ -602,7 +602,7 @@ where
     let body = GuardedBody {
         inner: body.boxed_unsync(),
         done: Some(done_rx),
-        _guest: guest,
+        guest,
     }
     .boxed_unsync();
     Ok(response
