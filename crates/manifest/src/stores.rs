@@ -87,10 +87,12 @@ fn redis_host(url: &str) -> &str {
     rest.split('/').next().unwrap_or(rest)
 }
 
-/// A SQLite database definition: a file, `path` or the state directory's `sqlite/LABEL.db`.
+/// A SQLite database definition: a file, `path` or the state directory's `sqlite/LABEL.db`,
+/// and the most bytes it may hold (`None`: the runtime's default).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SqliteDatabase {
     pub path: Option<PathBuf>,
+    pub max_size: Option<u64>,
 }
 
 /// Every store and database the runtime config file defines.
@@ -285,9 +287,10 @@ pub(crate) fn sqlite_database(
             ));
         }
     }
-    check_keys(t, "spin", &["type", "path"])?;
+    check_keys(t, "spin", &["type", "path", "max_size"])?;
     Ok(SqliteDatabase {
         path: string(t, "path")?.map(|p| dir.join(p)),
+        max_size: size(t, "max_size")?,
     })
 }
 

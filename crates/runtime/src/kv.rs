@@ -13,7 +13,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -220,7 +220,7 @@ struct Usage {
 /// One SQLite file of embedded stores, its connection used by one blocking thread at a time.
 struct EmbeddedFile {
     path: PathBuf,
-    inner: Mutex<Embedded>,
+    inner: Arc<tokio::sync::Mutex<Embedded>>,
 }
 
 struct Embedded {
@@ -248,16 +248,20 @@ impl EmbeddedFile {
         .with_context(|| format!("cannot set up the key-value store {}", path.display()))?;
         Ok(Self {
             path: path.to_path_buf(),
-            inner: Mutex::new(Embedded {
+            inner: Arc::new(tokio::sync::Mutex::new(Embedded {
                 conn,
                 usage: HashMap::new(),
-            }),
+            })),
         })
     }
 
     /// Counts what store `label` holds, for its limits.
     fn count(&self, label: &str) -> anyhow::Result<()> {
-        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        // At start, before any guest runs: nothing else holds it.
+        let mut inner = self
+            .inner
+            .try_lock()
+            .context("the key-value store is in use while it opens")?;
         let (keys, bytes): (i64, i64) = inner
             .conn
             .query_row(
@@ -276,20 +280,19 @@ impl EmbeddedFile {
         Ok(())
     }
 
-    /// Runs `f` on a blocking thread with the connection and the store's label.
+    /// Runs `f` on a blocking thread with the connection and the store's label, once the
+    /// connection is free: a caller that gives up while waiting (a guest cancelled at its
+    /// timeout) runs nothing and holds no thread.
     async fn run<T: Send + 'static>(
         self: &Arc<Self>,
         label: &str,
         f: impl FnOnce(&mut Embedded, &str) -> KvResult<T> + Send + 'static,
     ) -> KvResult<T> {
-        let file = self.clone();
+        let mut inner = self.inner.clone().lock_owned().await;
         let label = label.to_string();
-        tokio::task::spawn_blocking(move || {
-            let mut inner = file.inner.lock().unwrap_or_else(|e| e.into_inner());
-            f(&mut inner, &label)
-        })
-        .await
-        .map_err(|e| KvError(format!("store task failed: {e}")))?
+        tokio::task::spawn_blocking(move || f(&mut inner, &label))
+            .await
+            .map_err(|e| KvError(format!("store task failed: {e}")))?
     }
 }
 

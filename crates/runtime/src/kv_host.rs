@@ -62,6 +62,10 @@ const MAX_OPEN: usize = 256;
 /// Most bytes of values one `wasi:keyvalue/batch.get-many` returns: its keys may repeat, so
 /// without this a short list of keys could make the host hold any multiple of the value limit.
 const MAX_BATCH_BYTES: usize = 16 << 20;
+/// Most bytes of values one instance's compare-and-swap handles hold together: each keeps the
+/// value it read, so without this [`MAX_OPEN`] handles could hold that many times the value
+/// limit.
+const MAX_CAS_BYTES: usize = 16 << 20;
 
 /// What one instance may open: its component's stores and databases, and its own handles.
 pub(crate) struct GuestStores {
@@ -70,6 +74,8 @@ pub(crate) struct GuestStores {
     pub(crate) table: ResourceTable,
     /// The longest one SQLite statement may run (the component's request timeout).
     pub(crate) sqlite_timeout: std::time::Duration,
+    /// Bytes of values the instance's compare-and-swap handles hold (at most [`MAX_CAS_BYTES`]).
+    cas_bytes: usize,
 }
 
 /// A component's stores and databases, by label (only those it declares).
@@ -128,7 +134,32 @@ impl GuestStores {
             grants,
             table,
             sqlite_timeout,
+            cas_bytes: 0,
         }
+    }
+
+    /// Keeps `cas` as a guest handle, within [`MAX_CAS_BYTES`] for all of the instance's.
+    fn hold_cas(&mut self, cas: Cas) -> Result<Resource<Cas>, wasi_store::Error> {
+        let len = cas.current.as_ref().map_or(0, Vec::len);
+        if self.cas_bytes + len > MAX_CAS_BYTES {
+            return Err(wasi_store::Error::Other(format!(
+                "this instance's compare-and-swap handles would hold more than {} MiB of values; drop or swap some first",
+                MAX_CAS_BYTES >> 20
+            )));
+        }
+        let handle = self
+            .table
+            .push(cas)
+            .map_err(|e| wasi_store::Error::Other(e.to_string()))?;
+        self.cas_bytes += len;
+        Ok(handle)
+    }
+
+    /// Takes back the guest's handle `cas`.
+    fn release_cas(&mut self, cas: Resource<Cas>) -> wasmtime::Result<Cas> {
+        let cas = self.table.delete(cas)?;
+        self.cas_bytes -= cas.current.as_ref().map_or(0, Vec::len);
+        Ok(cas)
     }
 
     fn open(&mut self, label: &str) -> Result<Resource<OpenStore>, Refused> {
@@ -301,22 +332,18 @@ impl atomics::Host for GuestStores {
             key,
             current,
         } = self
-            .table
-            .delete(cas)
+            .release_cas(cas)
             .map_err(|e| atomics::CasError::StoreError(wasi_store::Error::Other(e.to_string())))?;
         match store.swap(key.clone(), current, value).await {
             Ok(Swap::Done) => Ok(()),
             Ok(Swap::Changed(now)) => {
                 let cas = self
-                    .table
-                    .push(Cas {
+                    .hold_cas(Cas {
                         store,
                         key,
                         current: now,
                     })
-                    .map_err(|e| {
-                        atomics::CasError::StoreError(wasi_store::Error::Other(e.to_string()))
-                    })?;
+                    .map_err(atomics::CasError::StoreError)?;
                 Err(atomics::CasError::CasFailed(cas))
             }
             Err(e) => Err(atomics::CasError::StoreError(wasi_error(e))),
@@ -332,13 +359,11 @@ impl atomics::HostCas for GuestStores {
     ) -> Result<Resource<Cas>, wasi_store::Error> {
         let store = self.store(&bucket).map_err(wasi_error)?;
         let current = store.get(key.clone()).await.map_err(wasi_error)?;
-        self.table
-            .push(Cas {
-                store,
-                key,
-                current,
-            })
-            .map_err(|e| wasi_store::Error::Other(e.to_string()))
+        self.hold_cas(Cas {
+            store,
+            key,
+            current,
+        })
     }
 
     async fn current(&mut self, this: Resource<Cas>) -> Result<Option<Vec<u8>>, wasi_store::Error> {
@@ -349,7 +374,7 @@ impl atomics::HostCas for GuestStores {
     }
 
     async fn drop(&mut self, this: Resource<Cas>) -> wasmtime::Result<()> {
-        self.table.delete(this)?;
+        self.release_cas(this)?;
         Ok(())
     }
 }

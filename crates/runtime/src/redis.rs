@@ -6,11 +6,20 @@
 //! goes to a checked address, with the redis crate on tokio; `rediss://` (TLS) and Unix sockets
 //! are refused. Each open connection counts as an outbound connection of its instance.
 //!
+//! A connection runs one command at a time, and a reply may be at most [`MAX_REPLY_BYTES`] on
+//! the wire: a larger one fails the command and closes the connection, so an allowed server
+//! (or a value a guest built up in it) cannot make the host hold more.
+//!
 //! The WIT is the Spin SDK's own (see build.rs). Spin 3's `spin:redis/redis@3.0.0` (SDKs 6
 //! and 7) is not linked yet.
 
+use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use redis::{ConnectionAddr, IntoConnectionInfo as _, Value};
 use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
@@ -38,10 +47,99 @@ use spin2::fermyon::spin2_0_0::redis as v2;
 /// How long opening a connection (resolving, connecting, the handshake) may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The most bytes one reply may take on the wire (the same cap as a SQLite result's).
+pub const MAX_REPLY_BYTES: usize = 16 << 20;
+
 /// An open connection, as the guest's `connection` resource.
 pub struct Connection {
-    conn: redis::aio::MultiplexedConnection,
+    command: Command,
+    _driver: tokio_util::task::AbortOnDropHandle<()>,
     _permit: OutboundPermit,
+}
+
+/// What runs one command on a connection: one at a time, its reply counted from zero.
+#[derive(Clone)]
+struct Command {
+    conn: redis::aio::MultiplexedConnection,
+    received: Arc<AtomicUsize>,
+    one_at_a_time: Arc<tokio::sync::Mutex<()>>,
+}
+
+/// The connection's socket, failing once the current command's reply passes
+/// [`MAX_REPLY_BYTES`].
+struct Capped {
+    stream: tokio::net::TcpStream,
+    received: Arc<AtomicUsize>,
+}
+
+impl AsyncRead for Capped {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let read = Pin::new(&mut self.stream).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = read {
+            let n = buf.filled().len() - before;
+            if self.received.fetch_add(n, Ordering::Relaxed) + n > MAX_REPLY_BYTES {
+                return Poll::Ready(Err(std::io::Error::other(format!(
+                    "a reply of more than {} MiB",
+                    MAX_REPLY_BYTES >> 20
+                ))));
+            }
+        }
+        read
+    }
+}
+
+impl AsyncWrite for Capped {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+/// Connects to `addr` and sets the connection up as `info` says (password, database).
+async fn connect(
+    info: &redis::ConnectionInfo,
+    addr: std::net::SocketAddr,
+) -> Result<(Command, tokio_util::task::AbortOnDropHandle<()>), String> {
+    let stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| e.to_string())?;
+    let received = Arc::new(AtomicUsize::new(0));
+    let capped = Capped {
+        stream,
+        received: received.clone(),
+    };
+    let (conn, driver) = redis::aio::MultiplexedConnection::new_with_config(
+        info.redis_settings(),
+        capped,
+        redis::AsyncConnectionConfig::new(),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    let driver = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(driver));
+    Ok((
+        Command {
+            conn,
+            received,
+            one_at_a_time: Arc::new(tokio::sync::Mutex::new(())),
+        },
+        driver,
+    ))
 }
 
 /// What the Redis interface sees of an instance.
@@ -120,20 +218,15 @@ impl InstanceRedis {
         })?;
         let mut last = None;
         for addr in addrs {
-            let info = info
-                .clone()
-                .set_addr(ConnectionAddr::Tcp(addr.ip().to_string(), addr.port()));
-            let client = redis::Client::open(info).map_err(other)?;
-            match tokio::time::timeout(CONNECT_TIMEOUT, client.get_multiplexed_async_connection())
-                .await
-            {
-                Ok(Ok(conn)) => {
+            match tokio::time::timeout(CONNECT_TIMEOUT, connect(&info, addr)).await {
+                Ok(Ok((command, driver))) => {
                     return Ok(Connection {
-                        conn,
+                        command,
+                        _driver: driver,
                         _permit: permit,
                     });
                 }
-                Ok(Err(e)) => last = Some(e.to_string()),
+                Ok(Err(e)) => last = Some(e),
                 Err(_) => last = Some(format!("no connection within {CONNECT_TIMEOUT:?}")),
             }
         }
@@ -159,18 +252,25 @@ impl RedisView<'_> {
         c: &Resource<Connection>,
         name: &str,
         args: impl redis::ToRedisArgs,
-    ) -> Result<(redis::aio::MultiplexedConnection, redis::Cmd), v2::Error> {
+    ) -> Result<(Command, redis::Cmd), v2::Error> {
         // A multiplexed connection is a handle: a clone shares the connection.
-        let conn = self.table.get(c).map(|c| c.conn.clone()).map_err(other)?;
+        let command = self
+            .table
+            .get(c)
+            .map(|c| c.command.clone())
+            .map_err(other)?;
         let mut cmd = redis::cmd(name);
         cmd.arg(args);
-        Ok((conn, cmd))
+        Ok((command, cmd))
     }
 }
 
 async fn query<T: redis::FromRedisValue>(
-    (mut conn, cmd): (redis::aio::MultiplexedConnection, redis::Cmd),
+    (command, cmd): (Command, redis::Cmd),
 ) -> Result<T, v2::Error> {
+    let _one = command.one_at_a_time.lock().await;
+    command.received.store(0, Ordering::Relaxed);
+    let mut conn = command.conn;
     cmd.query_async(&mut conn).await.map_err(|e| {
         if e.kind() == redis::ErrorKind::UnexpectedReturnType {
             v2::Error::TypeError

@@ -18,12 +18,22 @@
 //!   requests, against the same cap and the process's descriptor budget); one over the cap
 //!   fails with `new-socket-limit`.
 //!
+//! * A name lookup holds one of the runtime's blocking threads until the system resolver
+//!   answers, however soon the guest gives up on it: at most [`MAX_INSTANCE_LOOKUPS`] lookups
+//!   of an instance and [`MAX_LOOKUPS`] of the whole process are in progress at once (counted
+//!   until the resolver is done, even past the guest dropping the lookup); one more fails with
+//!   `temporary-resolver-failure`, so a guest cannot tie up the threads other guests' files,
+//!   databases and lookups need.
+//!
 //! A denied connect, send, bind or lookup fails with `access-denied` and is logged once per
 //! component and address. `wasi:sockets` 0.3 is not linked.
 
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, LazyLock, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
 use wasmtime_wasi::WasiCtxBuilder;
@@ -34,7 +44,7 @@ use wasmtime_wasi::p2::bindings::sockets::network::{
     self, ErrorCode, IpAddress, IpAddressFamily, Network,
 };
 use wasmtime_wasi::p2::bindings::sockets::{tcp_create_socket, udp_create_socket};
-use wasmtime_wasi::p2::{DynPollable, SocketResult, TcpSocket, UdpSocket};
+use wasmtime_wasi::p2::{DynPollable, Pollable as _, SocketResult, TcpSocket, UdpSocket};
 use wasmtime_wasi::sockets::{SocketAddrUse, WasiSocketsCtxView};
 use wms_manifest::outbound::{AllowedHost, is_allowed, names_address};
 
@@ -42,6 +52,16 @@ use crate::descriptors::{OutboundPermit, OutboundSlots};
 use crate::guest::HostState;
 use crate::outbound::special_purpose;
 use crate::wt;
+
+/// Name lookups in progress in the whole process, at most.
+pub const MAX_LOOKUPS: usize = 32;
+/// Name lookups one instance has in progress, at most.
+pub const MAX_INSTANCE_LOOKUPS: usize = 4;
+/// How long a lookup whose instance ended without dropping it stays counted: glibc's resolver
+/// gives up within this with its defaults (5 s a try, 2 tries, 3 servers).
+const UNOBSERVED_LOOKUP_HOLD: Duration = Duration::from_secs(30);
+
+static LOOKUPS: LazyLock<Arc<Semaphore>> = LazyLock::new(|| Arc::new(Semaphore::new(MAX_LOOKUPS)));
 
 /// Denied addresses remembered per component so each is logged once; past this many, further
 /// new ones are not logged (a guest probing addresses cannot flood the log).
@@ -228,8 +248,10 @@ impl Resolved {
 pub(crate) struct InstanceSockets {
     policy: Arc<ComponentSockets>,
     resolved: Resolved,
-    /// Lookup streams, by resource, with the (lowercase) name looked up.
+    /// Lookup streams of names, by resource, with the (lowercase) name looked up.
     lookups: HashMap<u32, String>,
+    /// Lookups in progress, by resource, each with its place in [`LOOKUPS`].
+    pending: HashMap<u32, OwnedSemaphorePermit>,
     slots: OutboundSlots,
     /// Sockets created, by resource, with the permit each holds. Closed sockets are noticed at
     /// the next creation or when the instance ends (a closed socket may briefly count).
@@ -252,6 +274,7 @@ impl InstanceSockets {
             policy,
             resolved,
             lookups: HashMap::new(),
+            pending: HashMap::new(),
             slots,
             held: Vec::new(),
         }
@@ -294,6 +317,29 @@ impl InstanceSockets {
             ErrorCode::NewSocketLimit.into()
         })
     }
+}
+
+impl Drop for InstanceSockets {
+    /// Lookups the guest never dropped are still running on their threads: they stay counted
+    /// for as long as the resolver can take.
+    fn drop(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let permits: Vec<_> = self.pending.drain().map(|(_, p)| p).collect();
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                tokio::time::sleep(UNOBSERVED_LOOKUP_HOLD).await;
+                drop(permits);
+            });
+        }
+    }
+}
+
+/// Whether a lookup stream is done (its resolver answered).
+fn lookup_done(stream: &mut ResolveAddressStream) -> bool {
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    stream.ready().as_mut().poll(&mut cx).is_ready()
 }
 
 /// What the wrapped socket interfaces see of an instance.
@@ -358,12 +404,46 @@ impl ip_name_lookup::Host for NetView<'_> {
             );
             return Err(ErrorCode::AccessDenied.into());
         }
+        if literal {
+            return ip_name_lookup::Host::resolve_addresses(&mut self.sockets, network, name);
+        }
+        // The instance's lookups whose resolver has answered no longer count.
+        let table = &mut *self.sockets.table;
+        self.state.pending.retain(|rep, _| {
+            !table
+                .get_mut(&Resource::<ResolveAddressStream>::new_borrow(*rep))
+                .is_ok_and(lookup_done)
+        });
+        let permit = if self.state.pending.len() >= MAX_INSTANCE_LOOKUPS {
+            None
+        } else {
+            LOOKUPS.clone().try_acquire_owned().ok()
+        };
+        let Some(permit) = permit else {
+            tracing::warn!(
+                component = %self.state.policy.component,
+                "name lookup of {name:?} refused: {}",
+                if self.state.pending.len() >= MAX_INSTANCE_LOOKUPS {
+                    format!("the guest has {MAX_INSTANCE_LOOKUPS} lookups in progress, its limit")
+                } else {
+                    format!("guests have {MAX_LOOKUPS} lookups in progress, the process's limit")
+                }
+            );
+            return Err(ErrorCode::TemporaryResolverFailure.into());
+        };
         let stream =
             ip_name_lookup::Host::resolve_addresses(&mut self.sockets, network, name.clone())?;
-        if !literal {
-            let name = name.trim_end_matches('.').to_ascii_lowercase();
-            self.state.lookups.insert(stream.rep(), name);
+        let stream_ref = Resource::<ResolveAddressStream>::new_borrow(stream.rep());
+        if !self
+            .sockets
+            .table
+            .get_mut(&stream_ref)
+            .is_ok_and(lookup_done)
+        {
+            self.state.pending.insert(stream.rep(), permit);
         }
+        let name = name.trim_end_matches('.').to_ascii_lowercase();
+        self.state.lookups.insert(stream.rep(), name);
         Ok(stream)
     }
 }
@@ -391,8 +471,20 @@ impl HostResolveAddressStream for NetView<'_> {
     }
 
     fn drop(&mut self, stream: Resource<ResolveAddressStream>) -> wasmtime::Result<()> {
-        self.state.lookups.remove(&stream.rep());
-        HostResolveAddressStream::drop(&mut self.sockets, stream)
+        let rep = stream.rep();
+        self.state.lookups.remove(&rep);
+        let Some(permit) = self.state.pending.remove(&rep) else {
+            return HostResolveAddressStream::drop(&mut self.sockets, stream);
+        };
+        // Still running: kept (its resolver's thread goes on) until it is done.
+        let mut stream = self.sockets.table.delete(stream)?;
+        if !lookup_done(&mut stream) {
+            tokio::spawn(async move {
+                stream.ready().await;
+                drop(permit);
+            });
+        }
+        Ok(())
     }
 }
 

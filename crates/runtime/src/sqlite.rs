@@ -13,12 +13,12 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Once};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use rusqlite::hooks::{AuthAction, AuthContext, Authorization};
-use rusqlite::types::Value as SqlValue;
+use rusqlite::types::{FromSql as _, Value as SqlValue, ValueRef};
 use wasmtime::component::Resource;
 
 use crate::kv_host::{GuestStores, Refused, spin2_sqlite as v2, spin3_sqlite as v3};
@@ -27,10 +27,27 @@ use crate::kv_host::{GuestStores, Refused, spin2_sqlite as v2, spin3_sqlite as v
 pub const MAX_RESULT_ROWS: usize = 100_000;
 /// The most bytes of values one statement returns to a guest.
 pub const MAX_RESULT_BYTES: usize = 16 << 20;
+/// The most heap SQLite may use in the process, for every database and key-value store
+/// together: a statement that needs more (a row of many large computed values, a large sort)
+/// fails with "out of memory" and the server keeps serving. Temporary tables and sorts are kept
+/// in memory (`temp_store = MEMORY`), so this bounds them too, not the disk.
+pub const HEAP_LIMIT: i64 = 256 << 20;
+/// The default most bytes a database file holds (`max_size` in its runtime config table).
+pub const DEFAULT_MAX_SIZE: u64 = 1 << 30;
+
+/// Sets [`HEAP_LIMIT`], once per process.
+pub(crate) fn limit_heap() {
+    static LIMIT: Once = Once::new();
+    LIMIT.call_once(|| {
+        // SAFETY: sets a process-wide limit SQLite reads under its own lock; no pointers.
+        unsafe { rusqlite::ffi::sqlite3_hard_heap_limit64(HEAP_LIMIT) };
+    });
+}
 
 /// Opens (creating) a SQLite file for wms's own use: WAL, `synchronous = FULL`, waits up to 5 s
 /// for a lock another connection holds.
 pub(crate) fn open_file(path: &Path) -> anyhow::Result<rusqlite::Connection> {
+    limit_heap();
     let conn = rusqlite::Connection::open(path)
         .with_context(|| format!("cannot open the SQLite file {}", path.display()))?;
     conn.busy_timeout(Duration::from_secs(5))?;
@@ -43,7 +60,7 @@ pub(crate) fn open_file(path: &Path) -> anyhow::Result<rusqlite::Connection> {
 /// One labelled database, its connection used by one blocking thread at a time.
 pub(crate) struct Database {
     label: String,
-    conn: Mutex<rusqlite::Connection>,
+    conn: Arc<tokio::sync::Mutex<rusqlite::Connection>>,
 }
 
 /// Every database an app's components use, opened at start.
@@ -93,7 +110,7 @@ fn authorize(ctx: AuthContext<'_>) -> Authorization {
 impl Databases {
     pub(crate) fn open(stores: &wms_manifest::stores::AppStores) -> anyhow::Result<Self> {
         let mut dbs = HashMap::new();
-        for label in stores.sqlite.keys() {
+        for (label, def) in &stores.sqlite {
             let path = stores
                 .sqlite_file(label)
                 .context("no state directory for the embedded SQLite database")?;
@@ -112,13 +129,19 @@ impl Databases {
                 rusqlite::limits::Limit::SQLITE_LIMIT_LENGTH,
                 MAX_RESULT_BYTES as i32,
             )?;
+            conn.pragma_update(None, "temp_store", "MEMORY")?;
+            // The file's size cap, in pages (SQLite keeps a file already larger at its size).
+            let page_size: i64 = conn.pragma_query_value(None, "page_size", |r| r.get(0))?;
+            let max_size = def.max_size.unwrap_or(DEFAULT_MAX_SIZE);
+            let pages = (max_size / page_size.max(1) as u64).clamp(1, i64::MAX as u64) as i64;
+            conn.pragma_update(None, "max_page_count", pages)?;
             conn.authorizer(Some(authorize))?;
             tracing::debug!("SQLite database `{label}`: {}", path.display());
             dbs.insert(
                 label.clone(),
                 Arc::new(Database {
                     label: label.clone(),
-                    conn: Mutex::new(conn),
+                    conn: Arc::new(tokio::sync::Mutex::new(conn)),
                 }),
             );
         }
@@ -143,50 +166,62 @@ pub(crate) struct Rows {
 }
 
 impl Database {
-    /// Runs one statement with `params` on a blocking thread, within `timeout`.
+    /// Runs one statement with `params` on a blocking thread, within `timeout` from now (waiting
+    /// for the connection included). A caller that gives up while waiting runs nothing; a
+    /// statement that started is interrupted at the deadline.
     pub(crate) async fn execute(
         self: &Arc<Self>,
         sql: String,
         params: Vec<SqlValue>,
         timeout: Duration,
     ) -> Result<Rows, String> {
-        let db = self.clone();
-        tokio::task::spawn_blocking(move || db.execute_blocking(&sql, params, timeout))
-            .await
-            .map_err(|e| format!("database task failed: {e}"))?
-    }
-
-    fn execute_blocking(
-        &self,
-        sql: &str,
-        params: Vec<SqlValue>,
-        timeout: Duration,
-    ) -> Result<Rows, String> {
-        let mut conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
-        // Interrupts this statement (and only it: the lock is held) past its deadline.
         let deadline = Instant::now() + timeout;
-        conn.progress_handler(10_000, Some(move || Instant::now() > deadline))
-            .map_err(|e| e.to_string())?;
-        let result = run(&conn, sql, params).map_err(|e| match e {
-            rusqlite::Error::SqliteFailure(f, _)
-                if f.code == rusqlite::ErrorCode::OperationInterrupted =>
-            {
-                format!("the statement ran longer than {timeout:?} and was interrupted")
-            }
-            e => e.to_string(),
-        });
-        let _ = conn.progress_handler(0, None::<fn() -> bool>);
-        // A statement that left a transaction open (BEGIN without COMMIT) would hold the lock
-        // for every other guest: roll it back.
-        if !conn.is_autocommit() {
-            let _ = conn.execute_batch("ROLLBACK");
-            return Err(format!(
-                "database `{}`: a transaction was left open and was rolled back; run a whole transaction in one statement",
-                self.label
-            ));
-        }
-        result
+        let mut conn = tokio::time::timeout_at(deadline.into(), self.conn.clone().lock_owned())
+            .await
+            .map_err(|_| {
+                format!(
+                    "database `{}` was busy with other statements for the whole {timeout:?}",
+                    self.label
+                )
+            })?;
+        let label = self.label.clone();
+        tokio::task::spawn_blocking(move || {
+            execute_blocking(&mut conn, &label, &sql, params, deadline, timeout)
+        })
+        .await
+        .map_err(|e| format!("database task failed: {e}"))?
     }
+}
+
+fn execute_blocking(
+    conn: &mut rusqlite::Connection,
+    label: &str,
+    sql: &str,
+    params: Vec<SqlValue>,
+    deadline: Instant,
+    timeout: Duration,
+) -> Result<Rows, String> {
+    // Interrupts this statement (and only it: the lock is held) past its deadline.
+    conn.progress_handler(10_000, Some(move || Instant::now() > deadline))
+        .map_err(|e| e.to_string())?;
+    let result = run(conn, sql, params).map_err(|e| match e {
+        rusqlite::Error::SqliteFailure(f, _)
+            if f.code == rusqlite::ErrorCode::OperationInterrupted =>
+        {
+            format!("the statement ran longer than {timeout:?} and was interrupted")
+        }
+        e => e.to_string(),
+    });
+    let _ = conn.progress_handler(0, None::<fn() -> bool>);
+    // A statement that left a transaction open (BEGIN without COMMIT) would hold the lock
+    // for every other guest: roll it back.
+    if !conn.is_autocommit() {
+        let _ = conn.execute_batch("ROLLBACK");
+        return Err(format!(
+            "database `{label}`: a transaction was left open and was rolled back; run a whole transaction in one statement"
+        ));
+    }
+    result
 }
 
 fn run(conn: &rusqlite::Connection, sql: &str, params: Vec<SqlValue>) -> rusqlite::Result<Rows> {
@@ -202,16 +237,19 @@ fn run(conn: &rusqlite::Connection, sql: &str, params: Vec<SqlValue>) -> rusqlit
         }
         let mut values = Vec::with_capacity(columns.len());
         for i in 0..columns.len() {
-            let v: SqlValue = row.get(i)?;
-            bytes += match &v {
-                SqlValue::Text(s) => s.len(),
-                SqlValue::Blob(b) => b.len(),
+            // Sized where SQLite holds it, copied only while the result stays under the cap.
+            let v = row.get_ref(i)?;
+            bytes += match v {
+                ValueRef::Text(s) => s.len(),
+                ValueRef::Blob(b) => b.len(),
                 _ => 8,
             };
-            values.push(v);
-        }
-        if bytes > MAX_RESULT_BYTES {
-            return Err(too_big(format!("more than {MAX_RESULT_BYTES} bytes")));
+            if bytes > MAX_RESULT_BYTES {
+                return Err(too_big(format!("more than {MAX_RESULT_BYTES} bytes")));
+            }
+            values.push(SqlValue::column_result(v).map_err(|e| {
+                rusqlite::Error::FromSqlConversionFailure(i, v.data_type(), Box::new(e))
+            })?);
         }
         rows_out.push(values);
     }
@@ -355,18 +393,109 @@ mod tests {
     use super::*;
 
     fn db(dir: &Path) -> Arc<Database> {
+        db_of(dir, Default::default())
+    }
+
+    fn db_of(dir: &Path, def: wms_manifest::stores::SqliteDatabase) -> Arc<Database> {
         let stores = wms_manifest::stores::AppStores {
             state_dir: Some(dir.to_path_buf()),
-            sqlite: [("default".to_string(), Default::default())]
-                .into_iter()
-                .collect(),
+            sqlite: [("default".to_string(), def)].into_iter().collect(),
             ..Default::default()
         };
         Databases::open(&stores).unwrap().get("default").unwrap()
     }
 
-    #[test]
-    fn statements_reach_no_other_file_and_stop_at_their_deadline() {
+    /// Regression (review): a statement waited for its database on a blocking thread, and one
+    /// whose caller had given up at its timeout still ran when the database came free.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_statement_whose_caller_gave_up_waiting_never_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = db(dir.path());
+        let t = Duration::from_secs(5);
+        db.execute("CREATE TABLE t (a INTEGER)".into(), vec![], t)
+            .await
+            .unwrap();
+        // Holds the database for about a second.
+        let busy = {
+            let db = db.clone();
+            tokio::spawn(async move {
+                db.execute(
+                    "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c".into(),
+                    vec![],
+                    Duration::from_secs(1),
+                )
+                .await
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // Its own timeout ends first: an error, and the insert is never made.
+        let e = db
+            .execute(
+                "INSERT INTO t VALUES (1)".into(),
+                vec![],
+                Duration::from_millis(200),
+            )
+            .await
+            .unwrap_err();
+        assert!(e.contains("busy with other statements"), "{e}");
+        // A caller dropped while waiting (a guest cancelled at its request's timeout).
+        let dropped = tokio::time::timeout(
+            Duration::from_millis(200),
+            db.execute("INSERT INTO t VALUES (2)".into(), vec![], t),
+        )
+        .await;
+        assert!(dropped.is_err());
+        assert!(busy.await.unwrap().unwrap_err().contains("interrupted"));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let r = db
+            .execute("SELECT count(*) FROM t".into(), vec![], t)
+            .await
+            .unwrap();
+        assert_eq!(r.rows, vec![vec![SqlValue::Integer(0)]]);
+    }
+
+    #[tokio::test]
+    async fn a_database_holds_at_most_its_max_size_and_results_their_cap() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = db_of(
+            dir.path(),
+            wms_manifest::stores::SqliteDatabase {
+                path: None,
+                max_size: Some(256 << 10),
+            },
+        );
+        let t = Duration::from_secs(5);
+        db.execute("CREATE TABLE t (b BLOB)".into(), vec![], t)
+            .await
+            .unwrap();
+        db.execute("INSERT INTO t VALUES (zeroblob(100000))".into(), vec![], t)
+            .await
+            .unwrap();
+        let e = db
+            .execute("INSERT INTO t VALUES (zeroblob(300000))".into(), vec![], t)
+            .await
+            .unwrap_err();
+        assert!(e.contains("full"), "{e}");
+        // Still usable; what was written is there.
+        let r = db
+            .execute("SELECT count(*) FROM t".into(), vec![], t)
+            .await
+            .unwrap();
+        assert_eq!(r.rows, vec![vec![SqlValue::Integer(1)]]);
+        // A row over the result cap fails at the column that crosses it.
+        let e = db
+            .execute(
+                "SELECT zeroblob(10000000) AS a, zeroblob(10000000) AS b".into(),
+                vec![],
+                t,
+            )
+            .await
+            .unwrap_err();
+        assert!(e.contains("more than 16777216 bytes"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn statements_reach_no_other_file_and_stop_at_their_deadline() {
         let dir = tempfile::tempdir().unwrap();
         let db = db(dir.path());
         let t = Duration::from_secs(5);
@@ -377,20 +506,23 @@ mod tests {
             "PRAGMA journal_mode = DELETE".to_string(),
             "PRAGMA writable_schema = ON".to_string(),
         ] {
-            let e = db.execute_blocking(&sql, vec![], t).err();
+            let e = db.execute(sql.clone(), vec![], t).await.err();
             assert!(e.is_some(), "{sql} was allowed");
         }
         assert!(!outside.exists());
-        db.execute_blocking("CREATE TABLE t (a INTEGER, b TEXT)", vec![], t)
+        db.execute("CREATE TABLE t (a INTEGER, b TEXT)".into(), vec![], t)
+            .await
             .unwrap();
-        db.execute_blocking(
-            "INSERT INTO t VALUES (?1, ?2)",
+        db.execute(
+            "INSERT INTO t VALUES (?1, ?2)".into(),
             vec![SqlValue::Integer(1), SqlValue::Text("x".into())],
             t,
         )
+        .await
         .unwrap();
         let r = db
-            .execute_blocking("SELECT a, b FROM t", vec![], t)
+            .execute("SELECT a, b FROM t".into(), vec![], t)
+            .await
             .unwrap();
         assert_eq!(r.columns, ["a", "b"]);
         assert_eq!(
@@ -398,19 +530,18 @@ mod tests {
             vec![vec![SqlValue::Integer(1), SqlValue::Text("x".into())]]
         );
         assert!(
-            db.execute_blocking("PRAGMA table_info(t)", vec![], t)
+            db.execute("PRAGMA table_info(t)".into(), vec![], t)
+                .await
                 .is_ok()
         );
-        let e = db
-            .execute_blocking(
-                "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c",
+        let e = db.execute("WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c".into(),
                 vec![],
                 Duration::from_millis(200),
-            )
+            ).await
             .unwrap_err();
         assert!(e.contains("interrupted"), "{e}");
-        let e = db.execute_blocking("BEGIN", vec![], t).unwrap_err();
+        let e = db.execute("BEGIN".into(), vec![], t).await.unwrap_err();
         assert!(e.contains("rolled back"), "{e}");
-        assert!(db.execute_blocking("SELECT 1", vec![], t).is_ok());
+        assert!(db.execute("SELECT 1".into(), vec![], t).await.is_ok());
     }
 }

@@ -5,7 +5,8 @@
 //! (sets a value of `size` bytes): `spin_sdk::key_value` (fermyon:spin/key-value@2.0.0).
 //! `/wkv/set`, `/wkv/get`, `/wkv/keys`, `/wkv/incr?key=&by=`, `/wkv/cas?key=&from=&to=`:
 //! the same through `wasi:keyvalue` store and atomics; `/wkv/many?key=&n=` gets `key` `n` times
-//! in one `batch.get-many` and answers the total size of the values.
+//! in one `batch.get-many` and answers the total size of the values; `/wkv/cashoard?key=&n=`
+//! holds `n` compare-and-swap handles on `key` at once (`held N`).
 //! `/sqlite/exec?db=&sql=&p=...`: one statement through `spin_sdk::sqlite` with the `p`
 //! parameters (as integers where they parse, else text); the columns then one row a line,
 //! values `|`-separated and typed (`i:1`, `r:1.5`, `t:x`, `b:3 bytes`, `null`).
@@ -169,6 +170,18 @@ fn handle(req: Request) -> anyhow::Result<impl IntoResponse> {
                     Ok(n) => reply(200, n.to_string()),
                     Err(e) => fail(e),
                 }
+            }
+            "cashoard" => {
+                // Holds `n` compare-and-swap handles on `key` at once.
+                let n: usize = get("n").and_then(|s| s.parse().ok()).unwrap_or(1);
+                let mut held = Vec::new();
+                for _ in 0..n {
+                    match atomics::Cas::new(&bucket, &key) {
+                        Ok(c) => held.push(c),
+                        Err(e) => return Ok(fail(e)),
+                    }
+                }
+                reply(200, format!("held {}", held.len()))
             }
             "cas" => {
                 let cas = match atomics::Cas::new(&bucket, &key) {

@@ -4,10 +4,15 @@
 //! `GET /udp/ADDR`: from a socket bound to `0.0.0.0:0`, sends `ping` and answers 200 with the
 //! first datagram back, or 502 and the error.
 //! `GET /lookup/NAME`: 200 and NAME's addresses, one a line, or 502 and the error.
+//! `GET /lookups/NAME/N`: starts N lookups at once (of `h0.NAME`, `h1.NAME`, ...) and drops
+//! them unfinished: 200 and `started N`, or 502 and the error of the first refused.
 //! `GET /listen/ADDR`: binds a TCP listener: 200 if that worked, or 502 and the error.
 //! `POST /redis/ADDRESS_VAR/KEY`, body VALUE: Spin 2's Redis (`fermyon:spin/redis@2.0.0`) at
 //! the URL in variable ADDRESS_VAR: SET KEY VALUE, then GET KEY; 200 and what GET returned, or
 //! 502 and the error.
+//! `POST /redis-big/ADDRESS_VAR/KEY/SIZE`: makes KEY a value of SIZE bytes in the server
+//! (`SETRANGE`, through `execute`), then GET KEY: 200 and the length GET returned, or 502 and
+//! the error.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream, ToSocketAddrs, UdpSocket};
@@ -59,6 +64,22 @@ fn lookup(name: &str) -> std::io::Result<String> {
     Ok(addrs.concat())
 }
 
+fn lookups(arg: &str) -> std::io::Result<String> {
+    use wasip2::sockets::{instance_network::instance_network, ip_name_lookup};
+    let bad = || std::io::Error::other("use /lookups/NAME/N");
+    let (name, n) = arg.rsplit_once('/').ok_or_else(bad)?;
+    let n: usize = n.parse().map_err(|_| bad())?;
+    let network = instance_network();
+    let mut started = Vec::new();
+    for i in 0..n {
+        match ip_name_lookup::resolve_addresses(&network, &format!("h{i}.{name}")) {
+            Ok(s) => started.push(s),
+            Err(e) => return Err(std::io::Error::other(format!("lookup {i}: {e:?}"))),
+        }
+    }
+    Ok(format!("started {}", started.len()))
+}
+
 fn listen(addr: &str) -> std::io::Result<String> {
     let listener = TcpListener::bind(addr)?;
     Ok(format!("listening on {}", listener.local_addr()?))
@@ -75,6 +96,25 @@ fn redis(address_var: &str, key: &str, value: Vec<u8>) -> Result<String, String>
     }
 }
 
+fn redis_big(address_var: &str, key: &str, size: i64) -> Result<String, String> {
+    use spin_sdk::redis::{Connection, RedisParameter};
+    let address = spin_sdk::variables::get(address_var).map_err(|e| format!("{e:?}"))?;
+    let conn = Connection::open(&address).map_err(|e| format!("open: {e:?}"))?;
+    conn.execute(
+        "SETRANGE",
+        &[
+            RedisParameter::Binary(key.as_bytes().to_vec()),
+            RedisParameter::Int64(size - 1),
+            RedisParameter::Binary(b"x".to_vec()),
+        ],
+    )
+    .map_err(|e| format!("setrange: {e:?}"))?;
+    match conn.get(key).map_err(|e| format!("get: {e:?}"))? {
+        Some(v) => Ok(v.len().to_string()),
+        None => Err("get: no value".to_string()),
+    }
+}
+
 /// A route's work: its argument (the path after its prefix) to the reply's text.
 type Route = fn(&str) -> std::io::Result<String>;
 
@@ -85,16 +125,30 @@ fn handle(req: Request) -> anyhow::Result<impl IntoResponse> {
         .and_then(|h| h.as_str())
         .unwrap_or(req.path())
         .to_string();
-    let routes: [(&str, Route); 4] = [
+    let routes: [(&str, Route); 5] = [
         ("/tcp/", tcp),
         ("/udp/", udp),
         ("/lookup/", lookup),
+        ("/lookups/", lookups),
         ("/listen/", listen),
     ];
     for (prefix, route) in routes {
         if let Some(arg) = path.strip_prefix(prefix) {
             return Ok(io_reply(route(arg)));
         }
+    }
+    if let Some(rest) = path.strip_prefix("/redis-big/") {
+        let parts: Vec<&str> = rest.splitn(3, '/').collect();
+        let [var, key, size] = parts[..] else {
+            return Ok(reply(400, "use /redis-big/ADDRESS_VAR/KEY/SIZE".to_string()));
+        };
+        let Ok(size) = size.parse::<i64>() else {
+            return Ok(reply(400, "SIZE is a number".to_string()));
+        };
+        return Ok(match redis_big(var, key, size) {
+            Ok(v) => reply(200, v),
+            Err(e) => reply(502, e),
+        });
     }
     if let Some(rest) = path.strip_prefix("/redis/") {
         let Some((var, key)) = rest.split_once('/') else {

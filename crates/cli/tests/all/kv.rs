@@ -207,6 +207,25 @@ fn a_batch_cannot_make_the_host_hold_a_value_many_times_over() {
     assert_eq!(ok(&server, "/a/wkv/many?key=a&n=1"), "1048576");
 }
 
+/// Regression (review): each compare-and-swap handle keeps the value it read, so 256 handles
+/// on a 1 MiB value made the host hold 256 MiB for one instance. An instance's handles now hold
+/// at most 16 MiB together; dropped handles give theirs back.
+#[test]
+fn compare_and_swap_handles_cannot_make_the_host_hold_a_value_many_times_over() {
+    let dir = app_dir(&manifest(""));
+    let server = Server::start(dir.path(), &[]);
+    assert_eq!(ok(&server, "/a/kv/big?key=a&size=1048576"), "ok");
+    assert_eq!(ok(&server, "/a/wkv/cashoard?key=a&n=16"), "held 16");
+    let (status, body) = get(&server, "/a/wkv/cashoard?key=a&n=17");
+    assert_eq!(status, 500);
+    assert!(
+        body.contains("compare-and-swap handles would hold more than 16 MiB of values"),
+        "{body}"
+    );
+    // The handles of the last request went with its instance: the next may hold 16 again.
+    assert_eq!(ok(&server, "/a/wkv/cashoard?key=a&n=16"), "held 16");
+}
+
 /// Runs `wms up` in `dir`, expecting it to stop at start; returns its standard error.
 fn up_fails(dir: &Path, args: &[&str]) -> String {
     let cache = tempfile::tempdir().unwrap();
@@ -300,6 +319,38 @@ fn sqlite_answers_its_component_only_and_survives_kill_9() {
     assert_eq!(
         exec(&server, "SELECT name FROM t ORDER BY id", &[]),
         (200, "name\nt:ann\nt:bob\n".into())
+    );
+}
+
+/// Regression (review): a row's values were all copied before the result's 16 MiB cap was
+/// checked, and nothing bounded what SQLite itself allocated for them, so one statement of
+/// many large computed columns made the server hold any amount. SQLite's heap is now capped
+/// (256 MiB) and values are sized before they are copied: the statement fails, the server's
+/// peak memory stays far below what the row asked for, and it keeps serving.
+#[test]
+fn a_sqlite_row_of_large_values_fails_within_sqlites_heap_cap() {
+    let dir = app_dir(&manifest(""));
+    let server = Server::start(dir.path(), &[]);
+    // 50 columns of 15 MB each (each under SQLite's 16 MiB value limit): 750 MB a row.
+    let columns: Vec<String> = (0..50)
+        .map(|i| format!("randomblob(15000000) AS c{i}"))
+        .collect();
+    let sql = format!("SELECT {}", columns.join(", "));
+    let (status, body) = get(&server, &format!("/a/sqlite/exec?sql={}", encode(&sql)));
+    assert_eq!(status, 500, "{body}");
+    assert!(body.contains("out of memory"), "{body}");
+    let peak = crate::harness::peak_rss(server.pid());
+    assert!(
+        peak < 600 << 20,
+        "the server's peak resident memory was {} MiB",
+        peak >> 20
+    );
+    assert_eq!(
+        ok(
+            &server,
+            &format!("/a/sqlite/exec?sql={}", encode("SELECT 1 AS one"))
+        ),
+        "one\ni:1\n"
     );
 }
 

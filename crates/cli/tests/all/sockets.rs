@@ -354,4 +354,113 @@ fn spin_redis_reaches_only_an_allowed_redis_server() {
         redis.command(&["EXISTS", "other"]).as_deref(),
         Some(":0\r\n")
     );
+
+    // Regression (review): a reply was read whole, whatever its size. A value built up in the
+    // server and read back: 1 MiB comes through; over 16 MiB fails the command, not the server.
+    assert_eq!(
+        post(&server, "/ok/redis-big/address/big/1048576", ""),
+        (200, "1048576".into())
+    );
+    let (status, body) = post(&server, "/ok/redis-big/address/big/17000000", "");
+    assert_eq!(status, 502, "{body}");
+    assert!(body.contains("a reply of more than 16 MiB"), "{body}");
+    assert_eq!(
+        post(&server, "/ok/redis/address/greeting", "again"),
+        (200, "again".into())
+    );
+}
+
+/// Regression (review): a name lookup holds one of the server's blocking threads until the
+/// resolver answers, and nothing counted them, so a guest could start lookups faster than a
+/// slow resolver ends them and tie up the threads every guest's files and databases need. Now
+/// an instance has at most 4 in progress and the process 32, counted until the resolver is done
+/// (not when the guest drops them). The server gets a resolver that never answers: a UDP
+/// socket on 127.0.0.2:53 named by a resolv.conf bound over /etc/resolv.conf in a mount
+/// namespace of its own (root only, as CI runs).
+#[test]
+fn name_lookups_in_progress_are_capped_per_instance_and_per_process() {
+    use std::os::unix::process::CommandExt as _;
+    let _silent = UdpSocket::bind("127.0.0.2:53")
+        .expect("binding 127.0.0.2:53 for a silent name server (this test needs root)");
+    let dir = tempfile::tempdir().unwrap();
+    let resolv = dir.path().join("resolv.conf");
+    std::fs::write(
+        &resolv,
+        "nameserver 127.0.0.2\noptions timeout:10 attempts:1\n",
+    )
+    .unwrap();
+    let resolv = std::ffi::CString::new(resolv.to_str().unwrap()).unwrap();
+    let manifest = app(&[("slow", vec!["tcp://*.slow.test:80".into()])]);
+    let server = Server::with_manifest_runner(&manifest, &[], |cmd| {
+        let resolv = resolv.clone();
+        // SAFETY: only async-signal-safe calls between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                let ok = |r: i32| {
+                    if r == 0 {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::last_os_error())
+                    }
+                };
+                ok(libc::unshare(libc::CLONE_NEWNS))?;
+                ok(libc::mount(
+                    std::ptr::null(),
+                    c"/".as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_REC | libc::MS_PRIVATE,
+                    std::ptr::null(),
+                ))?;
+                ok(libc::mount(
+                    resolv.as_ptr(),
+                    c"/etc/resolv.conf".as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_BIND,
+                    std::ptr::null(),
+                ))
+            });
+        }
+    });
+    // Four at once from one instance; the fifth is refused.
+    assert_eq!(
+        get(&server, "/slow/lookups/slow.test/4"),
+        (200, "started 4".into())
+    );
+    let (status, body) = get(&server, "/slow/lookups/slow.test/5");
+    assert_eq!(status, 502, "{body}");
+    assert!(
+        body.contains("lookup 4: ErrorCode") && body.contains("temporary-resolver-failure"),
+        "{body}"
+    );
+    server.wait_for_log("the guest has 4 lookups in progress, its limit");
+    // The lookups those instances dropped are still running: 8 so far; six more instances
+    // bring the process to 32, and the next lookup is refused.
+    for _ in 0..6 {
+        assert_eq!(
+            get(&server, "/slow/lookups/slow.test/4"),
+            (200, "started 4".into())
+        );
+    }
+    let (status, body) = get(&server, "/slow/lookups/slow.test/1");
+    assert_eq!(status, 502, "{body}");
+    assert!(
+        body.contains("lookup 0: ErrorCode") && body.contains("temporary-resolver-failure"),
+        "{body}"
+    );
+    server.wait_for_log("guests have 32 lookups in progress, the process's limit");
+    // The guest still runs (a request that looks nothing up).
+    assert_eq!(get(&server, "/slow/none").0, 404);
+    // Once the resolver gives up on them (10 s), lookups are free again.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(40);
+    loop {
+        let (status, body) = get(&server, "/slow/lookups/slow.test/1");
+        if status == 200 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "lookups were not freed: {body}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
 }
