@@ -7,6 +7,8 @@
 #   json        metrics, and WMS_LOG_FORMAT=json (at info: no line per successful request)
 #   text-lines  metrics, and WMS_LOG=info,wms_server=debug: one text line per request
 #   json-lines  the same in JSON
+#   traces      metrics, and OTLP trace export (OTEL_EXPORTER_OTLP_ENDPOINT) to a local receiver
+#               that accepts and drops every batch, with the default batch settings
 # measured ROUNDS times each, interleaved (quiet, off, metrics, ..., quiet, off, ...) with the
 # same wrk settings, so that a load change on the machine hits all alike; prints the median of
 # the rounds per configuration, every round, and the ratios to `off`. Then the cost of the
@@ -36,7 +38,30 @@ cargo build --release -p wms-cli >&2
 (cd examples && cargo build --release --target wasm32-wasip2 -p hello >&2)
 
 PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; }
+# An OTLP/HTTP receiver for the traces configuration: reads each export, answers an empty
+# ExportTraceServiceResponse, counts the batches in $OTLP_COUNT.
+OTLP_PORT=$(free_port)
+OTLP_COUNT=$(mktemp)
+python3 - "$OTLP_PORT" "$OTLP_COUNT" <<'PY' &
+import http.server, sys
+port, count = int(sys.argv[1]), sys.argv[2]
+n = 0
+class H(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        global n
+        self.rfile.read(int(self.headers.get("content-length", 0)))
+        n += 1
+        open(count, "w").write(str(n))
+        self.send_response(200)
+        self.send_header("content-type", "application/x-protobuf")
+        self.send_header("content-length", "0")
+        self.end_headers()
+    def log_message(self, *a):
+        pass
+http.server.ThreadingHTTPServer(("127.0.0.1", port), H).serve_forever()
+PY
+OTLP_PID=$!
+cleanup() { for p in "${PIDS[@]}" "$OTLP_PID"; do kill "$p" 2>/dev/null || true; done; rm -f "$OTLP_COUNT"; }
 trap cleanup EXIT
 
 # run CONFIG -> one measurement of wms in that configuration
@@ -50,6 +75,7 @@ run() {
     json) env=(WMS_LOG_FORMAT=json) ;;
     text-lines) env=(WMS_LOG=info,wms_server=debug) ;;
     json-lines) env=(WMS_LOG=info,wms_server=debug WMS_LOG_FORMAT=json) ;;
+    traces) env=(OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:$OTLP_PORT") ;;
   esac
   case $config in
     quiet|off) ;;
@@ -67,10 +93,10 @@ run() {
     kill "$scraper"; wait "$scraper" 2>/dev/null || true
   fi
   kill "${PIDS[-1]}"; wait "${PIDS[-1]}" 2>/dev/null || true
-  echo "   $config: $(wc -l <"$log") log lines" >&2
+  echo "   $config: $(wc -l <"$log") log lines, $(cat "$OTLP_COUNT" 2>/dev/null || echo 0) OTLP exports so far" >&2
 }
 
-CONFIGS=(quiet off metrics json text-lines json-lines)
+CONFIGS=(quiet off metrics json text-lines json-lines traces)
 declare -A RESULTS
 for round in $(seq 1 "$ROUNDS"); do
   for c in "${CONFIGS[@]}"; do
@@ -81,7 +107,7 @@ done
 
 mkdir -p bench/results
 OUT="bench/results/ops-$(date -u +%Y%m%dT%H%M%SZ).md"
-python3 - "$OUT" "${CONFIGS[*]}" "${RESULTS[quiet]}" "${RESULTS[off]}" "${RESULTS[metrics]}" "${RESULTS[json]}" "${RESULTS[text-lines]}" "${RESULTS[json-lines]}" <<PY | tee "$OUT"
+python3 - "$OUT" "${CONFIGS[*]}" "${RESULTS[quiet]}" "${RESULTS[off]}" "${RESULTS[metrics]}" "${RESULTS[json]}" "${RESULTS[text-lines]}" "${RESULTS[json-lines]}" "${RESULTS[traces]}" <<PY | tee "$OUT"
 import ctypes, os, platform, statistics, sys, time
 out, configs, *runs = sys.argv[1:]
 configs = configs.split()
@@ -93,6 +119,7 @@ what = {
     "json": "metrics + WMS_LOG_FORMAT=json",
     "text-lines": "metrics + a text line per request",
     "json-lines": "metrics + a JSON line per request",
+    "traces": "metrics + OTLP trace export (default batching)",
 }
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.machine())
 load = open("/proc/loadavg").read().split()[:3]
