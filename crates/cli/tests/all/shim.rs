@@ -348,7 +348,10 @@ fn an_app_image_pulled_by_containerd_serves_http_and_stops_on_kill() {
     );
 
     let id = &format!("wms-shim-test-{}", std::process::id());
-    let (run, port) = start_serving(&containerd, &reference, id);
+    // With the admin listener the container's environment asks for.
+    let admin = free_port();
+    let admin_env = format!("WMS_ADMIN_LISTEN={admin}");
+    let (run, port) = start_serving_with(&containerd, &reference, id, &["--env", &admin_env]);
 
     let body = rt().block_on(async {
         let resp = client()
@@ -360,6 +363,30 @@ fn an_app_image_pulled_by_containerd_serves_http_and_stops_on_kill() {
         resp.text().await.unwrap()
     });
     assert_eq!(body.trim_end(), "Hello from wms!");
+    // The same metrics and probes as `wms up`'s, on loopback.
+    let (ready, metrics) = rt().block_on(async {
+        let get = |path: &str| {
+            client()
+                .get(format!("http://127.0.0.1:{admin}{path}"))
+                .send()
+        };
+        let ready = get("/readyz").await.unwrap().status();
+        let metrics = get("/metrics").await.unwrap().text().await.unwrap();
+        (ready, metrics)
+    });
+    assert_eq!(ready, 200);
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("wms_requests_total{component=\"hello\"")
+                && l.contains("class=\"2xx\"")
+                && l.ends_with(" 1")),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("wms_pool_slots{state=\"free\"}"),
+        "{metrics}"
+    );
 
     let tasks = containerd.ctr_ok(&["task", "ls"]);
     let pid: i32 = tasks
