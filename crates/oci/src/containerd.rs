@@ -15,8 +15,8 @@
 //! own layers.
 
 use std::collections::BTreeMap;
-use std::io::Read as _;
-use std::path::Path;
+use std::io::Read;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, bail};
 use oci_client::manifest::{OciDescriptor, OciImageManifest};
@@ -203,6 +203,58 @@ pub fn materialize_wasm(
     crate::materialize(store, reference, &digest, None)
 }
 
+/// Media types of a classic `wasi/wasm` image's layers beside the uncompressed OCI tar
+/// ([`media::FILES_TAR`]): gzip-compressed, as `docker buildx build --platform wasi/wasm` and
+/// other image builders write them.
+pub const CLASSIC_LAYERS: [&str; 2] = [
+    "application/vnd.oci.image.layer.v1.tar+gzip",
+    "application/vnd.docker.image.rootfs.diff.tar.gzip",
+];
+
+/// The most wasm files [`classic_wasm_files`] returns from one layer.
+pub const MAX_CLASSIC_WASM: usize = 8;
+
+/// The wasm files of a classic image's layer of type `media_type` (a tar, gzip-compressed when
+/// the type says so): regular files that start with the wasm magic, each within the cap on a
+/// wasm layer, at most [`MAX_CLASSIC_WASM`] (the first in the layer), with their paths in the
+/// layer. Nothing is written; other entries are skipped unread.
+pub fn classic_wasm_files(
+    layer: &[u8],
+    media_type: &str,
+) -> anyhow::Result<Vec<(PathBuf, Vec<u8>)>> {
+    let reader: Box<dyn Read + '_> = if media_type.ends_with("gzip") {
+        Box::new(flate2::read::GzDecoder::new(layer))
+    } else if media_type == media::FILES_TAR {
+        Box::new(layer)
+    } else {
+        bail!("layer type {media_type} is not a tar or gzip-compressed tar");
+    };
+    let (cap, _) = limits::for_blob(media::WASM_LAYER, false);
+    let mut found = Vec::new();
+    let mut archive = tar::Archive::new(reader);
+    for entry in archive.entries()? {
+        let mut entry = entry?;
+        if entry.header().entry_type() != tar::EntryType::Regular
+            || entry.size() < 8
+            || entry.size() > cap
+        {
+            continue;
+        }
+        let path = entry.path()?.into_owned();
+        let mut wasm = vec![0; 4];
+        entry.read_exact(&mut wasm)?;
+        if wasm != b"\0asm" {
+            continue;
+        }
+        entry.read_to_end(&mut wasm)?;
+        found.push((path, wasm));
+        if found.len() == MAX_CLASSIC_WASM {
+            break;
+        }
+    }
+    Ok(found)
+}
+
 /// A reproducible tar of the regular files directly in `dir` (compiled code to cache).
 pub fn pack_files(dir: &Path) -> anyhow::Result<Vec<u8>> {
     let mut names: Vec<_> = std::fs::read_dir(dir)?
@@ -261,6 +313,43 @@ fn read_regular(path: &Path, max: u64) -> anyhow::Result<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_classic_layers_wasm_files_are_found_compressed_or_not_and_nothing_else() {
+        let mut t = tar::Builder::new(Vec::new());
+        let mut add = |path: &str, data: &[u8], kind: tar::EntryType| {
+            let mut h = tar::Header::new_ustar();
+            h.set_entry_type(kind);
+            h.set_size(if kind == tar::EntryType::Regular {
+                data.len() as u64
+            } else {
+                0
+            });
+            h.set_mode(0o644);
+            if kind == tar::EntryType::Symlink {
+                h.set_link_name("app.wasm").unwrap();
+                t.append_data(&mut h, path, &[][..]).unwrap();
+            } else {
+                t.append_data(&mut h, path, data).unwrap();
+            }
+        };
+        let wasm = b"\0asm\x01\0\0\0";
+        add("app.wasm", wasm, tar::EntryType::Regular);
+        add("etc/motd", b"not wasm at all", tar::EntryType::Regular);
+        add("link.wasm", b"", tar::EntryType::Symlink);
+        add("bin/tool", wasm, tar::EntryType::Regular);
+        let tar = t.into_inner().unwrap();
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut gz, &tar).unwrap();
+        let gz = gz.finish().unwrap();
+        for (layer, kind) in [(&tar, media::FILES_TAR), (&gz, CLASSIC_LAYERS[0])] {
+            let found = classic_wasm_files(layer, kind).unwrap();
+            let paths: Vec<_> = found.iter().map(|(p, _)| p.to_str().unwrap()).collect();
+            assert_eq!(paths, ["app.wasm", "bin/tool"]);
+            assert!(found.iter().all(|(_, w)| w == wasm));
+        }
+        assert!(classic_wasm_files(&tar, "application/vnd.oci.image.layer.v1.tar+zstd").is_err());
+    }
 
     /// Unpacks the bundle layer the way containerd would, into `root`.
     fn unpack(image: &ImageBuild, root: &Path) {

@@ -89,8 +89,15 @@ impl Shim for WmsShim {
     /// containerd's content store only to compile it: its code is cached there (see
     /// [`WmsCompiler`]). The app itself is read from the container's root filesystem, where
     /// containerd unpacked the same layer.
+    /// wms's bundle layer is an OCI tar; a classic `wasi/wasm` image's layers are tars too,
+    /// often compressed: containerd-shim-wasm hands these to the compiler hook only for images
+    /// whose architecture is `wasm` (a native image's layers never reach it).
     fn supported_layers_types() -> &'static [&'static str] {
-        &[wms_oci::media::FILES_TAR]
+        &[
+            wms_oci::media::FILES_TAR,
+            wms_oci::containerd::CLASSIC_LAYERS[0],
+            wms_oci::containerd::CLASSIC_LAYERS[1],
+        ]
     }
 
     async fn compiler() -> Option<impl Compiler> {
@@ -151,7 +158,7 @@ impl Compiler for WmsCompiler {
                 .zip(trusted)
                 .map(|(l, trusted)| {
                     if !is_bundle(l) {
-                        return Ok(None);
+                        return compile_classic(&l.layer, l.config.media_type().as_ref());
                     }
                     compile_bundle(&l.layer, trusted.as_deref())
                 })
@@ -316,6 +323,90 @@ fn compile_bundle(layer: &[u8], trusted: Option<&str>) -> anyhow::Result<Option<
     Ok(Some(wms_oci::containerd::pack_files(&out)?))
 }
 
+/// This host's code for the wasm files of a classic `wasi/wasm` image's layer, each compiled
+/// as the run compiles it when it is the entry point (the hook does not get the image's
+/// config, so it cannot tell which one is; at most [`wms_oci::containerd::MAX_CLASSIC_WASM`]):
+/// a tar of files named `SHA256.NAME`, the sha256 of the wasm they were made from and the name
+/// the runtime looks for. `None` when the layer holds no wasm file; a file that does not
+/// compile is left out (its start compiles and reports it).
+fn compile_classic(layer: &[u8], media_type: &str) -> anyhow::Result<Option<Vec<u8>>> {
+    let files = wms_oci::containerd::classic_wasm_files(layer, media_type)?;
+    if files.is_empty() {
+        return Ok(None);
+    }
+    let scratch = tempfile::tempdir()?;
+    let all = scratch.path().join("all");
+    std::fs::create_dir(&all)?;
+    for (i, (path, wasm)) in files.into_iter().enumerate() {
+        let label = Path::new("/").join(&path);
+        let sha = wms_oci::store::sha256_digest(&wasm)[7..].to_string();
+        let code = scratch.path().join(format!("code{i}"));
+        let compiled = (|| {
+            let store = wms_oci::Store::open(scratch.path().join(format!("oci{i}")))?;
+            let reference = wms_oci::parse_reference(REFERENCE)?;
+            let m =
+                wms_oci::containerd::materialize_wasm(&store, &reference, wasm.clone(), &label)?;
+            match &m.wasm {
+                Some(w) if !serves_http(w)? => wms_runtime::compile_command(&wasm, &code).map(drop),
+                _ => wms_runtime::compile_app(
+                    &m.app,
+                    &wms_runtime::CompileTarget {
+                        target: None,
+                        cpu_features: Vec::new(),
+                        address_space: None,
+                    },
+                    &code,
+                )
+                .map(drop),
+            }
+        })();
+        if let Err(e) = compiled {
+            tracing::warn!(
+                "{} in the image is not compiled ahead: {e:#}",
+                label.display()
+            );
+            continue;
+        }
+        tracing::info!("compiled {} for this node", label.display());
+        for file in std::fs::read_dir(&code)? {
+            let file = file?;
+            let name = file.file_name();
+            std::fs::rename(
+                file.path(),
+                all.join(format!("{sha}.{}", name.to_string_lossy())),
+            )?;
+        }
+    }
+    Ok(Some(wms_oci::containerd::pack_files(&all)?))
+}
+
+/// Takes out of the cached layers `cached` (unpacked under `scratch`) the code made from the
+/// wasm whose sha256 is `sha`, into `dir` under the names the runtime looks for; whether there
+/// was any.
+fn classic_code(
+    cached: &[&WasmLayer],
+    sha: &str,
+    scratch: &Path,
+    dir: &Path,
+) -> anyhow::Result<bool> {
+    let prefix = format!("{sha}.");
+    let mut found = false;
+    for (i, layer) in cached.iter().enumerate() {
+        let unpacked = scratch.join(format!("cached{i}"));
+        wms_oci::containerd::unpack_files(&layer.layer, &unpacked)?;
+        for file in std::fs::read_dir(&unpacked)? {
+            let file = file?;
+            let name = file.file_name().to_string_lossy().into_owned();
+            if let Some(rest) = name.strip_prefix(&prefix) {
+                std::fs::create_dir_all(dir)?;
+                std::fs::rename(file.path(), dir.join(rest))?;
+                found = true;
+            }
+        }
+    }
+    Ok(found)
+}
+
 /// Whether a wasm artifact is an HTTP component (else it is a command).
 fn serves_http(wasm: &Path) -> anyhow::Result<bool> {
     let bytes = std::fs::read(wasm)?;
@@ -335,11 +426,11 @@ impl Sandbox for WmsSandbox {
             eprintln!("error: cannot drop the container's capabilities: {e}");
             return Ok(1);
         }
-        let cached = match ctx.entrypoint().source {
-            Source::Oci(layers) => layers.iter().find(|l| l.precompiled && is_bundle(l)),
-            Source::File(_) => None,
+        let cached: Vec<&WasmLayer> = match ctx.entrypoint().source {
+            Source::Oci(layers) => layers.iter().filter(|l| l.precompiled).collect(),
+            Source::File(_) => Vec::new(),
         };
-        match run(ctx.args(), ctx.envs(), &env, cached).await {
+        match run(ctx.args(), ctx.envs(), &env, &cached).await {
             Ok(code) => Ok(code),
             Err(e) => {
                 // The container's stderr: `ctr run` and the kubelet's logs show it.
@@ -404,7 +495,7 @@ async fn run(
     args: &[String],
     envs: &[String],
     env: &HashMap<String, String>,
-    cached: Option<&WasmLayer>,
+    cached: &[&WasmLayer],
 ) -> anyhow::Result<i32> {
     let fresh = state_dir()?;
     let state = fresh.path();
@@ -412,6 +503,8 @@ async fn run(
     // Names the single component of a wasm artifact; an app image names its own.
     let reference = wms_oci::parse_reference(REFERENCE)?;
     let bundle = Path::new("/").join(wms_oci::containerd::BUNDLE_DIR);
+    // A classic image's entry point's sha256, to find its code among the cached.
+    let mut classic_sha = None;
     let (m, command_args) = if bundle.exists() {
         // Precompiled code is not used yet: which publishers the node trusts is not configured.
         let m = wms_oci::containerd::materialize_bundle(&store, &reference, Path::new("/"), None)
@@ -433,6 +526,7 @@ async fn run(
         })?;
         let path = Path::new("/").join(entry);
         let wasm = read_wasm(&path)?;
+        classic_sha = Some(wms_oci::store::sha256_digest(&wasm)[7..].to_string());
         let m = wms_oci::containerd::materialize_wasm(&store, &reference, wasm, &path)
             .with_context(|| format!("cannot prepare {}", path.display()))?;
         (m, &args[1..])
@@ -440,16 +534,23 @@ async fn run(
     // Compiled by this shim at the image's first start and kept by containerd; the runtime
     // uses code only when it was made from exactly that wasm and Wasmtime accepts it for this
     // engine, and compiles otherwise.
-    let precompiled = cached.and_then(|layer| {
-        let dir = state.join("precompiled");
-        match wms_oci::containerd::unpack_files(&layer.layer, &dir) {
-            Ok(()) => Some(dir),
-            Err(e) => {
-                tracing::warn!("the code cached in containerd is not used: {e:#}");
-                None
-            }
+    let dir = state.join("precompiled");
+    let taken = match &classic_sha {
+        None => cached
+            .iter()
+            .find(|l| is_bundle(l))
+            .map(|layer| wms_oci::containerd::unpack_files(&layer.layer, &dir).map(|()| true))
+            .unwrap_or(Ok(false)),
+        Some(sha) => classic_code(cached, sha, state, &dir),
+    };
+    let precompiled = match taken {
+        Ok(true) => Some(dir),
+        Ok(false) => None,
+        Err(e) => {
+            tracing::warn!("the code cached in containerd is not used: {e:#}");
+            None
         }
-    });
+    };
     let guest_cap = container_guest_cap();
     if let Some(wasm) = &m.wasm
         && !serves_http(wasm)?

@@ -4,7 +4,7 @@
 //! `wms push --containerd` and pulled with `ctr image pull --plain-http` (docs/shim.md).
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -1072,11 +1072,13 @@ fn goarch() -> &'static str {
 }
 
 /// An image built here as an OCI archive for `ctr image import`, named `name`: one tar layer of
-/// `files` (path, content, mode) and `config` completed with the layer's diff id.
+/// `files` (path, content, mode), compressed with Debian's gzip when `gzip`, and `config`
+/// completed with the layer's diff id.
 fn oci_archive(
     dir: &Path,
     name: &str,
     files: &[(&str, &[u8], u32)],
+    gzip: bool,
     mut config: serde_json::Value,
 ) -> PathBuf {
     use sha2::Digest as _;
@@ -1093,15 +1095,31 @@ fn oci_archive(
         }
         t.into_inner().unwrap()
     };
-    let layer = tar_of(files);
-    config["rootfs"] = serde_json::json!({ "type": "layers", "diff_ids": [digest(&layer)] });
+    let tar = tar_of(files);
+    config["rootfs"] = serde_json::json!({ "type": "layers", "diff_ids": [digest(&tar)] });
+    let (layer, layer_type) = if gzip {
+        let mut child = Command::new("gzip")
+            .arg("-9nc")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("gzip");
+        let mut stdin = child.stdin.take().unwrap();
+        let feed = std::thread::spawn(move || stdin.write_all(&tar).unwrap());
+        let out = child.wait_with_output().unwrap();
+        feed.join().unwrap();
+        assert!(out.status.success());
+        (out.stdout, "application/vnd.oci.image.layer.v1.tar+gzip")
+    } else {
+        (tar, "application/vnd.oci.image.layer.v1.tar")
+    };
     let config = serde_json::to_vec(&config).unwrap();
     let manifest = serde_json::to_vec(&serde_json::json!({
         "schemaVersion": 2,
         "mediaType": "application/vnd.oci.image.manifest.v1+json",
         "config": { "mediaType": "application/vnd.oci.image.config.v1+json",
                     "digest": digest(&config), "size": config.len() },
-        "layers": [{ "mediaType": "application/vnd.oci.image.layer.v1.tar",
+        "layers": [{ "mediaType": layer_type,
                      "digest": digest(&layer), "size": layer.len() }],
     }))
     .unwrap();
@@ -1135,6 +1153,7 @@ fn pause_archive(dir: &Path, name: &str) -> PathBuf {
         dir,
         name,
         &[("bin/busybox", &busybox, 0o755)],
+        false,
         serde_json::json!({
             "architecture": goarch(),
             "os": "linux",
@@ -1144,13 +1163,15 @@ fn pause_archive(dir: &Path, name: &str) -> PathBuf {
 }
 
 /// A classic wasm image, as `docker buildx build --platform wasi/wasm` makes them: the `.wasm`
-/// in the root filesystem, named by the entry point.
-fn classic_wasm_archive(dir: &Path, name: &str, wasm: &Path, os: &str) -> PathBuf {
+/// in the root filesystem, named by the entry point, in a tar layer (gzip-compressed when
+/// `gzip`, as buildx writes it).
+fn classic_wasm_archive(dir: &Path, name: &str, wasm: &Path, os: &str, gzip: bool) -> PathBuf {
     let bytes = std::fs::read(wasm).unwrap();
     oci_archive(
         dir,
         name,
         &[("app.wasm", &bytes, 0o755)],
+        gzip,
         serde_json::json!({
             "architecture": "wasm",
             "os": os,
@@ -1172,8 +1193,8 @@ fn classic_wasi_wasm_images_run_their_entry_point() {
         "localhost/wms-test/classic-hello:1",
     );
     for archive in [
-        classic_wasm_archive(dir, cmd, Path::new(artifacts::CMD_P1), "wasip1"),
-        classic_wasm_archive(dir, hello, Path::new(artifacts::HELLO), "wasip2"),
+        classic_wasm_archive(dir, cmd, Path::new(artifacts::CMD_P1), "wasip1", false),
+        classic_wasm_archive(dir, hello, Path::new(artifacts::HELLO), "wasip2", true),
     ] {
         containerd.ctr_ok(&["image", "import", archive.to_str().unwrap()]);
     }
@@ -1228,6 +1249,30 @@ fn classic_wasi_wasm_images_run_their_entry_point() {
         left.is_empty(),
         "the shim used a code cache in the container: {left:?}"
     );
+    // Their code is cached in containerd as a bundle's is: compiled once per image (the
+    // command's plain tar layer, the app's gzip one), at the first start, which uses it
+    // already; the second start of each compiles nothing.
+    let compiles = || {
+        containerd
+            .log()
+            .matches("precompiling layers for image")
+            .count()
+    };
+    assert_eq!(compiles(), 2, "{}", containerd.log());
+    assert!(output.contains("loaded precompiled code"), "{output}");
+    let again = serve_once(&containerd, hello, &format!("{id}-4"));
+    assert!(again.contains("loaded precompiled code"), "{again}");
+    assert!(!again.contains("compiled in"), "{again}");
+    let out = containerd
+        .ctr_command(&["run", "--rm", "--runtime", "io.containerd.wms.v1"])
+        .args(["--env", "WMS_LOG=debug", cmd, &format!("{id}-5")])
+        .args(["/app.wasm", "args", "cached"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("loaded precompiled code for"), "{stderr}");
+    assert_eq!(compiles(), 2, "compiled again:\n{}", containerd.log());
 }
 
 /// containerd's CRI service, as the kubelet drives it, on our own containerd's socket.
