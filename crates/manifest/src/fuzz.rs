@@ -40,6 +40,7 @@ const KEYS: &[&str] = &[
     "timeout",
     "max_memory",
     "max_concurrent_requests",
+    "max_outbound_connections",
     "allowed_outbound_hosts",
     "environment",
     "executor",

@@ -17,6 +17,7 @@
 //! max_concurrent_requests = 32    # per component (default: only the process limit)
 //! max_requests = 128              # WASI 0.3: requests per instance (1: fresh each time)
 //! max_concurrent_per_instance = 16 # WASI 0.3: requests one instance serves at once
+//! max_outbound_connections = 16   # all its instances together (default: 64 per instance)
 //! idle_timeout = "1s"             # WASI 0.3: an idle instance waits this long for the next
 //! ```
 
@@ -142,6 +143,9 @@ pub struct Limits {
     pub timeout: Duration,
     pub max_memory: u64,
     pub max_concurrent_requests: Option<usize>,
+    /// Outbound connections all of its instances hold at once (`None`: only each instance's
+    /// own cap and the process's descriptor budget).
+    pub max_outbound_connections: Option<usize>,
     /// How a WASI 0.3 component's instances are reused (0.2 components get one per request).
     pub reuse: Reuse,
 }
@@ -152,6 +156,7 @@ impl Default for Limits {
             timeout: DEFAULT_TIMEOUT,
             max_memory: DEFAULT_MAX_MEMORY,
             max_concurrent_requests: None,
+            max_outbound_connections: None,
             reuse: Reuse::default(),
         }
     }
@@ -987,6 +992,9 @@ impl Parser<'_> {
             }
             if let Some(n) = &t.max_requests {
                 limits.reuse.max_requests = self.count(n, "max_requests")?;
+            }
+            if let Some(n) = &t.max_outbound_connections {
+                limits.max_outbound_connections = Some(self.count(n, "max_outbound_connections")?);
             }
             if let Some(n) = &t.max_concurrent_per_instance {
                 limits.reuse.max_concurrent = self.count(n, "max_concurrent_per_instance")?;

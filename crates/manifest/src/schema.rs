@@ -243,4 +243,8 @@ pub struct ComponentTool {
     /// WASI 0.3 components: how long an instance with no request stays for the next one.
     #[serde(default)]
     pub idle_timeout: Option<Spanned<String>>,
+    /// Outbound connections (HTTP, sockets, Redis, MQTT) all of the component's instances hold
+    /// at once.
+    #[serde(default)]
+    pub max_outbound_connections: Option<Spanned<i64>>,
 }

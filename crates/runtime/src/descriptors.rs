@@ -150,7 +150,24 @@ impl Budget {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Denied {
     Instance,
+    /// The component's instances together hold its `max_outbound_connections` (this many).
+    Component(usize),
     Process,
+}
+
+impl Denied {
+    /// Why an outbound connection was refused, for the log.
+    pub(crate) fn outbound_reason(self) -> String {
+        match self {
+            Denied::Instance => format!(
+                "the guest holds {MAX_OUTBOUND_REQUESTS} outbound connections, requests and sockets, its limit"
+            ),
+            Denied::Component(cap) => format!(
+                "the component's instances together hold {cap} outbound connections, its max_outbound_connections"
+            ),
+            Denied::Process => "guests together hold their whole descriptor budget (raise the soft descriptor limit, ulimit -n or LimitNOFILE=, and restart wms)".to_string(),
+        }
+    }
 }
 
 /// What one instance holds. Everything it took from the budget goes back when it is dropped
@@ -228,7 +245,8 @@ impl InstanceFds {
                     component = %self.component,
                     "guest holds {held} open files, its limit of {MAX_OPEN_FILES}: further opens fail"
                 ),
-                Denied::Process => tracing::warn!(
+                // Files have no per-component cap.
+                Denied::Process | Denied::Component(_) => tracing::warn!(
                     component = %self.component,
                     "guests together hold their whole descriptor budget ({}): this guest's open fails; raise the soft descriptor limit (ulimit -n, or LimitNOFILE= in the systemd unit) and restart wms",
                     self.budget.limit
@@ -289,10 +307,28 @@ fn is_descriptor(table: &mut ResourceTable, rep: u32) -> bool {
     table.get(&Resource::<Descriptor>::new_own(rep)).is_ok()
 }
 
-/// Outbound requests in flight for one instance, against its cap and the process budget.
+/// Outbound connections of all of one component's instances, against its
+/// `max_outbound_connections` (if any).
+pub(crate) struct ComponentOutbound {
+    in_flight: AtomicUsize,
+    cap: Option<usize>,
+}
+
+impl ComponentOutbound {
+    pub(crate) fn new(cap: Option<usize>) -> Arc<Self> {
+        Arc::new(ComponentOutbound {
+            in_flight: AtomicUsize::new(0),
+            cap,
+        })
+    }
+}
+
+/// Outbound requests in flight for one instance, against its cap, its component's and the
+/// process budget.
 #[derive(Clone)]
 pub(crate) struct OutboundSlots {
     budget: Arc<Budget>,
+    component: Arc<ComponentOutbound>,
     in_flight: Arc<AtomicUsize>,
 }
 
@@ -302,9 +338,10 @@ pub(crate) struct OutboundPermit {
 }
 
 impl OutboundSlots {
-    pub(crate) fn new(budget: &Arc<Budget>) -> Self {
+    pub(crate) fn new(budget: &Arc<Budget>, component: &Arc<ComponentOutbound>) -> Self {
         OutboundSlots {
             budget: budget.clone(),
+            component: component.clone(),
             in_flight: Arc::new(AtomicUsize::new(0)),
         }
     }
@@ -315,8 +352,23 @@ impl OutboundSlots {
                 (n < MAX_OUTBOUND_REQUESTS).then_some(n + 1)
             })
             .map_err(|_| Denied::Instance)?;
+        if let Some(cap) = self.component.cap
+            && self
+                .component
+                .in_flight
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                    (n < cap).then_some(n + 1)
+                })
+                .is_err()
+        {
+            self.in_flight.fetch_sub(1, Ordering::AcqRel);
+            return Err(Denied::Component(cap));
+        }
         if !self.budget.take_opened() {
             self.in_flight.fetch_sub(1, Ordering::AcqRel);
+            if self.component.cap.is_some() {
+                self.component.in_flight.fetch_sub(1, Ordering::AcqRel);
+            }
             return Err(Denied::Process);
         }
         Ok(OutboundPermit {
@@ -328,6 +380,12 @@ impl OutboundSlots {
 impl Drop for OutboundPermit {
     fn drop(&mut self) {
         self.slots.in_flight.fetch_sub(1, Ordering::AcqRel);
+        if self.slots.component.cap.is_some() {
+            self.slots
+                .component
+                .in_flight
+                .fetch_sub(1, Ordering::AcqRel);
+        }
         self.slots.budget.give(1);
     }
 }
@@ -354,7 +412,7 @@ mod tests {
         assert!(a.begin_open_p2(&mut table).is_ok());
         a.end_open_p2(None);
         assert_eq!(budget.in_use(), 1);
-        let slots = OutboundSlots::new(&budget);
+        let slots = OutboundSlots::new(&budget, &ComponentOutbound::new(None));
         let p1 = slots.acquire().unwrap();
         let p2 = slots.acquire().unwrap();
         assert_eq!(slots.acquire().err(), Some(Denied::Process));
@@ -365,5 +423,24 @@ mod tests {
         drop((p1, p2, b));
         drop(a);
         assert_eq!(budget.in_use(), 0);
+    }
+
+    #[test]
+    fn a_components_instances_share_its_outbound_cap() {
+        let budget = Budget::new(100);
+        let component = ComponentOutbound::new(Some(2));
+        let (a, b) = (
+            OutboundSlots::new(&budget, &component),
+            OutboundSlots::new(&budget, &component),
+        );
+        let p1 = a.acquire().unwrap();
+        let p2 = b.acquire().unwrap();
+        assert_eq!(a.acquire().err(), Some(Denied::Component(2)));
+        assert_eq!(b.acquire().err(), Some(Denied::Component(2)));
+        drop(p1);
+        let p3 = b.acquire().unwrap();
+        drop((p2, p3));
+        assert_eq!(budget.in_use(), 0);
+        assert_eq!(component.in_flight.load(Ordering::Acquire), 0);
     }
 }

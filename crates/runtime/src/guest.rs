@@ -25,7 +25,7 @@ pub struct HostState {
     fds: descriptors::InstanceFds,
     variables: crate::variables::GuestVariables,
     sockets: crate::sockets::InstanceSockets,
-    redis: crate::redis::InstanceRedis,
+    redis: crate::redis::OutboundServices,
     stores: crate::kv_host::GuestStores,
 }
 
@@ -38,6 +38,14 @@ impl HostState {
     /// What Spin's Redis interface sees (crate::redis).
     pub(crate) fn redis(&mut self) -> crate::redis::RedisView<'_> {
         crate::redis::RedisView {
+            table: &mut self.table,
+            state: &mut self.redis,
+        }
+    }
+
+    /// What Spin's MQTT interface sees (crate::mqtt).
+    pub(crate) fn mqtt(&mut self) -> crate::mqtt::MqttView<'_> {
+        crate::mqtt::MqttView {
             table: &mut self.table,
             state: &mut self.redis,
         }
@@ -293,15 +301,7 @@ impl wasmtime_wasi_http::WasiHttpHooks for CountedHooks {
                 tracing::warn!(
                     component = %self.policy.component,
                     "outbound request refused: {}",
-                    match denied {
-                        descriptors::Denied::Instance => format!(
-                            "the guest has {} requests in flight, its limit",
-                            descriptors::MAX_OUTBOUND_REQUESTS
-                        ),
-                        descriptors::Denied::Process => {
-                            "guests together hold their whole descriptor budget (raise the soft descriptor limit, ulimit -n or LimitNOFILE=, and restart wms)".to_string()
-                        }
-                    }
+                    denied.outbound_reason()
                 );
                 return Box::new(async { Err(wasmtime_wasi_http::Error::ConnectionLimitReached) });
             }
@@ -356,7 +356,7 @@ pub(crate) fn new_state(comp: &LoadedComponent) -> Result<HostState, Failure> {
     let mut table = ResourceTable::new();
     table.set_max_capacity(descriptors::table_capacity());
     // Outbound HTTP requests and sockets share the instance's cap on outbound connections.
-    let slots = descriptors::OutboundSlots::new(&comp.fds);
+    let slots = descriptors::OutboundSlots::new(&comp.fds, &comp.outbound);
     let state = HostState {
         wasi: wasi.build(),
         http: WasiHttpCtx::new(),
@@ -374,7 +374,7 @@ pub(crate) fn new_state(comp: &LoadedComponent) -> Result<HostState, Failure> {
         limiter: MemoryLimiter::new(comp.limits.max_memory).counted(comp.metrics.clone()),
         fds,
         variables: crate::variables::GuestVariables::new(comp.id.clone(), comp.variables.clone()),
-        redis: crate::redis::InstanceRedis {
+        redis: crate::redis::OutboundServices {
             component: comp.id.clone(),
             allowed: comp.allowed.clone(),
             may_name_local_addresses: comp.may_name_local_addresses,

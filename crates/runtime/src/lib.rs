@@ -33,6 +33,7 @@ mod kv;
 mod kv_host;
 mod load;
 pub mod metrics;
+mod mqtt;
 mod outbound;
 pub mod pool;
 mod redis;
@@ -200,6 +201,8 @@ struct LoadedComponent {
     sockets: Arc<sockets::ComponentSockets>,
     /// The descriptor budget all guests of the process share.
     fds: Arc<descriptors::Budget>,
+    /// Its instances' outbound connections, against its `max_outbound_connections`.
+    outbound: Arc<descriptors::ComponentOutbound>,
     /// Rate limit of the component's guest output in the log.
     guest_log: Arc<guest_log::LogBudget>,
     /// Rate limit of its overload warnings, so a flood of 503s cannot flood the log.
@@ -436,6 +439,9 @@ impl Runtime {
                         !app.from_image,
                     ),
                     fds: fd_budget.clone(),
+                    outbound: descriptors::ComponentOutbound::new(
+                        c.limits.max_outbound_connections,
+                    ),
                     guest_log: guest_log::LogBudget::guest_lines(&name),
                     overload_log: guest_log::LogBudget::new(&name, "overload warnings", 1.0, 5.0),
                     metrics: options.metrics.as_ref().map(|m| m.component(id)),

@@ -45,7 +45,7 @@ mod spin2 {
 use spin2::fermyon::spin2_0_0::redis as v2;
 
 /// How long opening a connection (resolving, connecting, the handshake) may take.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The most bytes one reply may take on the wire (the same cap as a SQLite result's).
 pub const MAX_REPLY_BYTES: usize = 16 << 20;
@@ -142,8 +142,19 @@ async fn connect(
     ))
 }
 
-/// What the Redis interface sees of an instance.
-pub(crate) struct InstanceRedis {
+/// Why a connection to an outbound data service (Redis, MQTT) is refused; logged already.
+pub(crate) enum Refusal {
+    /// Not allowed: the message says why.
+    Denied(String),
+    /// The host name does not resolve.
+    Dns,
+    /// The instance holds its limit of outbound connections.
+    TooMany,
+}
+
+/// What the outbound data-service interfaces (Spin's Redis here, MQTT in `crate::mqtt`) see
+/// of an instance.
+pub(crate) struct OutboundServices {
     pub(crate) component: Arc<str>,
     pub(crate) allowed: Arc<[AllowedHost]>,
     pub(crate) may_name_local_addresses: bool,
@@ -152,7 +163,7 @@ pub(crate) struct InstanceRedis {
 
 pub(crate) struct RedisView<'a> {
     pub(crate) table: &'a mut ResourceTable,
-    pub(crate) state: &'a mut InstanceRedis,
+    pub(crate) state: &'a mut OutboundServices,
 }
 
 struct HasRedis;
@@ -165,10 +176,55 @@ fn other(e: impl std::fmt::Display) -> v2::Error {
     v2::Error::Other(e.to_string())
 }
 
-impl InstanceRedis {
+impl OutboundServices {
     fn deny(&self, address: &str, why: &str) -> v2::Error {
         tracing::warn!(component = %self.component, "Redis connection to {address} denied: {why}");
         v2::Error::Other(format!("connection to {address} denied: {why}"))
+    }
+
+    /// Admits a `what` connection (`Redis`, `MQTT`) to `scheme://host:port` (`shown` in
+    /// messages, without credentials): an `allowed_outbound_hosts` entry allows it, its
+    /// addresses pass the node-local rule (the checked ones are returned, to connect to), and
+    /// the instance has an outbound connection to spare (the permit, held for the connection's
+    /// life).
+    pub(crate) async fn admit(
+        &self,
+        what: &str,
+        scheme: &str,
+        shown: &str,
+        host: &str,
+        port: u16,
+    ) -> Result<(Vec<std::net::SocketAddr>, OutboundPermit), Refusal> {
+        let deny = |why: String| {
+            tracing::warn!(component = %self.component, "{what} connection to {shown} denied: {why}");
+            Refusal::Denied(format!("connection to {shown} denied: {why}"))
+        };
+        if !is_allowed(&self.allowed, scheme, host, port) {
+            return Err(deny(format!(
+                "no allowed_outbound_hosts entry allows {scheme}://{host}:{port}"
+            )));
+        }
+        let explicit =
+            self.may_name_local_addresses && names_address(&self.allowed, scheme, host, port);
+        let addrs = crate::outbound::checked_addresses(
+            &self.component,
+            host,
+            port,
+            explicit,
+            CONNECT_TIMEOUT,
+        )
+        .await
+        .map_err(|e| match e {
+            crate::outbound::Unusable::Dns(_) => Refusal::Dns,
+            crate::outbound::Unusable::Local(why) => deny(format!(
+                "{why}; only an allowed_outbound_hosts entry (of a local manifest) naming the address allows that"
+            )),
+        })?;
+        let permit = self.slots.acquire().map_err(|denied| {
+            tracing::warn!(component = %self.component, "{what} connection to {shown} refused: {}", denied.outbound_reason());
+            Refusal::TooMany
+        })?;
+        Ok((addrs, permit))
     }
 
     async fn open(&self, address: &str) -> Result<Connection, v2::Error> {
@@ -189,33 +245,14 @@ impl InstanceRedis {
                 return Err(self.deny(&shown, "Unix sockets are not reachable from guests"));
             }
         };
-        if !is_allowed(&self.allowed, "redis", &host, port) {
-            return Err(self.deny(
-                &shown,
-                &format!("no allowed_outbound_hosts entry allows redis://{host}:{port}"),
-            ));
-        }
-        let explicit =
-            self.may_name_local_addresses && names_address(&self.allowed, "redis", &host, port);
-        let addrs = crate::outbound::checked_addresses(
-            &self.component,
-            &host,
-            port,
-            explicit,
-            CONNECT_TIMEOUT,
-        )
-        .await
-        .map_err(|e| match e {
-            crate::outbound::Unusable::Dns(_) => v2::Error::Other(format!("cannot resolve {host}")),
-            crate::outbound::Unusable::Local(why) => self.deny(
-                &shown,
-                &format!("{why}; only an allowed_outbound_hosts entry (of a local manifest) naming the address allows that"),
-            ),
-        })?;
-        let permit = self.slots.acquire().map_err(|_| {
-            tracing::warn!(component = %self.component, "Redis connection to {shown} refused: the instance holds its limit of outbound connections");
-            v2::Error::TooManyConnections
-        })?;
+        let (addrs, permit) = self
+            .admit("Redis", "redis", &shown, &host, port)
+            .await
+            .map_err(|r| match r {
+                Refusal::Denied(why) => v2::Error::Other(why),
+                Refusal::Dns => v2::Error::Other(format!("cannot resolve {host}")),
+                Refusal::TooMany => v2::Error::TooManyConnections,
+            })?;
         let mut last = None;
         for addr in addrs {
             match tokio::time::timeout(CONNECT_TIMEOUT, connect(&info, addr)).await {

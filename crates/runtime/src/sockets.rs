@@ -306,13 +306,7 @@ impl InstanceSockets {
             tracing::warn!(
                 component = %self.policy.component,
                 "{what} refused: {}",
-                match denied {
-                    crate::descriptors::Denied::Instance => format!(
-                        "the guest holds {} outbound connections and sockets, its limit",
-                        crate::descriptors::MAX_OUTBOUND_REQUESTS
-                    ),
-                    crate::descriptors::Denied::Process => "guests together hold their whole descriptor budget (raise the soft descriptor limit, ulimit -n or LimitNOFILE=, and restart wms)".to_string(),
-                }
+                denied.outbound_reason()
             );
             ErrorCode::NewSocketLimit.into()
         })

@@ -10,6 +10,9 @@
 //! `POST /redis/ADDRESS_VAR/KEY`, body VALUE: Spin 2's Redis (`fermyon:spin/redis@2.0.0`) at
 //! the URL in variable ADDRESS_VAR: SET KEY VALUE, then GET KEY; 200 and what GET returned, or
 //! 502 and the error.
+//! `POST /mqtt/ADDRESS_VAR/TOPIC`, body PAYLOAD: Spin 2's MQTT (`fermyon:spin/mqtt@2.0.0`) at the
+//! URL in variable ADDRESS_VAR: publishes PAYLOAD to TOPIC at QoS 1; 200 `published`, or 502
+//! and the error.
 //! `POST /redis-big/ADDRESS_VAR/KEY/SIZE`: makes KEY a value of SIZE bytes in the server
 //! (`SETRANGE`, through `execute`), then GET KEY: 200 and the length GET returned, or 502 and
 //! the error.
@@ -96,6 +99,15 @@ fn redis(address_var: &str, key: &str, value: Vec<u8>) -> Result<String, String>
     }
 }
 
+fn mqtt(address_var: &str, topic: &str, payload: Vec<u8>) -> Result<String, String> {
+    use spin_sdk::mqtt::{Connection, Qos};
+    let address = spin_sdk::variables::get(address_var).map_err(|e| format!("{e:?}"))?;
+    let conn = Connection::open(&address, "", "", 30).map_err(|e| format!("open: {e:?}"))?;
+    conn.publish(topic, &payload, Qos::AtLeastOnce)
+        .map_err(|e| format!("publish: {e:?}"))?;
+    Ok("published".to_string())
+}
+
 fn redis_big(address_var: &str, key: &str, size: i64) -> Result<String, String> {
     use spin_sdk::redis::{Connection, RedisParameter};
     let address = spin_sdk::variables::get(address_var).map_err(|e| format!("{e:?}"))?;
@@ -136,6 +148,15 @@ fn handle(req: Request) -> anyhow::Result<impl IntoResponse> {
         if let Some(arg) = path.strip_prefix(prefix) {
             return Ok(io_reply(route(arg)));
         }
+    }
+    if let Some(rest) = path.strip_prefix("/mqtt/") {
+        let Some((var, topic)) = rest.split_once('/') else {
+            return Ok(reply(400, "use /mqtt/ADDRESS_VAR/TOPIC".to_string()));
+        };
+        return Ok(match mqtt(var, topic, req.body().to_vec()) {
+            Ok(v) => reply(200, v),
+            Err(e) => reply(502, e),
+        });
     }
     if let Some(rest) = path.strip_prefix("/redis-big/") {
         let parts: Vec<&str> = rest.splitn(3, '/').collect();

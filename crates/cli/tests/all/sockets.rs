@@ -302,16 +302,19 @@ fn post(server: &Server, path: &str, body: &str) -> (u16, String) {
     })
 }
 
+/// A spin-net component at `/NAME/...` allowed `allowed`, with variable `address`.
+fn service_component(name: &str, allowed: &str, address: &str) -> String {
+    format!(
+        "[[trigger.http]]\nroute = \"/{name}/...\"\ncomponent = \"{name}\"\n[component.{name}]\nsource = {:?}\nallowed_outbound_hosts = [\"{allowed}\"]\n[component.{name}.variables]\naddress = \"{address}\"\n",
+        artifacts::SPIN_NET
+    )
+}
+
 #[test]
 fn spin_redis_reaches_only_an_allowed_redis_server() {
     let redis = Redis::start();
     let port = redis.port;
-    let component = |name: &str, allowed: &str, address: &str| {
-        format!(
-            "[[trigger.http]]\nroute = \"/{name}/...\"\ncomponent = \"{name}\"\n[component.{name}]\nsource = {:?}\nallowed_outbound_hosts = [\"{allowed}\"]\n[component.{name}.variables]\naddress = \"{address}\"\n",
-            artifacts::SPIN_NET
-        )
-    };
+    let component = service_component;
     let manifest = format!(
         "spin_manifest_version = 2\n[application]\nname = \"redis\"\n{}{}{}",
         component(
@@ -463,4 +466,187 @@ fn name_lookups_in_progress_are_capped_per_instance_and_per_process() {
         );
         std::thread::sleep(std::time::Duration::from_millis(500));
     }
+}
+
+/// Debian's mosquitto on a free loopback port, anonymous, stopped on drop.
+struct Mosquitto {
+    child: std::process::Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Mosquitto {
+    fn start() -> Mosquitto {
+        let dir = tempfile::tempdir().unwrap();
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let conf = dir.path().join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"),
+        )
+        .unwrap();
+        let child = std::process::Command::new("mosquitto")
+            .arg("-c")
+            .arg(&conf)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("mosquitto (Debian's mosquitto package; scripts/test installs it)");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "mosquitto did not start"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        Mosquitto {
+            child,
+            port,
+            _dir: dir,
+        }
+    }
+
+    /// A subscriber to `topic` that prints the first message it gets (Debian's mosquitto_sub).
+    fn subscribe(&self, topic: &str) -> std::process::Child {
+        let child = std::process::Command::new("mosquitto_sub")
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(["-t", topic, "-C", "1", "-W", "30"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("mosquitto_sub (Debian's mosquitto-clients package; scripts/test installs it)");
+        // Subscribed once the broker lists it: give it a moment (its own connection).
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        child
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn spin_mqtt_publishes_only_to_an_allowed_broker() {
+    let broker = Mosquitto::start();
+    let port = broker.port;
+    let component = service_component;
+    let manifest = format!(
+        "spin_manifest_version = 2\n[application]\nname = \"mqtt\"\n{}{}{}",
+        component(
+            "ok",
+            &format!("mqtt://127.0.0.1:{port}"),
+            &format!("mqtt://127.0.0.1:{port}?client_id=wms-test")
+        ),
+        component(
+            "port",
+            &format!("mqtt://127.0.0.1:{}", port + 1),
+            &format!("mqtt://127.0.0.1:{port}")
+        ),
+        component(
+            "byname",
+            &format!("mqtt://localhost:{port}"),
+            &format!("mqtt://localhost:{port}")
+        ),
+    );
+    let server = Server::with_manifest(&manifest, &[]);
+
+    // Allowed: the broker delivers the message to a real subscriber.
+    let sub = broker.subscribe("wms/greeting");
+    assert_eq!(
+        post(&server, "/ok/mqtt/address/wms/greeting", "hello over mqtt"),
+        (200, "published".into())
+    );
+    let out = sub.wait_with_output().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "hello over mqtt"
+    );
+
+    // Denied: a port no entry allows, and the node itself through a name.
+    let sub = broker.subscribe("wms/denied");
+    let (status, body) = post(&server, "/port/mqtt/address/wms/denied", "x");
+    assert_eq!(status, 502, "{body}");
+    assert!(body.contains("denied"), "{body}");
+    let log = server.wait_for_log(&format!(
+        "MQTT connection to mqtt://127.0.0.1:{port} denied: no allowed_outbound_hosts entry allows mqtt://127.0.0.1:{port}"
+    ));
+    assert!(log.contains("component=port"), "{log}");
+    let (status, body) = post(&server, "/byname/mqtt/address/wms/denied", "x");
+    assert_eq!(status, 502, "{body}");
+    server.wait_for_log("localhost resolves to");
+    // Nothing reached the broker: the subscriber got no message within its wait.
+    let mut sub = sub;
+    let _ = sub.kill();
+    let out = sub.wait_with_output().unwrap();
+    assert!(
+        out.stdout.is_empty(),
+        "{:?}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+/// `max_outbound_connections` caps what all of a component's instances hold at once: while
+/// one request holds a TCP connection, another instance of the component cannot open one; once
+/// it is closed, it can.
+#[test]
+fn a_components_instances_share_its_max_outbound_connections() {
+    use std::sync::atomic::AtomicBool;
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let release = Arc::new(AtomicBool::new(false));
+    {
+        let (accepted, release) = (accepted.clone(), release.clone());
+        std::thread::spawn(move || {
+            for s in listener.incoming() {
+                let Ok(mut s) = s else { break };
+                accepted.fetch_add(1, Ordering::SeqCst);
+                let release = release.clone();
+                std::thread::spawn(move || {
+                    let mut got = Vec::new();
+                    let _ = s.read_to_end(&mut got);
+                    while !release.load(Ordering::SeqCst) {
+                        std::thread::sleep(std::time::Duration::from_millis(20));
+                    }
+                    let _ = s.write_all(b"held");
+                });
+            }
+        });
+    }
+    let manifest = format!(
+        "{}[component.capped.tool.wms]\nmax_outbound_connections = 1\n",
+        app(&[("capped", vec![format!("tcp://127.0.0.1:{port}")])])
+    );
+    let server = Arc::new(Server::with_manifest(&manifest, &[]));
+    let path = format!("/capped/tcp/127.0.0.1:{port}");
+    let first = {
+        let (server, path) = (server.clone(), path.clone());
+        std::thread::spawn(move || get(&server, &path))
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while accepted.load(Ordering::SeqCst) == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first connection never came"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // Another instance of the component: refused while the first holds the only connection.
+    let (status, body) = get(&server, &path);
+    assert_eq!(status, 502, "{body}");
+    server.wait_for_log(
+        "the component's instances together hold 1 outbound connections, its max_outbound_connections",
+    );
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    release.store(true, Ordering::SeqCst);
+    assert_eq!(first.join().unwrap(), (200, "held".into()));
+    // Closed: the next request connects.
+    assert_eq!(get(&server, &path), (200, "held".into()));
 }
