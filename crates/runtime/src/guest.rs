@@ -43,6 +43,14 @@ impl HostState {
         }
     }
 
+    /// What Spin's PostgreSQL interface sees (crate::postgres).
+    pub(crate) fn postgres(&mut self) -> crate::postgres::PgView<'_> {
+        crate::postgres::PgView {
+            table: &mut self.table,
+            state: &mut self.redis,
+        }
+    }
+
     /// What Spin's MQTT interface sees (crate::mqtt).
     pub(crate) fn mqtt(&mut self) -> crate::mqtt::MqttView<'_> {
         crate::mqtt::MqttView {

@@ -36,6 +36,7 @@ pub mod metrics;
 mod mqtt;
 mod outbound;
 pub mod pool;
+mod postgres;
 mod redis;
 mod release;
 mod sockets;

@@ -67,9 +67,12 @@ struct Command {
 
 /// The connection's socket, failing once the current command's reply passes
 /// [`MAX_REPLY_BYTES`].
-struct Capped {
-    stream: tokio::net::TcpStream,
-    received: Arc<AtomicUsize>,
+pub(crate) struct Capped {
+    pub(crate) stream: tokio::net::TcpStream,
+    /// Bytes received since the caller last set it to 0 (at each command).
+    pub(crate) received: Arc<AtomicUsize>,
+    /// The most it may reach.
+    pub(crate) max: usize,
 }
 
 impl AsyncRead for Capped {
@@ -82,10 +85,10 @@ impl AsyncRead for Capped {
         let read = Pin::new(&mut self.stream).poll_read(cx, buf);
         if let Poll::Ready(Ok(())) = read {
             let n = buf.filled().len() - before;
-            if self.received.fetch_add(n, Ordering::Relaxed) + n > MAX_REPLY_BYTES {
+            if self.received.fetch_add(n, Ordering::Relaxed) + n > self.max {
                 return Poll::Ready(Err(std::io::Error::other(format!(
                     "a reply of more than {} MiB",
-                    MAX_REPLY_BYTES >> 20
+                    self.max >> 20
                 ))));
             }
         }
@@ -123,6 +126,7 @@ async fn connect(
     let capped = Capped {
         stream,
         received: received.clone(),
+        max: MAX_REPLY_BYTES,
     };
     let (conn, driver) = redis::aio::MultiplexedConnection::new_with_config(
         info.redis_settings(),

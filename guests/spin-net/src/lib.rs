@@ -13,6 +13,12 @@
 //! `POST /mqtt/ADDRESS_VAR/TOPIC`, body PAYLOAD: Spin 2's MQTT (`fermyon:spin/mqtt@2.0.0`) at the
 //! URL in variable ADDRESS_VAR: publishes PAYLOAD to TOPIC at QoS 1; 200 `published`, or 502
 //! and the error.
+//! `POST /pg/ADDRESS_VAR`: Spin 2's PostgreSQL (`fermyon:spin/postgres@2.0.0`) at the connection
+//! string in variable ADDRESS_VAR: creates table `people` if needed, inserts (1, 'ann', NULL)
+//! with parameters, and answers 200 with the rows of `SELECT id, name, photo FROM people`: the
+//! columns then one row a line, values as the SDK shows them (`DbValue::Int32(1)`), or 502 and the error.
+//! `POST /pg-big/ADDRESS_VAR/SIZE`: `SELECT repeat('x', SIZE)` there: 200 and the length of the
+//! value that came back, or 502 and the error.
 //! `POST /redis-big/ADDRESS_VAR/KEY/SIZE`: makes KEY a value of SIZE bytes in the server
 //! (`SETRANGE`, through `execute`), then GET KEY: 200 and the length GET returned, or 502 and
 //! the error.
@@ -108,6 +114,57 @@ fn mqtt(address_var: &str, topic: &str, payload: Vec<u8>) -> Result<String, Stri
     Ok("published".to_string())
 }
 
+fn pg(address_var: &str) -> Result<String, String> {
+    use spin_sdk::pg::{Connection, ParameterValue};
+    let address = spin_sdk::variables::get(address_var).map_err(|e| format!("{e:?}"))?;
+    let conn = Connection::open(&address).map_err(|e| format!("open: {e:?}"))?;
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS people (id integer, name text, photo bytea)",
+        &[],
+    )
+    .map_err(|e| format!("create: {e:?}"))?;
+    conn.execute(
+        "INSERT INTO people VALUES ($1, $2, $3)",
+        &[
+            ParameterValue::Int32(1),
+            ParameterValue::Str("ann".to_string()),
+            ParameterValue::DbNull,
+        ],
+    )
+    .map_err(|e| format!("insert: {e:?}"))?;
+    let rows = conn
+        .query("SELECT id, name, photo FROM people", &[])
+        .map_err(|e| format!("query: {e:?}"))?;
+    let mut out: Vec<String> = vec![rows
+        .columns
+        .iter()
+        .map(|c| c.name.clone())
+        .collect::<Vec<_>>()
+        .join("|")];
+    for row in &rows.rows {
+        out.push(
+            row.iter()
+                .map(|v| format!("{v:?}"))
+                .collect::<Vec<_>>()
+                .join("|"),
+        );
+    }
+    Ok(out.join("\n"))
+}
+
+fn pg_big(address_var: &str, size: i32) -> Result<String, String> {
+    use spin_sdk::pg::{Connection, DbValue, ParameterValue};
+    let address = spin_sdk::variables::get(address_var).map_err(|e| format!("{e:?}"))?;
+    let conn = Connection::open(&address).map_err(|e| format!("open: {e:?}"))?;
+    let rows = conn
+        .query("SELECT repeat('x', $1)", &[ParameterValue::Int32(size)])
+        .map_err(|e| format!("query: {e:?}"))?;
+    match rows.rows.first().and_then(|r| r.first()) {
+        Some(DbValue::Str(s)) => Ok(s.len().to_string()),
+        other => Err(format!("unexpected {other:?}")),
+    }
+}
+
 fn redis_big(address_var: &str, key: &str, size: i64) -> Result<String, String> {
     use spin_sdk::redis::{Connection, RedisParameter};
     let address = spin_sdk::variables::get(address_var).map_err(|e| format!("{e:?}"))?;
@@ -148,6 +205,24 @@ fn handle(req: Request) -> anyhow::Result<impl IntoResponse> {
         if let Some(arg) = path.strip_prefix(prefix) {
             return Ok(io_reply(route(arg)));
         }
+    }
+    if let Some(rest) = path.strip_prefix("/pg-big/") {
+        let Some((var, size)) = rest.split_once('/') else {
+            return Ok(reply(400, "use /pg-big/ADDRESS_VAR/SIZE".to_string()));
+        };
+        let Ok(size) = size.parse::<i32>() else {
+            return Ok(reply(400, "SIZE is a number".to_string()));
+        };
+        return Ok(match pg_big(var, size) {
+            Ok(v) => reply(200, v),
+            Err(e) => reply(502, e),
+        });
+    }
+    if let Some(var) = path.strip_prefix("/pg/") {
+        return Ok(match pg(var) {
+            Ok(v) => reply(200, v),
+            Err(e) => reply(502, e),
+        });
     }
     if let Some(rest) = path.strip_prefix("/mqtt/") {
         let Some((var, topic)) = rest.split_once('/') else {

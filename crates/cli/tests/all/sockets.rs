@@ -685,3 +685,149 @@ fn a_components_instances_share_its_max_outbound_connections() {
     // Closed: the next request connects.
     assert_eq!(get(&server, &path), (200, "held".into()));
 }
+
+/// Debian's PostgreSQL server on a free loopback port, its cluster in a temporary directory
+/// (initdb and postgres run as the `postgres` user the package creates; trust authentication),
+/// stopped on drop.
+struct Postgres {
+    child: std::process::Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Postgres {
+    fn start() -> Postgres {
+        let bin = std::fs::read_dir("/usr/lib/postgresql")
+            .expect("PostgreSQL (Debian's postgresql package; scripts/test installs it)")
+            .flatten()
+            .map(|e| e.path().join("bin"))
+            .max()
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let as_postgres = |program: &str| {
+            let mut cmd = std::process::Command::new("runuser");
+            cmd.args(["-u", "postgres", "--"]).arg(bin.join(program));
+            cmd
+        };
+        let status = std::process::Command::new("chown")
+            .args(["postgres:postgres"])
+            .arg(dir.path())
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let out = as_postgres("initdb")
+            .args(["-A", "trust", "-U", "postgres", "--no-sync", "-D"])
+            .arg(&data)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "initdb: {out:?}");
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = as_postgres("postgres")
+            .arg("-D")
+            .arg(&data)
+            .args(["-p", &port.to_string(), "-k"])
+            .arg(dir.path())
+            .args(["-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let pg = Postgres {
+            child,
+            port,
+            _dir: dir,
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let ready = std::process::Command::new(bin.join("pg_isready"))
+                .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-q"])
+                .status()
+                .is_ok_and(|s| s.success());
+            if ready {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "postgres did not start"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        pg
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        // runuser passes SIGTERM on to postgres (a smart shutdown).
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn spin_postgres_reaches_only_an_allowed_server() {
+    let pg = Postgres::start();
+    let port = pg.port;
+    let address = |host: &str| format!("host={host} port={port} user=postgres dbname=postgres");
+    let manifest = format!(
+        "spin_manifest_version = 2\n[application]\nname = \"pg\"\n{}{}{}",
+        service_component(
+            "ok",
+            &format!("postgres://127.0.0.1:{port}"),
+            &address("127.0.0.1")
+        ),
+        service_component(
+            "port",
+            &format!("postgres://127.0.0.1:{}", port + 1),
+            &address("127.0.0.1")
+        ),
+        service_component(
+            "byname",
+            &format!("postgres://localhost:{port}"),
+            &address("localhost")
+        ),
+    );
+    let server = Server::with_manifest(&manifest, &[]);
+
+    // Allowed: a table made, a row inserted with parameters (a NULL among them), read back.
+    let (status, body) = post(&server, "/ok/pg/address", "");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body,
+        "id|name|photo\nDbValue::Int32(1)|DbValue::Str(\"ann\")|DbValue::DbNull"
+    );
+
+    // Denied: a port no entry allows, and the node itself through a name.
+    let (status, body) = post(&server, "/port/pg/address", "");
+    assert_eq!(status, 502, "{body}");
+    assert!(body.contains("denied"), "{body}");
+    server.wait_for_log(&format!(
+        "PostgreSQL connection to postgres://127.0.0.1:{port} denied: no allowed_outbound_hosts entry allows postgres://127.0.0.1:{port}"
+    ));
+    let (status, body) = post(&server, "/byname/pg/address", "");
+    assert_eq!(status, 502, "{body}");
+    server.wait_for_log("localhost resolves to");
+    // Nothing more reached the server: one more row, from this request.
+    let (status, body) = post(&server, "/ok/pg/address", "");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body.lines().count(), 3, "{body}");
+
+    // A result's values are capped at 16 MiB, and what the server sends for one statement at
+    // 32 MiB (a row that large fails before the host holds it); the server keeps serving.
+    assert_eq!(
+        post(&server, "/ok/pg-big/address/1000000", ""),
+        (200, "1000000".into())
+    );
+    let (status, body) = post(&server, "/ok/pg-big/address/20000000", "");
+    assert_eq!(status, 502, "{body}");
+    assert!(body.contains("more than 16777216 bytes"), "{body}");
+    let (status, body) = post(&server, "/ok/pg-big/address/40000000", "");
+    assert_eq!(status, 502, "{body}");
+    assert!(body.contains("a reply of more than 32 MiB"), "{body}");
+    assert_eq!(post(&server, "/ok/pg/address", "").0, 200);
+}
