@@ -273,6 +273,14 @@ fn query_error(e: tokio_postgres::Error) -> types::Error {
     })
 }
 
+impl PgView<'_> {
+    fn connection(&self, c: &Resource<Connection>) -> Result<&Connection, types::Error> {
+        self.table
+            .get(c)
+            .map_err(|e| types::Error::Other(e.to_string()))
+    }
+}
+
 impl v2::Host for PgView<'_> {}
 
 impl v2::HostConnection for PgView<'_> {
@@ -290,10 +298,7 @@ impl v2::HostConnection for PgView<'_> {
         params: Vec<types::ParameterValue>,
     ) -> Result<types::RowSet, types::Error> {
         let params = self::params(params)?;
-        let conn = self
-            .table
-            .get(&c)
-            .map_err(|e| types::Error::Other(e.to_string()))?;
+        let conn = self.connection(&c)?;
         let _one = conn.begin().await;
         let stream = conn
             .client
@@ -361,10 +366,7 @@ impl v2::HostConnection for PgView<'_> {
         params: Vec<types::ParameterValue>,
     ) -> Result<u64, types::Error> {
         let params = self::params(params)?;
-        let conn = self
-            .table
-            .get(&c)
-            .map_err(|e| types::Error::Other(e.to_string()))?;
+        let conn = self.connection(&c)?;
         let _one = conn.begin().await;
         conn.client
             .execute_raw(&statement, params.iter().map(|p| p.as_ref() as &dyn ToSql))
