@@ -216,8 +216,8 @@ pub const MAX_CLASSIC_WASM: usize = 8;
 
 /// The wasm files of a classic image's layer of type `media_type` (a tar, gzip-compressed when
 /// the type says so): regular files that start with the wasm magic, each within the cap on a
-/// wasm layer, at most [`MAX_CLASSIC_WASM`] (the first in the layer), with their paths in the
-/// layer. Nothing is written; other entries are skipped unread.
+/// wasm layer, at most [`MAX_CLASSIC_WASM`] and that cap's bytes in all (the first in the
+/// layer), with their paths in the layer. Nothing is written; other entries are skipped unread.
 pub fn classic_wasm_files(
     layer: &[u8],
     media_type: &str,
@@ -231,6 +231,7 @@ pub fn classic_wasm_files(
     };
     let (cap, _) = limits::for_blob(media::WASM_LAYER, false);
     let mut found = Vec::new();
+    let mut total = 0u64;
     let mut archive = tar::Archive::new(reader);
     for entry in archive.entries()? {
         let mut entry = entry?;
@@ -245,6 +246,12 @@ pub fn classic_wasm_files(
         entry.read_exact(&mut wasm)?;
         if wasm != b"\0asm" {
             continue;
+        }
+        // All of them together within the cap on one wasm layer too: they are compiled in the
+        // shim's process, outside the container's limits.
+        total += entry.size();
+        if total > cap {
+            break;
         }
         entry.read_to_end(&mut wasm)?;
         found.push((path, wasm));

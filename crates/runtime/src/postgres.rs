@@ -191,9 +191,7 @@ impl PgView<'_> {
                 types::Error::ConnectionFailed(match r {
                     Refusal::Denied(why) => why,
                     Refusal::Dns => format!("cannot resolve {host}"),
-                    Refusal::TooMany => {
-                        "the instance holds its limit of outbound connections".to_string()
-                    }
+                    Refusal::TooMany => "too many outbound connections (the instance's 64, or its component's max_outbound_connections; the log says which): close one first".to_string(),
                 })
             })?;
         let mut last = None;
