@@ -531,6 +531,28 @@ impl Parser<'_> {
             let comp = self.component(&dir, name, c, &variables)?;
             components.insert(name.get_ref().clone(), comp);
         }
+        // Service chaining to a component the app does not have is a typo to report now, not a
+        // request that fails later.
+        for (name, c) in &m.component {
+            for h in &c.get_ref().allowed_outbound_hosts {
+                let Ok(a) = AllowedHost::parse(h.get_ref()) else {
+                    continue;
+                };
+                if let Some(target) = a.chaining_target()
+                    && !m.component.keys().any(|k| *k.get_ref() == target)
+                {
+                    return Err(self
+                        .err_at(
+                            h.span(),
+                            format!(
+                                "component `{}`: allowed_outbound_hosts entry `{a}` chains to component `{target}`, which this app does not have",
+                                name.get_ref()
+                            ),
+                        )
+                        .help("name a [component.NAME] of this app, as in `http://NAME.spin.internal`, or `http://*.spin.internal` for any of them"));
+                }
+            }
+        }
 
         let mut routes: Vec<(Route, std::ops::Range<usize>)> = Vec::new();
         let triggers = match &m.trigger {
@@ -635,8 +657,8 @@ impl Parser<'_> {
             let route = match trig.route.get_ref() {
                 toml::Value::String(r) => r.clone(),
                 toml::Value::Table(t) if t.get("private") == Some(&toml::Value::Boolean(true)) => {
-                    // A private component is reachable only through service chaining, which wms
-                    // does not offer; it simply has no public route.
+                    // A private component has no public route: it is reachable only through
+                    // service chaining (`http://NAME.spin.internal`).
                     continue;
                 }
                 _ => return Err(self.err_at(trig.route.span(), "`route` must be a string such as \"/hello\" or \"/api/...\"")

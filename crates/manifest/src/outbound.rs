@@ -53,6 +53,18 @@ impl fmt::Display for AllowedHost {
     }
 }
 
+/// The domain of service chaining: `http://NAME.spin.internal` is component `NAME` of the same
+/// app, called in-process.
+pub const SERVICE_CHAINING_SUFFIX: &str = ".spin.internal";
+
+/// The component a request's host names through service chaining (`NAME.spin.internal`, any
+/// case, a trailing dot allowed), if it is such a host.
+pub fn chaining_target(host: &str) -> Option<String> {
+    let host = host.trim_end_matches('.').to_ascii_lowercase();
+    let name = host.strip_suffix(SERVICE_CHAINING_SUFFIX)?;
+    (!name.is_empty() && !name.contains('.')).then(|| name.to_string())
+}
+
 fn default_port(scheme: &str) -> Option<u16> {
     match scheme {
         "http" => Some(80),
@@ -226,6 +238,40 @@ impl AllowedHost {
         }
     }
 
+    /// The component this entry allows chaining to by name (`http://NAME.spin.internal`).
+    pub fn chaining_target(&self) -> Option<String> {
+        match &self.host {
+            HostPattern::Exact(h) => chaining_target(h),
+            _ => None,
+        }
+    }
+
+    /// Whether this entry allows service chaining to `component`: as in Spin, only an entry
+    /// naming `http://COMPONENT.spin.internal` or `http://*.spin.internal` does; neither the
+    /// wildcard `*://*:*` nor `self` does.
+    pub fn allows_chaining_to(&self, component: &str) -> bool {
+        if !self.has_scheme("http") {
+            return false;
+        }
+        match &self.host {
+            HostPattern::Exact(h) => chaining_target(h).as_deref() == Some(component),
+            HostPattern::Suffix(s) => s == SERVICE_CHAINING_SUFFIX,
+            _ => false,
+        }
+    }
+
+    /// Whether this entry allows a request to the app itself (a URL with no host, as the Spin
+    /// SDKs send a relative URL) over `scheme`: an entry `http://self` or `https://self`, or one
+    /// allowing any host.
+    pub fn allows_self(&self, scheme: &str) -> bool {
+        self.has_scheme(scheme)
+            && match &self.host {
+                HostPattern::Any => true,
+                HostPattern::Exact(h) => h == "self",
+                _ => false,
+            }
+    }
+
     /// Whether a request to `scheme://host:port` is allowed by this entry. `host` is the
     /// request's host: a name, an IPv4 address, or an IPv6 address with or without brackets.
     pub fn allows(&self, scheme: &str, host: &str, port: u16) -> bool {
@@ -319,6 +365,48 @@ fn split_prefix<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_spin_internal_entries_allow_service_chaining() {
+        let e = |raw: &str| AllowedHost::parse(raw).unwrap();
+        assert!(e("http://back.spin.internal").allows_chaining_to("back"));
+        assert!(e("http://BACK.spin.internal").allows_chaining_to("back"));
+        assert!(!e("http://back.spin.internal").allows_chaining_to("front"));
+        assert!(e("http://*.spin.internal").allows_chaining_to("front"));
+        assert!(e("*://*.spin.internal:*").allows_chaining_to("front"));
+        for no in [
+            "*://*:*",
+            "http://*",
+            "http://self",
+            "http://*.internal",
+            "https://back.spin.internal",
+        ] {
+            assert!(!e(no).allows_chaining_to("back"), "{no}");
+        }
+        assert_eq!(
+            e("http://back.spin.internal").chaining_target().as_deref(),
+            Some("back")
+        );
+        assert_eq!(e("http://*.spin.internal").chaining_target(), None);
+        assert_eq!(
+            chaining_target("Back.Spin.Internal.").as_deref(),
+            Some("back")
+        );
+        assert_eq!(chaining_target("a.b.spin.internal"), None);
+        assert_eq!(chaining_target(".spin.internal"), None);
+        assert_eq!(chaining_target("example.com"), None);
+    }
+
+    #[test]
+    fn self_entries_and_any_host_allow_requests_to_the_app_itself() {
+        let e = |raw: &str| AllowedHost::parse(raw).unwrap();
+        assert!(e("http://self").allows_self("http"));
+        assert!(!e("http://self").allows_self("https"));
+        assert!(e("https://self").allows_self("https"));
+        assert!(e("*://*:*").allows_self("http"));
+        assert!(!e("http://example.com").allows_self("http"));
+        assert!(!e("http://*.spin.internal").allows_self("http"));
+    }
 
     #[test]
     fn matches_like_spin() {

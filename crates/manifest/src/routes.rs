@@ -177,6 +177,43 @@ pub struct RouteMatch {
     pub path_info: String,
 }
 
+/// The `spin-*` headers Spin's HTTP trigger gives a request that `pattern` matched as
+/// `matched`, in an app whose base path is `base`: the request's full URL, the client's address
+/// (`None` for a request made in-process by another component), the route and what it matched.
+pub fn spin_headers(
+    base: &str,
+    pattern: &RoutePattern,
+    matched: &RouteMatch,
+    full_url: &str,
+    client: Option<&str>,
+) -> Vec<(String, String)> {
+    let mut headers = vec![
+        ("spin-full-url".to_string(), full_url.to_string()),
+        ("spin-path-info".to_string(), matched.path_info.clone()),
+        ("spin-matched-route".to_string(), pattern.raw().to_string()),
+        (
+            "spin-raw-component-route".to_string(),
+            pattern.raw().to_string(),
+        ),
+        (
+            "spin-component-route".to_string(),
+            pattern.without_wildcard().to_string(),
+        ),
+        ("spin-base-path".to_string(), base.to_string()),
+    ];
+    if let Some(client) = client {
+        headers.push(("spin-client-addr".to_string(), client.to_string()));
+    }
+    for (name, value) in &matched.params {
+        // As Spin names it: `:user_id` is `spin-path-match-user-id`.
+        headers.push((
+            format!("spin-path-match-{}", name.replace('_', "-")),
+            value.clone(),
+        ));
+    }
+    headers
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -93,3 +93,51 @@ pub(crate) fn classify(
     let first = message.lines().take(3).collect::<Vec<_>>().join(" | ");
     Failure::Trap { message: first }
 }
+
+/// A plain-text response with `status`.
+pub fn plain_response(status: http::StatusCode, text: &str) -> http::Response<crate::ResponseBody> {
+    use http_body_util::BodyExt as _;
+    let mut resp = http::Response::new(
+        http_body_util::Full::new(bytes::Bytes::from(text.to_string()))
+            .map_err(|e| match e {})
+            .boxed_unsync(),
+    );
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
+}
+
+/// The answer for a request whose guest failed, to a client or to a component that chained to
+/// it: 503 (with `retry-after`) when overloaded, 504 on timeout, 400 for a request body that was
+/// cut, else 500. Details are in the host log, not the response.
+pub fn failure_response(component: &str, failure: &Failure) -> http::Response<crate::ResponseBody> {
+    use http::StatusCode;
+    match failure {
+        Failure::Overloaded { .. } => {
+            let mut r = plain_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "server busy: too many concurrent requests, retry shortly\n",
+            );
+            r.headers_mut().insert(
+                http::header::RETRY_AFTER,
+                http::HeaderValue::from_static("1"),
+            );
+            r
+        }
+        Failure::Timeout { .. } => plain_response(
+            StatusCode::GATEWAY_TIMEOUT,
+            &format!("component `{component}` did not finish in time\n"),
+        ),
+        Failure::RequestBody { .. } => plain_response(
+            StatusCode::BAD_REQUEST,
+            "the request body could not be read in full\n",
+        ),
+        _ => plain_response(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &format!("component `{component}` failed to handle the request\n"),
+        ),
+    }
+}

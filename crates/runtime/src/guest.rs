@@ -376,6 +376,7 @@ pub(crate) fn new_state(comp: &LoadedComponent) -> Result<HostState, Failure> {
                 may_name_local_addresses: comp.may_name_local_addresses,
                 metrics: comp.metrics.clone(),
                 trace: None,
+                chain: comp.chain.clone(),
             },
             slots: slots.clone(),
         },

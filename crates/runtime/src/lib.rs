@@ -21,6 +21,7 @@ include!(concat!(env!("OUT_DIR"), "/spin_wit.rs"));
 mod adapt;
 pub mod aot;
 mod cache;
+mod chain;
 mod command;
 pub mod descriptors;
 mod engine;
@@ -62,7 +63,7 @@ use wms_manifest::{AllowedHost, App, FileMount};
 pub use cache::{ENV_CACHE_DIR, cache_dir};
 pub use command::{CommandOptions, CommandOutcome, DirMount, compile_command, run_command};
 pub use engine::{CRANELIFT_NATIVE, effective_engine, host_has_riscv_vector};
-pub use failure::Failure;
+pub use failure::{Failure, failure_response, plain_response};
 pub use guest::HostState;
 pub use load::{CompileTarget, compile_app};
 pub use pool::PoolPlan;
@@ -204,6 +205,8 @@ struct LoadedComponent {
     fds: Arc<descriptors::Budget>,
     /// Its instances' outbound connections, against its `max_outbound_connections`.
     outbound: Arc<descriptors::ComponentOutbound>,
+    /// Where its calls to `http://NAME.spin.internal` and to the app itself go.
+    chain: Arc<chain::Chain>,
     /// Rate limit of the component's guest output in the log.
     guest_log: Arc<guest_log::LogBudget>,
     /// Rate limit of its overload warnings, so a flood of 503s cannot flood the log.
@@ -288,15 +291,22 @@ impl Code {
 
 /// A loaded app, ready to serve requests.
 pub struct Runtime {
+    dispatch: Arc<Dispatch>,
+    report: EngineReport,
+    descriptors: descriptors::DescriptorPlan,
+    _staging: Vec<tempfile::TempDir>,
+}
+
+/// What hands a request to a component, for the front end and for components chaining to each
+/// other ([`chain`]).
+pub(crate) struct Dispatch {
     /// The app's code on the current engine: replaced whole when idle pool memory is given back
     /// (requests in flight keep the code they started with).
     current: Arc<RwLock<Arc<Generation>>>,
     global: Arc<Semaphore>,
+    max_concurrent_requests: usize,
     /// The most requests in flight at once since the releaser last looked.
     activity: Arc<release::Activity>,
-    report: EngineReport,
-    descriptors: descriptors::DescriptorPlan,
-    _staging: Vec<tempfile::TempDir>,
 }
 
 /// Every component's code on one engine and its pool.
@@ -318,6 +328,7 @@ impl Runtime {
         let fd_budget = descriptors::Budget::new(descriptor_plan.guests);
         let linker = http_linker(&engine)?;
 
+        let chain = chain::Chain::new(app, report.max_concurrent_requests);
         let kv_stores = kv::KvStores::open(&options.stores)?;
         let databases = sqlite::Databases::open(&options.stores)?;
         let mut components = Vec::new();
@@ -443,6 +454,7 @@ impl Runtime {
                     outbound: descriptors::ComponentOutbound::new(
                         c.limits.max_outbound_connections,
                     ),
+                    chain: chain.clone(),
                     guest_log: guest_log::LogBudget::guest_lines(&name),
                     overload_log: guest_log::LogBudget::new(&name, "overload warnings", 1.0, 5.0),
                     metrics: options.metrics.as_ref().map(|m| m.component(id)),
@@ -478,10 +490,15 @@ impl Runtime {
                 max_in_flight: report.max_concurrent_requests,
             })?;
         }
-        Ok(Self {
+        let dispatch = Arc::new(Dispatch {
             current,
             global,
+            max_concurrent_requests: report.max_concurrent_requests,
             activity,
+        });
+        chain.connect(&dispatch);
+        Ok(Self {
+            dispatch,
             report,
             descriptors: descriptor_plan,
             _staging: staging,
@@ -512,6 +529,21 @@ impl Runtime {
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
     {
+        self.dispatch.handle(component, request).await
+    }
+}
+
+impl Dispatch {
+    /// [`Runtime::handle`].
+    pub(crate) async fn handle<B>(
+        &self,
+        component: &str,
+        request: http::Request<B>,
+    ) -> Result<http::Response<ResponseBody>, Failure>
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
         let comp = self
             .current
             .read()
@@ -529,13 +561,10 @@ impl Runtime {
             f
         };
         let global = self.global.clone().try_acquire_owned().map_err(|_| {
-            overloaded(format!(
-                "server: {} requests",
-                self.report.max_concurrent_requests
-            ))
+            overloaded(format!("server: {} requests", self.max_concurrent_requests))
         })?;
         self.activity
-            .started(self.report.max_concurrent_requests - self.global.available_permits());
+            .started(self.max_concurrent_requests - self.global.available_permits());
         let local = match &comp.semaphore {
             None => None,
             Some(s) => Some(s.clone().try_acquire_owned().map_err(|_| {

@@ -36,6 +36,8 @@ pub(crate) struct OutboundPolicy {
     /// The span outbound requests are children of, when traces are exported and the instance
     /// serves one request (see [`crate::trace`]).
     pub trace: Option<opentelemetry::Context>,
+    /// Where requests to `NAME.spin.internal` and to the app itself go ([`crate::chain`]).
+    pub chain: Arc<crate::chain::Chain>,
 }
 
 type IoFuture = Box<dyn Future<Output = Result<(), HttpError>> + Send>;
@@ -84,6 +86,47 @@ impl WasiHttpHooks for OutboundPolicy {
         let port = authority
             .port_u16()
             .unwrap_or(if scheme == "http" { 80 } else { 443 });
+        // Service chaining and requests to the app itself never reach the network.
+        if let Some(target) = wms_manifest::outbound::chaining_target(&host) {
+            if !self.allowed.iter().any(|a| a.allows_chaining_to(&target)) {
+                return deny(
+                    format!(
+                        "request to http://{target}.spin.internal denied: chaining to component `{target}` needs `http://{target}.spin.internal` (or `http://*.spin.internal`) in allowed_outbound_hosts"
+                    ),
+                    HttpError::HttpRequestDenied,
+                );
+            }
+            if scheme != "http" {
+                return deny(
+                    format!(
+                        "request to {scheme}://{target}.spin.internal denied: service chaining is addressed as http://{target}.spin.internal (it never leaves the process)"
+                    ),
+                    HttpError::HttpRequestDenied,
+                );
+            }
+            if !self.chain.has_component(&target) {
+                return deny(
+                    format!(
+                        "request to http://{target}.spin.internal failed: this app has no component `{target}`"
+                    ),
+                    HttpError::DestinationNotFound,
+                );
+            }
+            return self.chained(crate::chain::Target::Component(target), request, options);
+        }
+        if host.is_empty() {
+            // A relative URL, as the Spin SDKs send it (`:80` or `:443` for the authority).
+            if !self.allowed.iter().any(|a| a.allows_self(&scheme)) {
+                return deny(
+                    format!(
+                        "request to the app itself ({}) denied: needs `{scheme}://self` in allowed_outbound_hosts",
+                        request.uri().path()
+                    ),
+                    HttpError::HttpRequestDenied,
+                );
+            }
+            return self.chained(crate::chain::Target::App, request, options);
+        }
         if !is_allowed(&self.allowed, &scheme, &host, port) {
             return deny(
                 format!(
@@ -134,6 +177,27 @@ impl WasiHttpHooks for OutboundPolicy {
                 result
             }),
         }
+    }
+}
+
+impl OutboundPolicy {
+    /// A request served in-process by a component of this app ([`crate::chain`]).
+    fn chained(
+        &self,
+        target: crate::chain::Target,
+        request: http::Request<WasiBody>,
+        options: Option<RequestOptions>,
+    ) -> SendFuture {
+        if let Some(m) = &self.metrics {
+            m.outbound_allowed.inc();
+        }
+        Box::new(self.chain.call(
+            self.component.clone(),
+            target,
+            request,
+            options.and_then(|o| o.first_byte_timeout),
+            self.trace.clone(),
+        ))
     }
 }
 

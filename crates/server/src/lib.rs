@@ -22,9 +22,8 @@ use std::pin::Pin;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Request, Response, StatusCode, header};
-use http_body_util::{BodyExt, Full};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -34,7 +33,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use wms_manifest::App;
 use wms_runtime::metrics::{Metrics, RouteMetrics};
-use wms_runtime::{Failure, ResponseBody, Runtime};
+use wms_runtime::{ResponseBody, Runtime, failure_response, plain_response as plain};
 
 /// Largest request body accepted by default (413 beyond it).
 pub const DEFAULT_MAX_BODY: u64 = 1 << 30;
@@ -379,6 +378,29 @@ impl Front {
             );
         }
 
+        // Only a component's call through service chaining is addressed to `NAME.spin.internal`:
+        // a client's request saying so is stripped of it (as Spin does), so no guest can take it
+        // for one.
+        let chained = |a: &str| {
+            let host = a.rsplit_once(':').map_or(a, |(h, _)| h);
+            wms_manifest::outbound::chaining_target(host).is_some()
+        };
+        if req.uri().authority().is_some_and(|a| chained(a.as_str())) {
+            let mut parts = req.uri().clone().into_parts();
+            parts.scheme = None;
+            parts.authority = None;
+            if let Ok(uri) = http::Uri::from_parts(parts) {
+                *req.uri_mut() = uri;
+            }
+        }
+        if req
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .is_some_and(chained)
+        {
+            req.headers_mut().remove(header::HOST);
+        }
         let authority = req.uri().authority().map(|a| a.to_string()).or_else(|| {
             req.headers()
                 .get(header::HOST)
@@ -411,27 +433,17 @@ impl Front {
         for k in forged {
             headers.remove(k);
         }
-        let mut set = |name: &str, value: &str| {
-            if let (Ok(n), Ok(v)) = (HeaderName::try_from(name), HeaderValue::from_str(value)) {
+        let client = self.client.to_string();
+        for (name, value) in wms_manifest::routes::spin_headers(
+            &version.app.base,
+            &route.pattern,
+            &matched,
+            &format!("http://{authority}{path_and_query}"),
+            Some(&client),
+        ) {
+            if let (Ok(n), Ok(v)) = (HeaderName::try_from(name), HeaderValue::from_str(&value)) {
                 headers.insert(n, v);
             }
-        };
-        set(
-            "spin-full-url",
-            &format!("http://{authority}{path_and_query}"),
-        );
-        set("spin-path-info", &matched.path_info);
-        set("spin-matched-route", route.pattern.raw());
-        set("spin-raw-component-route", route.pattern.raw());
-        set("spin-component-route", route.pattern.without_wildcard());
-        set("spin-base-path", &version.app.base);
-        set("spin-client-addr", &self.client.to_string());
-        for (name, value) in &matched.params {
-            // As Spin names it: `:user_id` is `spin-path-match-user-id`.
-            set(
-                &format!("spin-path-match-{}", name.replace('_', "-")),
-                value,
-            );
         }
 
         let max_body = usize::try_from(self.options.max_body).unwrap_or(usize::MAX);
@@ -531,47 +543,6 @@ fn content_length<B>(req: &Request<B>) -> Option<u64> {
         .ok()?
         .parse()
         .ok()
-}
-
-fn plain(status: StatusCode, text: &str) -> Response<ResponseBody> {
-    let mut resp = Response::new(
-        Full::new(Bytes::from(text.to_string()))
-            .map_err(|e| match e {})
-            .boxed_unsync(),
-    );
-    *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    resp
-}
-
-/// The answer for a request whose guest failed; details are in the host log, not the response.
-fn failure_response(component: &str, failure: &Failure) -> Response<ResponseBody> {
-    match failure {
-        Failure::Overloaded { .. } => {
-            let mut r = plain(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "server busy: too many concurrent requests, retry shortly\n",
-            );
-            r.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-            r
-        }
-        Failure::Timeout { .. } => plain(
-            StatusCode::GATEWAY_TIMEOUT,
-            &format!("component `{component}` did not finish in time\n"),
-        ),
-        Failure::RequestBody { .. } => plain(
-            StatusCode::BAD_REQUEST,
-            "the request body could not be read in full\n",
-        ),
-        _ => plain(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            &format!("component `{component}` failed to handle the request\n"),
-        ),
-    }
 }
 
 #[cfg(test)]

@@ -147,6 +147,28 @@ impl wasip2::exports::http::incoming_handler::Guest for Testkit {
                     Err(e) => respond(out, 502, format!("outbound error: {e}").as_bytes()),
                 }
             }
+            "headers" => {
+                // The request as the guest sees it: its authority, then each header.
+                let mut text = format!(
+                    "authority: {}\n",
+                    request.authority().unwrap_or_default()
+                );
+                for (k, v) in request.headers().entries() {
+                    text.push_str(&format!("{k}: {}\n", String::from_utf8_lossy(&v)));
+                }
+                respond(out, 200, text.as_bytes());
+            }
+            "recurse" => {
+                // Calls itself through a relative URL, as a Spin SDK sends it, until refused.
+                match outbound(&format!("http://:80{path}")) {
+                    Ok((status, body)) => {
+                        let mut text = format!("upstream {status}: ").into_bytes();
+                        text.extend_from_slice(&body);
+                        respond(out, 200, &text)
+                    }
+                    Err(e) => respond(out, 502, format!("outbound error: {e}").as_bytes()),
+                }
+            }
             "log" => {
                 println!("to stdout from the guest");
                 eprintln!("to stderr from the guest");

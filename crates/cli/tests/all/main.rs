@@ -3,6 +3,7 @@
 
 mod aot;
 mod board;
+mod chaining;
 mod hardening;
 mod harness;
 mod kv;
