@@ -292,6 +292,10 @@ fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
         Some(path) => reload::local_loader(path.clone(), args.runtime_config_file.clone(), &app),
         None => reload::image_loader(app.clone(), args.runtime_config_file.clone()),
     };
+    let runtime_config = match &args.runtime_config_file {
+        Some(path) => Some(wms_manifest::runtime_config::load(path)?),
+        None => None,
+    };
     let options = RuntimeOptions {
         engine: match args.engine {
             Engine::Cranelift => EngineKind::Cranelift,
@@ -308,6 +312,10 @@ fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
         pool_idle_release: Some(args.pool_idle_release),
         metrics: None,
         stores: Default::default(),
+        client_tls: runtime_config
+            .as_ref()
+            .map(|c| c.client_tls.clone())
+            .unwrap_or_default(),
     };
     // An image's app directory is in the content store, shared and not the app's to write.
     let state_dir = match &args.state_dir {
@@ -327,10 +335,7 @@ fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
         variables,
         // The runtime config's store and database definitions (read once: a reload re-reads
         // variables, not these).
-        stores: match &args.runtime_config_file {
-            Some(path) => wms_manifest::runtime_config::load(path)?.stores,
-            None => Default::default(),
-        },
+        stores: runtime_config.map(|c| c.stores).unwrap_or_default(),
         runtime_config_file: args.runtime_config_file.clone(),
         state_dir,
         admin: args.admin_listen,

@@ -29,6 +29,18 @@
 //! path = "data/app.db"            # relative to this file
 //! ```
 //!
+//! and, as Spin does, TLS settings of outbound HTTPS per component and host:
+//!
+//! ```toml
+//! [[client_tls]]
+//! component_ids = ["api"]
+//! hosts = ["internal.example.com", "10.0.0.5:8443"]  # port 443 unless given
+//! ca_use_webpki_roots = false     # default true: the public roots too
+//! ca_roots_file = "certs/ca.pem"  # CA certificates to trust; relative to this file
+//! cert_chain_file = "certs/client.pem"   # a client certificate, with
+//! private_key_file = "certs/client.key"  # its key
+//! ```
+//!
 //! Spin's other tables are refused with an error.
 
 use std::collections::HashMap;
@@ -48,6 +60,105 @@ pub struct RuntimeConfig {
     pub(crate) providers: Vec<Provider>,
     /// The `[key_value_store.NAME]` and `[sqlite_database.NAME]` tables.
     pub stores: crate::stores::StoreConfig,
+    /// The `[[client_tls]]` tables.
+    pub client_tls: Vec<ClientTls>,
+}
+
+/// One `[[client_tls]]` table: how the components it names connect to its hosts over TLS.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientTls {
+    pub component_ids: Vec<String>,
+    /// Host names (lowercase) or IP addresses, with their port.
+    pub hosts: Vec<(String, u16)>,
+    /// Whether the public (webpki) roots are trusted too.
+    pub ca_use_webpki_roots: bool,
+    /// Absolute paths (relative ones are resolved against the runtime config file).
+    pub ca_roots_file: Option<PathBuf>,
+    pub cert_chain_file: Option<PathBuf>,
+    pub private_key_file: Option<PathBuf>,
+}
+
+impl ClientTls {
+    /// Whether this table applies to `component` connecting to `host:port`.
+    pub fn applies(&self, component: &str, host: &str, port: u16) -> bool {
+        let host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .trim_end_matches('.')
+            .to_ascii_lowercase();
+        self.component_ids.iter().any(|c| c == component)
+            && self.hosts.iter().any(|(h, p)| *h == host && *p == port)
+    }
+}
+
+/// Reads one `[[client_tls]]` table; the error is a message and a help line.
+fn client_tls_table(value: toml::Value, dir: &Path) -> Result<ClientTls, (String, String)> {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Raw {
+        component_ids: Vec<String>,
+        hosts: Vec<String>,
+        ca_use_webpki_roots: Option<bool>,
+        ca_roots_file: Option<PathBuf>,
+        cert_chain_file: Option<PathBuf>,
+        private_key_file: Option<PathBuf>,
+    }
+    let help = "write `component_ids = [\"NAME\"]`, `hosts = [\"HOST[:PORT]\"]` and any of `ca_use_webpki_roots`, `ca_roots_file`, `cert_chain_file` with `private_key_file`";
+    let raw: Raw = value
+        .try_into()
+        .map_err(|e: toml::de::Error| (e.message().trim().to_string(), help.to_string()))?;
+    if raw.component_ids.is_empty() || raw.hosts.is_empty() {
+        return Err((
+            "`component_ids` and `hosts` must each name at least one".into(),
+            help.into(),
+        ));
+    }
+    let mut hosts = Vec::new();
+    for h in &raw.hosts {
+        let bad = || {
+            (
+                format!("`{h}` in `hosts` is not a host or host:port"),
+                "write `example.com`, `example.com:8443`, `10.0.0.5` or `[::1]:8443` (no scheme, no path)".to_string(),
+            )
+        };
+        let (host, port) = match h.strip_prefix('[') {
+            Some(rest) => {
+                let (addr, after) = rest.split_once(']').ok_or_else(bad)?;
+                match after {
+                    "" => (addr, None),
+                    _ => (addr, Some(after.strip_prefix(':').ok_or_else(bad)?)),
+                }
+            }
+            None => match h.split_once(':') {
+                Some((_, p)) if p.contains(':') => (h.as_str(), None),
+                Some((host, p)) => (host, Some(p)),
+                None => (h.as_str(), None),
+            },
+        };
+        if host.is_empty() || host.contains(['/', '@', '*']) {
+            return Err(bad());
+        }
+        let port = match port {
+            Some(p) => p.parse::<u16>().map_err(|_| bad())?,
+            None => 443,
+        };
+        hosts.push((host.trim_end_matches('.').to_ascii_lowercase(), port));
+    }
+    if raw.cert_chain_file.is_some() != raw.private_key_file.is_some() {
+        return Err((
+            "`cert_chain_file` and `private_key_file` go together".into(),
+            "give both (a client certificate and its key), or neither".into(),
+        ));
+    }
+    let file = |p: Option<PathBuf>| p.map(|p| dir.join(p));
+    Ok(ClientTls {
+        component_ids: raw.component_ids,
+        hosts,
+        ca_use_webpki_roots: raw.ca_use_webpki_roots.unwrap_or(true),
+        ca_roots_file: file(raw.ca_roots_file),
+        cert_chain_file: file(raw.cert_chain_file),
+        private_key_file: file(raw.private_key_file),
+    })
 }
 
 impl std::fmt::Debug for RuntimeConfig {
@@ -95,6 +206,7 @@ pub fn parse(path: &Path, text: &str) -> Result<RuntimeConfig, ManifestError> {
         .unwrap_or(Path::new("."));
     let mut providers = Vec::new();
     let mut stores = crate::stores::StoreConfig::default();
+    let mut client_tls = Vec::new();
     for (key, value) in &top {
         match key.get_ref().as_str() {
             "config_provider" | "variables_provider" => {
@@ -150,10 +262,25 @@ pub fn parse(path: &Path, text: &str) -> Result<RuntimeConfig, ManifestError> {
                     }
                 }
             }
+            "client_tls" => {
+                let toml::Value::Array(entries) = value.get_ref() else {
+                    return Err(
+                        at(value.span(), "`client_tls` must be a list of tables".into())
+                            .help("write each one as a [[client_tls]] table"),
+                    );
+                };
+                for (i, entry) in entries.iter().enumerate() {
+                    client_tls.push(client_tls_table(entry.clone(), dir).map_err(
+                        |(msg, help)| {
+                            at(key.span(), format!("[[client_tls]] #{}: {msg}", i + 1)).help(help)
+                        },
+                    )?);
+                }
+            }
             other => {
                 return Err(
                     at(key.span(), format!("`{other}` is not supported by wms")).help(format!(
-                        "remove it; wms reads [[config_provider]] (variable providers), [key_value_store.NAME] and [sqlite_database.NAME] only. {HELP}"
+                        "remove it; wms reads [[config_provider]] (variable providers), [key_value_store.NAME], [sqlite_database.NAME] and [[client_tls]] only. {HELP}"
                     )),
                 );
             }
@@ -163,6 +290,7 @@ pub fn parse(path: &Path, text: &str) -> Result<RuntimeConfig, ManifestError> {
         path: path.to_path_buf(),
         providers,
         stores,
+        client_tls,
     })
 }
 
@@ -370,6 +498,68 @@ mod tests {
         .unwrap();
         assert_eq!(p.lookup("a").unwrap().unwrap().0, "one");
         assert_eq!(p.lookup("b").unwrap().unwrap().0, "three");
+    }
+
+    #[test]
+    fn client_tls_tables_are_read_as_spin_writes_them() {
+        let path = Path::new("/x/runtime-config.toml");
+        let c = parse(
+            path,
+            "[[client_tls]]\ncomponent_ids = [\"api\"]\nhosts = [\"Internal.Example.com\", \"10.0.0.5:8443\", \"[::1]:9443\"]\nca_use_webpki_roots = false\nca_roots_file = \"certs/ca.pem\"\ncert_chain_file = \"/etc/c.pem\"\nprivate_key_file = \"k.pem\"\n[[client_tls]]\ncomponent_ids = [\"web\"]\nhosts = [\"example.com\"]\n",
+        )
+        .unwrap();
+        assert_eq!(c.client_tls.len(), 2);
+        let t = &c.client_tls[0];
+        assert_eq!(
+            t.hosts,
+            vec![
+                ("internal.example.com".to_string(), 443),
+                ("10.0.0.5".to_string(), 8443),
+                ("::1".to_string(), 9443)
+            ]
+        );
+        assert!(!t.ca_use_webpki_roots);
+        assert_eq!(
+            t.ca_roots_file.as_deref(),
+            Some(Path::new("/x/certs/ca.pem"))
+        );
+        assert_eq!(t.cert_chain_file.as_deref(), Some(Path::new("/etc/c.pem")));
+        assert_eq!(t.private_key_file.as_deref(), Some(Path::new("/x/k.pem")));
+        assert!(t.applies("api", "INTERNAL.example.com", 443));
+        assert!(t.applies("api", "[::1]", 9443));
+        assert!(!t.applies("api", "internal.example.com", 8443));
+        assert!(!t.applies("web", "internal.example.com", 443));
+        assert!(c.client_tls[1].ca_use_webpki_roots);
+        for (bad, says) in [
+            (
+                "component_ids = [\"a\"]\nhosts = [\"https://x\"]",
+                "is not a host or host:port",
+            ),
+            (
+                "component_ids = [\"a\"]\nhosts = [\"x:99999\"]",
+                "is not a host or host:port",
+            ),
+            (
+                "component_ids = []\nhosts = [\"x\"]",
+                "must each name at least one",
+            ),
+            (
+                "component_ids = [\"a\"]\nhosts = [\"x\"]\ncert_chain_file = \"c\"",
+                "go together",
+            ),
+            (
+                "component_ids = [\"a\"]\nhosts = [\"x\"]\nca_file = \"c\"",
+                "unknown field `ca_file`",
+            ),
+        ] {
+            let e = parse(path, &format!("[[client_tls]]\n{bad}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("[[client_tls]] #1: ") && e.contains(says),
+                "{bad}: {e}"
+            );
+        }
     }
 
     #[test]

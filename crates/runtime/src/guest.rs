@@ -377,6 +377,7 @@ pub(crate) fn new_state(comp: &LoadedComponent) -> Result<HostState, Failure> {
                 metrics: comp.metrics.clone(),
                 trace: None,
                 chain: comp.chain.clone(),
+                client_tls: comp.client_tls.clone(),
             },
             slots: slots.clone(),
         },

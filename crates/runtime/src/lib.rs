@@ -126,6 +126,8 @@ pub struct RuntimeOptions {
     /// The key-value stores and SQLite databases the app's components use, resolved
     /// ([`wms_manifest::stores::resolve`]); opened by [`Runtime::new`].
     pub stores: wms_manifest::stores::AppStores,
+    /// The runtime config's `[[client_tls]]` tables: how components connect to hosts over TLS.
+    pub client_tls: Vec<wms_manifest::runtime_config::ClientTls>,
 }
 
 /// The default of [`RuntimeOptions::pool_idle_release`].
@@ -207,6 +209,8 @@ struct LoadedComponent {
     outbound: Arc<descriptors::ComponentOutbound>,
     /// Where its calls to `http://NAME.spin.internal` and to the app itself go.
     chain: Arc<chain::Chain>,
+    /// The runtime config's `[[client_tls]]` tables (outbound HTTPS).
+    client_tls: Arc<[Arc<outbound::ClientTlsConfig>]>,
     /// Rate limit of the component's guest output in the log.
     guest_log: Arc<guest_log::LogBudget>,
     /// Rate limit of its overload warnings, so a flood of 503s cannot flood the log.
@@ -329,6 +333,7 @@ impl Runtime {
         let linker = http_linker(&engine)?;
 
         let chain = chain::Chain::new(app, report.max_concurrent_requests);
+        let client_tls: Arc<[_]> = outbound::client_tls_configs(&options.client_tls)?.into();
         let kv_stores = kv::KvStores::open(&options.stores)?;
         let databases = sqlite::Databases::open(&options.stores)?;
         let mut components = Vec::new();
@@ -455,6 +460,7 @@ impl Runtime {
                         c.limits.max_outbound_connections,
                     ),
                     chain: chain.clone(),
+                    client_tls: client_tls.clone(),
                     guest_log: guest_log::LogBudget::guest_lines(&name),
                     overload_log: guest_log::LogBudget::new(&name, "overload warnings", 1.0, 5.0),
                     metrics: options.metrics.as_ref().map(|m| m.component(id)),

@@ -38,6 +38,8 @@ pub(crate) struct OutboundPolicy {
     pub trace: Option<opentelemetry::Context>,
     /// Where requests to `NAME.spin.internal` and to the app itself go ([`crate::chain`]).
     pub chain: Arc<crate::chain::Chain>,
+    /// The runtime config's `[[client_tls]]` tables.
+    pub client_tls: Arc<[Arc<ClientTlsConfig>]>,
 }
 
 type IoFuture = Box<dyn Future<Output = Result<(), HttpError>> + Send>;
@@ -139,6 +141,7 @@ impl WasiHttpHooks for OutboundPolicy {
             self.may_name_local_addresses && names_address(&self.allowed, &scheme, &host, port);
         let component = self.component.clone();
         let metrics = self.metrics.clone();
+        let client_tls = self.client_tls.clone();
         let span =
             crate::trace::client_span(self.trace.as_ref(), &mut request, &scheme, &host, port);
         let sending = async move {
@@ -165,7 +168,14 @@ impl WasiHttpHooks for OutboundPolicy {
             if let Some(m) = &metrics {
                 m.outbound_allowed.inc();
             }
-            let tls = (scheme == "https").then_some(bare);
+            let tls = (scheme == "https").then(|| {
+                // The operator's `[[client_tls]]` for this component and host, if any.
+                let config = client_tls
+                    .iter()
+                    .find(|t| t.table.applies(&component, bare, port))
+                    .map_or_else(tls_config, |t| t.config.clone());
+                (bare, config)
+            });
             send(request, options, &usable, tls).await
         };
         match span {
@@ -340,6 +350,85 @@ async fn resolve(host: &str, port: u16, timeout: Duration) -> Result<Vec<SocketA
 trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Io for T {}
 
+/// A `[[client_tls]]` table of the runtime config with the TLS configuration it makes.
+pub(crate) struct ClientTlsConfig {
+    table: wms_manifest::runtime_config::ClientTls,
+    config: Arc<rustls::ClientConfig>,
+}
+
+/// Builds the TLS configuration of every `[[client_tls]]` table, at start: a file that cannot be
+/// read or holds no certificate (or no key) is an error naming the table and the file.
+pub(crate) fn client_tls_configs(
+    tables: &[wms_manifest::runtime_config::ClientTls],
+) -> anyhow::Result<Vec<Arc<ClientTlsConfig>>> {
+    use anyhow::Context as _;
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs = |path: &std::path::Path| -> anyhow::Result<Vec<CertificateDer<'static>>> {
+        let certs = CertificateDer::pem_file_iter(path)
+            .and_then(|i| i.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| anyhow::anyhow!("{e:?}"))
+            .with_context(|| format!("read PEM certificates from {}", path.display()))?;
+        anyhow::ensure!(
+            !certs.is_empty(),
+            "{} holds no PEM certificate",
+            path.display()
+        );
+        Ok(certs)
+    };
+    let mut configs = Vec::new();
+    for (i, t) in tables.iter().enumerate() {
+        let build = || -> anyhow::Result<rustls::ClientConfig> {
+            let mut roots = rustls::RootCertStore::empty();
+            if t.ca_use_webpki_roots {
+                roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+            }
+            if let Some(path) = &t.ca_roots_file {
+                for cert in certs(path)? {
+                    roots.add(cert).with_context(|| {
+                        format!("a certificate in {} is not a usable CA", path.display())
+                    })?;
+                }
+            }
+            anyhow::ensure!(
+                !roots.is_empty(),
+                "it trusts no certificate authority: set `ca_roots_file`, or leave `ca_use_webpki_roots` at true"
+            );
+            let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .expect("ring supports the default TLS versions")
+            .with_root_certificates(roots);
+            Ok(match (&t.cert_chain_file, &t.private_key_file) {
+                (Some(chain), Some(key_file)) => {
+                    let key = PrivateKeyDer::from_pem_file(key_file)
+                        .map_err(|e| anyhow::anyhow!("{e:?}"))
+                        .with_context(|| {
+                            format!("read a PEM private key from {}", key_file.display())
+                        })?;
+                    builder
+                        .with_client_auth_cert(certs(chain)?, key)
+                        .context("the client certificate and its key do not go together")?
+                }
+                _ => builder.with_no_client_auth(),
+            })
+        };
+        let config = build().with_context(|| {
+            format!(
+                "[[client_tls]] #{} of the runtime config file (components {})",
+                i + 1,
+                t.component_ids.join(", ")
+            )
+        })?;
+        configs.push(Arc::new(ClientTlsConfig {
+            table: t.clone(),
+            config: Arc::new(config),
+        }));
+    }
+    Ok(configs)
+}
+
 fn tls_config() -> Arc<rustls::ClientConfig> {
     static CONFIG: OnceLock<Arc<rustls::ClientConfig>> = OnceLock::new();
     CONFIG
@@ -365,7 +454,7 @@ async fn send(
     mut request: http::Request<WasiBody>,
     options: Option<RequestOptions>,
     addrs: &[SocketAddr],
-    tls: Option<&str>,
+    tls: Option<(&str, Arc<rustls::ClientConfig>)>,
 ) -> Result<(http::Response<WasiBody>, IoFuture), HttpError> {
     let connect_timeout = options
         .and_then(|o| o.connect_timeout)
@@ -392,12 +481,12 @@ async fn send(
         .await
         .map_err(|_| HttpError::ConnectionTimeout)??;
     let io: Box<dyn Io> = match tls {
-        Some(host) => {
+        Some((host, config)) => {
             let name = match host.parse::<IpAddr>() {
                 Ok(ip) => rustls::pki_types::ServerName::from(ip),
                 Err(_) => rustls::pki_types::ServerName::try_from(host.to_string())?,
             };
-            let connector = tokio_rustls::TlsConnector::from(tls_config());
+            let connector = tokio_rustls::TlsConnector::from(config);
             let stream = tokio::time::timeout(connect_timeout, connector.connect(name, tcp))
                 .await
                 .map_err(|_| HttpError::ConnectionTimeout)?

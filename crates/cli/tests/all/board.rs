@@ -192,3 +192,172 @@ fn board_resident_budget_fits_the_board_memory() {
     drop(server);
     drop(cgroup);
 }
+
+/// Runs `openssl` with `args` in `dir`; panics with its output if it fails.
+fn openssl(dir: &std::path::Path, args: &[&str]) {
+    let out = std::process::Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl (scripts/test installs it)");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A private CA, a server certificate for 127.0.0.1 and a client certificate, in `dir`:
+/// `ca.pem`, `server.pem`/`server.key`, `client.pem`/`client.key`.
+fn make_certificates(dir: &std::path::Path) {
+    let key = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let mut ca = vec!["req", "-x509", "-days", "2", "-subj", "/CN=wms test CA"];
+    ca.extend(key);
+    ca.extend(["-keyout", "ca.key", "-out", "ca.pem"]);
+    openssl(dir, &ca);
+    for (name, ext) in [
+        (
+            "server",
+            "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
+        ),
+        ("client", "extendedKeyUsage=clientAuth\n"),
+    ] {
+        let (csr, pem, keyfile, extfile, subj) = (
+            format!("{name}.csr"),
+            format!("{name}.pem"),
+            format!("{name}.key"),
+            format!("{name}.ext"),
+            format!("/CN=wms test {name}"),
+        );
+        std::fs::write(dir.join(&extfile), ext).unwrap();
+        let mut req = vec!["req", "-subj", subj.as_str()];
+        req.extend(key);
+        req.extend(["-keyout", keyfile.as_str(), "-out", csr.as_str()]);
+        openssl(dir, &req);
+        openssl(
+            dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-days",
+                "2",
+                "-extfile",
+                &extfile,
+                "-out",
+                &pem,
+            ],
+        );
+    }
+}
+
+/// `openssl s_server` answering HTTPS on `port` with a status page, asking every client for a
+/// certificate signed by the test CA; killed when dropped.
+struct TlsServer(std::process::Child);
+
+impl TlsServer {
+    fn start(dir: &std::path::Path, port: u16) -> Self {
+        let child = std::process::Command::new("openssl")
+            .args(["s_server", "-accept"])
+            .arg(format!("127.0.0.1:{port}"))
+            .args([
+                "-cert",
+                "server.pem",
+                "-key",
+                "server.key",
+                "-CAfile",
+                "ca.pem",
+                "-Verify",
+                "1",
+                "-www",
+                "-quiet",
+            ])
+            .current_dir(dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("openssl");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "openssl s_server did not listen");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        TlsServer(child)
+    }
+}
+
+impl Drop for TlsServer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn board_reaches_https_with_the_operators_ca_and_client_certificate() {
+    // rustls with ring on the board's CPU: the handshake, the server's certificate checked
+    // against the CA of the runtime config's [[client_tls]], and a client certificate presented.
+    let dir = tempfile::tempdir().unwrap();
+    make_certificates(dir.path());
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let _tls = TlsServer::start(dir.path(), port);
+    let d = dir.path().display();
+    let config = dir.path().join("runtime-config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[client_tls]]\ncomponent_ids = [\"mtls\"]\nhosts = [\"127.0.0.1:{port}\"]\nca_use_webpki_roots = false\nca_roots_file = \"{d}/ca.pem\"\ncert_chain_file = \"{d}/client.pem\"\nprivate_key_file = \"{d}/client.key\"\n\n[[client_tls]]\ncomponent_ids = [\"nocert\"]\nhosts = [\"127.0.0.1:{port}\"]\nca_roots_file = \"{d}/ca.pem\"\n"
+        ),
+    )
+    .unwrap();
+    let allowed = format!("allowed_outbound_hosts = [\"https://127.0.0.1:{port}\"]");
+    let manifest = testkit_app(&[
+        ("mtls", "/mtls/...", &allowed),
+        ("nocert", "/nocert/...", &allowed),
+        ("public", "/public/...", &allowed),
+    ]);
+    let server = Server::with_manifest(
+        &manifest,
+        &["--runtime-config-file", config.to_str().unwrap()],
+    );
+    let fetch = |component: &str| {
+        rt().block_on(async {
+            let r = client()
+                .get(server.url(&format!(
+                    "/{component}/outbound?url=https://127.0.0.1:{port}/"
+                )))
+                .send()
+                .await
+                .unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        })
+    };
+    // The CA and the client certificate: through.
+    let (status, body) = fetch("mtls");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.starts_with("upstream 200: "), "{body}");
+    assert!(body.contains("s_server"), "{body}");
+    // The CA but no client certificate: the server ends the handshake.
+    let (status, body) = fetch("nocert");
+    assert_eq!(status, 502, "{body}");
+    // Only the public roots (no [[client_tls]] for this component): the certificate is refused.
+    let (status, body) = fetch("public");
+    assert_eq!(status, 502, "{body}");
+    assert!(body.contains("Tls"), "{body}");
+}
