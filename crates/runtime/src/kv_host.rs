@@ -1,9 +1,11 @@
 //! The key-value interfaces guests import, over the app's [`crate::kv::KvStores`]:
-//! `fermyon:spin/key-value@2.0.0` (Spin 2's, the Spin SDKs up to 5: `spin_sdk::key_value`) and
-//! `wasi:keyvalue` `store`, `atomics` and `batch` at `0.2.0-draft2` (the version Spin 3 serves);
-//! the SQLite interfaces are bound here too and served by `crate::sqlite`.
-//! The WIT is the Spin SDK 5's own (build.rs). `wasmtime-wasi-keyvalue` is not used: it serves
-//! an in-memory store only, with no way to plug in another backend.
+//! `fermyon:spin/key-value@2.0.0` (Spin 2's, the Spin SDKs up to 5: `spin_sdk::key_value`),
+//! `spin:key-value/key-value@3.0.0` (Spin 3's async interface, SDKs 6 and 7:
+//! `spin_sdk::key_value`) and `wasi:keyvalue` `store`, `atomics` and `batch` at
+//! `0.2.0-draft2` (the version Spin 3 serves); the SQLite interfaces are bound here too and
+//! served by `crate::sqlite`. The WIT is the Spin SDKs' own (build.rs: SDK 5's, and SDK 7's for
+//! the 3.x packages). `wasmtime-wasi-keyvalue` is not used: it serves an in-memory store only,
+//! with no way to plug in another backend.
 //!
 //! A component opens only the stores its manifest lists in `key_value_stores`; any other label
 //! gets Spin's `access-denied`. A failed operation is Spin's `other` with a message (a limit, an
@@ -11,7 +13,9 @@
 
 use std::sync::Arc;
 
-use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
+use wasmtime::component::{
+    Accessor, FutureReader, HasData, Linker, Resource, ResourceTable, StreamReader,
+};
 
 use crate::guest::HostState;
 use crate::kv::{KvError, KvStore, KvStores, Swap};
@@ -41,10 +45,31 @@ mod bindings {
     }
 }
 
+/// Spin 3's async packages, as the Spin SDK 7 imports them. `get-keys` is trappable: making its
+/// stream and future can fail (the store's table is full).
+mod bindings7 {
+    spin_sdk_7_bindgen! {
+        inline: "
+            package wms:spin3-stores;
+            world imports {
+                import spin:key-value/key-value@3.0.0;
+            }
+        ",
+        imports: {
+            "spin:key-value/key-value.[method]store.get-keys": trappable,
+            default: async,
+        },
+        with: {
+            "spin:key-value/key-value@3.0.0.store": crate::kv_host::OpenStore,
+        },
+    }
+}
+
 use bindings::fermyon::spin2_0_0::key_value as v2;
 pub(crate) use bindings::fermyon::spin2_0_0::sqlite as spin2_sqlite;
 pub(crate) use bindings::spin::sqlite::sqlite as spin3_sqlite;
 use bindings::wasi::keyvalue::{atomics, batch, store as wasi_store};
+use bindings7::spin::key_value::key_value as v3;
 
 /// An open store, as a guest holds it.
 pub struct OpenStore(Arc<KvStore>);
@@ -243,6 +268,103 @@ impl v2::HostStore for GuestStores {
     }
 }
 
+// spin:key-value/key-value@3.0.0: the same operations as 2.0.0, as async functions (the store
+// is looked up under the store's lock, then the operation runs without it).
+
+fn v3_error(e: KvError) -> v3::Error {
+    v3::Error::Other(e.0)
+}
+
+/// The guest's open store `this`, looked up through `accessor`.
+fn v3_store<T>(
+    accessor: &Accessor<T, HasStores>,
+    this: &Resource<OpenStore>,
+) -> Result<Arc<KvStore>, v3::Error> {
+    accessor.with(|mut a| a.get().store(this).map_err(v3_error))
+}
+
+impl v3::Host for GuestStores {}
+
+impl v3::HostStore for GuestStores {
+    async fn drop(&mut self, this: Resource<OpenStore>) -> wasmtime::Result<()> {
+        self.table.delete(this)?;
+        Ok(())
+    }
+}
+
+impl<T> v3::HostStoreWithStore<T> for HasStores {
+    async fn open(
+        accessor: &Accessor<T, Self>,
+        label: String,
+    ) -> Result<Resource<OpenStore>, v3::Error> {
+        accessor.with(|mut a| {
+            GuestStores::open(a.get(), &label).map_err(|r| match r {
+                Refused::AccessDenied => v3::Error::AccessDenied,
+                Refused::TableFull => v3::Error::StoreTableFull,
+            })
+        })
+    }
+
+    async fn get(
+        accessor: &Accessor<T, Self>,
+        this: Resource<OpenStore>,
+        key: String,
+    ) -> Result<Option<Vec<u8>>, v3::Error> {
+        let s = v3_store(accessor, &this)?;
+        s.get(key).await.map_err(v3_error)
+    }
+
+    async fn set(
+        accessor: &Accessor<T, Self>,
+        this: Resource<OpenStore>,
+        key: String,
+        value: Vec<u8>,
+    ) -> Result<(), v3::Error> {
+        let s = v3_store(accessor, &this)?;
+        s.set(key, value).await.map_err(v3_error)
+    }
+
+    async fn delete(
+        accessor: &Accessor<T, Self>,
+        this: Resource<OpenStore>,
+        key: String,
+    ) -> Result<(), v3::Error> {
+        let s = v3_store(accessor, &this)?;
+        s.delete(key).await.map_err(v3_error)
+    }
+
+    async fn exists(
+        accessor: &Accessor<T, Self>,
+        this: Resource<OpenStore>,
+        key: String,
+    ) -> Result<bool, v3::Error> {
+        let s = v3_store(accessor, &this)?;
+        s.exists(key).await.map_err(v3_error)
+    }
+
+    /// Every key (at most [`crate::kv::MAX_LISTED_KEYS`], as 2.0.0's `get-keys`), read before
+    /// the stream is handed over; an error is an empty stream and the error in the future.
+    async fn get_keys(
+        accessor: &Accessor<T, Self>,
+        this: Resource<OpenStore>,
+    ) -> wasmtime::Result<(StreamReader<String>, FutureReader<Result<(), v3::Error>>)> {
+        let keys = match v3_store(accessor, &this) {
+            Ok(s) => s.keys().await.map_err(v3_error),
+            Err(e) => Err(e),
+        };
+        let (keys, result) = match keys {
+            Ok(keys) => (keys, Ok(())),
+            Err(e) => (Vec::new(), Err(e)),
+        };
+        accessor.with(|mut a| {
+            let keys = StreamReader::new(&mut a, keys)?;
+            let result =
+                FutureReader::new(&mut a, std::future::ready(Ok::<_, wasmtime::Error>(result)))?;
+            Ok((keys, result))
+        })
+    }
+}
+
 // wasi:keyvalue@0.2.0-draft2
 
 fn wasi_error(e: KvError) -> wasi_store::Error {
@@ -433,6 +555,7 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> anyhow::Result<()
     v2::add_to_linker::<HostState, HasStores>(linker, HostState::stores).map_err(wt)?;
     spin2_sqlite::add_to_linker::<HostState, HasStores>(linker, HostState::stores).map_err(wt)?;
     spin3_sqlite::add_to_linker::<HostState, HasStores>(linker, HostState::stores).map_err(wt)?;
+    v3::add_to_linker::<HostState, HasStores>(linker, HostState::stores).map_err(wt)?;
     wasi_store::add_to_linker::<HostState, HasStores>(linker, HostState::stores).map_err(wt)?;
     atomics::add_to_linker::<HostState, HasStores>(linker, HostState::stores).map_err(wt)?;
     batch::add_to_linker::<HostState, HasStores>(linker, HostState::stores).map_err(wt)?;

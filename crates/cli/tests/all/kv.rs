@@ -1,9 +1,9 @@
-//! Key-value stores and SQLite databases through the real `wms up`, used by a guest built from
-//! source with the Spin Rust SDK 5 (`spin_sdk::key_value`, `wasi:keyvalue`, `spin_sdk::sqlite`):
-//! what a component declares it may use, anything else is Spin's access-denied; embedded data
-//! survives a restart and a `kill -9` right after the write was acknowledged; limits reject
-//! writes the guest sees fail; a Redis store (Debian's `redis-server` on a loopback port) is
-//! shared by two `wms up` processes.
+//! Key-value stores and SQLite databases through the real `wms up`, used by guests built from
+//! source with the Spin Rust SDK 5 (`spin_sdk::key_value`, `wasi:keyvalue`, `spin_sdk::sqlite`)
+//! and SDK 7 (Spin 3's async `spin:key-value@3.0.0`): what a component declares it may use,
+//! anything else is Spin's access-denied; embedded data survives a restart and a `kill -9` right
+//! after the write was acknowledged; limits reject writes the guest sees fail; a Redis store
+//! (Debian's `redis-server` on a loopback port) is shared by two `wms up` processes.
 
 use std::io::{BufRead as _, BufReader};
 use std::path::Path;
@@ -11,9 +11,14 @@ use std::process::{Child, Command, Stdio};
 
 use crate::harness::{Server, artifacts, client, rt, wms_command};
 
-/// Two components: `kv` declares the default store and database (and `extra` ones), `bare`
-/// declares none.
+/// Two components of the SDK 5 guest: `kv` declares the default store and database (and
+/// `extra` ones), `bare` declares none.
 fn manifest(extra_stores: &str) -> String {
+    manifest_of(artifacts::SPIN_KV, extra_stores)
+}
+
+/// [`manifest`] with the components' wasm at `src`.
+fn manifest_of(src: &str, extra_stores: &str) -> String {
     format!(
         r#"spin_manifest_version = 2
 [application]
@@ -35,7 +40,6 @@ sqlite_databases = ["default"]
 [component.bare]
 source = {src:?}
 "#,
-        src = artifacts::SPIN_KV,
     )
 }
 
@@ -352,6 +356,74 @@ fn a_sqlite_row_of_large_values_fails_within_sqlites_heap_cap() {
         ),
         "one\ni:1\n"
     );
+}
+
+/// The SDK 7 guest (Spin 4's templates): `spin:key-value/key-value@3.0.0`, every operation,
+/// `get-keys` read from its stream; the store's limits hold, other labels are denied, and the
+/// data survives a restart.
+#[test]
+fn a_spin_sdk_7_guest_uses_the_default_store_through_key_value_3() {
+    let dir = app_dir(&manifest_of(artifacts::SPIN3_VARS, ""));
+    let config = dir.path().join("runtime-config.toml");
+    std::fs::write(
+        &config,
+        "[key_value_store.default]\ntype = \"spin\"\nmax_value_size = 64\n",
+    )
+    .unwrap();
+    let args = ["--runtime-config-file", config.to_str().unwrap()];
+    let server = Server::start(dir.path(), &args);
+    assert_eq!(
+        ok(&server, "/a/kv/set?key=greeting&value=hello%20there"),
+        "ok"
+    );
+    assert_eq!(ok(&server, "/a/kv/get?key=greeting"), "hello there");
+    assert_eq!(ok(&server, "/a/kv/exists?key=greeting"), "true");
+    assert_eq!(get(&server, "/a/kv/get?key=missing"), (404, "none".into()));
+    assert_eq!(ok(&server, "/a/kv/exists?key=missing"), "false");
+    assert_eq!(ok(&server, "/a/kv/set?key=gone&value=1"), "ok");
+    assert_eq!(ok(&server, "/a/kv/set?key=%C3%A9t%C3%A9&value=2"), "ok");
+    assert_eq!(ok(&server, "/a/kv/keys"), "gone\ngreeting\nété\n");
+    assert_eq!(ok(&server, "/a/kv/delete?key=gone"), "ok");
+    assert_eq!(ok(&server, "/a/kv/exists?key=gone"), "false");
+    assert_eq!(get(&server, "/a/kv/get?key=gone"), (404, "none".into()));
+    assert_eq!(ok(&server, "/a/kv/keys"), "greeting\nété\n");
+    // The store's limit, as Spin's `other` error.
+    let (status, body) = get(
+        &server,
+        &format!("/a/kv/set?key=big&value={}", "x".repeat(65)),
+    );
+    assert_eq!(status, 500, "{body}");
+    assert!(
+        body.contains("value of 65 bytes is over the store `default`'s limit of 64 bytes"),
+        "{body}"
+    );
+    assert_eq!(ok(&server, "/a/kv/exists?key=big"), "false");
+
+    // Denied: a component that declares no store, a label its component does not declare.
+    for path in [
+        "/b/kv/get?key=greeting",
+        "/b/kv/set?key=k&value=v",
+        "/b/kv/keys",
+        "/a/kv/get?store=other&key=greeting",
+        "/a/kv/keys?store=other",
+    ] {
+        let (status, body) = get(&server, path);
+        assert_eq!(status, 500, "{path}: {body}");
+        assert!(body.ends_with("AccessDenied"), "{path}: {body}");
+    }
+
+    // Acknowledged, then killed at once: the writes are there after a restart.
+    assert_eq!(ok(&server, "/a/kv/set?key=last&value=acknowledged"), "ok");
+    kill_9(server);
+    let server = Server::start(dir.path(), &args);
+    assert_eq!(ok(&server, "/a/kv/get?key=last"), "acknowledged");
+    assert_eq!(ok(&server, "/a/kv/get?key=greeting"), "hello there");
+    assert_eq!(ok(&server, "/a/kv/keys"), "greeting\nlast\nété\n");
+    // The SDK 5 guest's interface sees the same store.
+    drop(server);
+    std::fs::write(dir.path().join("wms.toml"), manifest("")).unwrap();
+    let server = Server::start(dir.path(), &args);
+    assert_eq!(ok(&server, "/a/kv/get?key=last"), "acknowledged");
 }
 
 /// Debian's `redis-server` on a free loopback port with its own directory; killed on drop.
