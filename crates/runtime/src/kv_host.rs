@@ -45,22 +45,25 @@ mod bindings {
     }
 }
 
-/// Spin 3's async packages, as the Spin SDK 7 imports them. `get-keys` is trappable: making its
-/// stream and future can fail (the store's table is full).
+/// Spin 3's async packages, as the Spin SDK 7 imports them. `get-keys` and `execute-async`
+/// are trappable: making their stream and future can fail (the store's table is full).
 mod bindings7 {
     spin_sdk_7_bindgen! {
         inline: "
             package wms:spin3-stores;
             world imports {
                 import spin:key-value/key-value@3.0.0;
+                import spin:sqlite/sqlite@3.1.0;
             }
         ",
         imports: {
             "spin:key-value/key-value.[method]store.get-keys": trappable,
+            "spin:sqlite/sqlite.[method]connection.execute-async": trappable,
             default: async,
         },
         with: {
             "spin:key-value/key-value@3.0.0.store": crate::kv_host::OpenStore,
+            "spin:sqlite/sqlite@3.1.0.connection": crate::sqlite::OpenDatabase,
         },
     }
 }
@@ -70,6 +73,7 @@ pub(crate) use bindings::fermyon::spin2_0_0::sqlite as spin2_sqlite;
 pub(crate) use bindings::spin::sqlite::sqlite as spin3_sqlite;
 use bindings::wasi::keyvalue::{atomics, batch, store as wasi_store};
 use bindings7::spin::key_value::key_value as v3;
+pub(crate) use bindings7::spin::sqlite::sqlite as spin31_sqlite;
 
 /// An open store, as a guest holds it.
 pub struct OpenStore(Arc<KvStore>);
@@ -555,6 +559,7 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> anyhow::Result<()
     v2::add_to_linker::<HostState, HasStores>(linker, HostState::stores).map_err(wt)?;
     spin2_sqlite::add_to_linker::<HostState, HasStores>(linker, HostState::stores).map_err(wt)?;
     spin3_sqlite::add_to_linker::<HostState, HasStores>(linker, HostState::stores).map_err(wt)?;
+    spin31_sqlite::add_to_linker::<HostState, HasStores>(linker, HostState::stores).map_err(wt)?;
     v3::add_to_linker::<HostState, HasStores>(linker, HostState::stores).map_err(wt)?;
     wasi_store::add_to_linker::<HostState, HasStores>(linker, HostState::stores).map_err(wt)?;
     atomics::add_to_linker::<HostState, HasStores>(linker, HostState::stores).map_err(wt)?;

@@ -1,6 +1,8 @@
 //! Spin's SQLite interfaces for guests, `fermyon:spin/sqlite@2.0.0` (the Spin SDKs up to 5:
-//! `spin_sdk::sqlite`) and `spin:sqlite/sqlite@3.0.0` (SDK 5's `spin_sdk::sqlite3`, with
-//! `last-insert-rowid` and `changes`): one embedded database file per label the app uses (the state
+//! `spin_sdk::sqlite`), `spin:sqlite/sqlite@3.0.0` (SDK 5's `spin_sdk::sqlite3`, with
+//! `last-insert-rowid` and `changes`) and `spin:sqlite/sqlite@3.1.0` (SDKs 6 and 7's
+//! `spin_sdk::sqlite`: 3.0.0 and async versions of its functions, `execute-async` returning the
+//! rows as a stream): one embedded database file per label the app uses (the state
 //! directory's `sqlite/LABEL.db`, or the label's `path`), in WAL mode with `synchronous = FULL`,
 //! so a statement that returned has been committed and synced.
 //!
@@ -19,9 +21,11 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use rusqlite::hooks::{AuthAction, AuthContext, Authorization};
 use rusqlite::types::{FromSql as _, Value as SqlValue, ValueRef};
-use wasmtime::component::Resource;
+use wasmtime::component::{Accessor, FutureReader, Resource, StreamReader};
 
-use crate::kv_host::{GuestStores, Refused, spin2_sqlite as v2, spin3_sqlite as v3};
+use crate::kv_host::{
+    GuestStores, HasStores, Refused, spin2_sqlite as v2, spin3_sqlite as v3, spin31_sqlite as v31,
+};
 
 /// The most rows one statement returns to a guest.
 pub const MAX_RESULT_ROWS: usize = 100_000;
@@ -276,6 +280,30 @@ pub struct OpenDatabase {
 }
 
 impl GuestStores {
+    /// The database the guest's handle `this` opened.
+    fn database(&self, this: &Resource<OpenDatabase>) -> Option<Arc<Database>> {
+        self.table.get(this).ok().map(|d| d.db.clone())
+    }
+
+    /// Keeps what a statement on `this` did, if it may write (Spin 3's `last-insert-rowid`
+    /// and `changes`).
+    fn record(&mut self, this: &Resource<OpenDatabase>, rows: &Rows) {
+        if let Ok(open) = self.table.get_mut(this)
+            && rows.writes
+        {
+            open.last_insert_rowid = rows.last_insert_rowid;
+            open.changes = rows.changes;
+        }
+    }
+
+    fn last_insert_rowid(&self, this: &Resource<OpenDatabase>) -> i64 {
+        self.table.get(this).map_or(0, |d| d.last_insert_rowid)
+    }
+
+    fn changes(&self, this: &Resource<OpenDatabase>) -> u64 {
+        self.table.get(this).map_or(0, |d| d.changes)
+    }
+
     fn open_database(&mut self, label: &str) -> Result<Resource<OpenDatabase>, Refused> {
         let Some((_, db)) = self.grants.sqlite.iter().find(|(l, _)| l == label) else {
             tracing::debug!(component = %self.component, "SQLite database `{label}` refused: not in its sqlite_databases");
@@ -292,11 +320,14 @@ impl GuestStores {
 }
 
 /// One version of Spin's SQLite interface over [`Database`]: `$v` is its bindings module; the
-/// methods in braces are the version's own (Spin 3's `last-insert-rowid` and `changes`).
+/// methods in the first braces are the version's own (Spin 3's `last-insert-rowid` and
+/// `changes`), the items in the second its async functions (3.1.0's).
 macro_rules! spin_sqlite_host {
-    ($v:ident, $host:ident { $($extra:tt)* }) => {
+    ($v:ident, $host:ident { $($extra:tt)* } $({ $($items:tt)* })?) => {
         mod $host {
             use super::*;
+
+            $($($items)*)?
 
             fn to_sql(v: $v::Value) -> SqlValue {
                 match v {
@@ -337,22 +368,13 @@ macro_rules! spin_sqlite_host {
                     statement: String,
                     parameters: Vec<$v::Value>,
                 ) -> Result<$v::QueryResult, $v::Error> {
-                    let db = self
-                        .table
-                        .get(&this)
-                        .map(|d| d.db.clone())
-                        .map_err(|_| $v::Error::InvalidConnection)?;
+                    let db = self.database(&this).ok_or($v::Error::InvalidConnection)?;
                     let params = parameters.into_iter().map(to_sql).collect();
                     let rows = db
                         .execute(statement, params, self.sqlite_timeout)
                         .await
                         .map_err($v::Error::Io)?;
-                    if let Ok(open) = self.table.get_mut(&this)
-                        && rows.writes
-                    {
-                        open.last_insert_rowid = rows.last_insert_rowid;
-                        open.changes = rows.changes;
-                    }
+                    self.record(&this, &rows);
                     Ok($v::QueryResult {
                         columns: rows.columns,
                         rows: rows
@@ -380,11 +402,92 @@ spin_sqlite_host!(v2, spin2_host {});
 
 spin_sqlite_host!(v3, spin3_host {
     async fn last_insert_rowid(&mut self, this: Resource<OpenDatabase>) -> i64 {
-        self.table.get(&this).map_or(0, |d| d.last_insert_rowid)
+        GuestStores::last_insert_rowid(self, &this)
     }
 
     async fn changes(&mut self, this: Resource<OpenDatabase>) -> u64 {
-        self.table.get(&this).map_or(0, |d| d.changes)
+        GuestStores::changes(self, &this)
+    }
+});
+
+spin_sqlite_host!(v31, spin31_host {
+    async fn last_insert_rowid(&mut self, this: Resource<OpenDatabase>) -> i64 {
+        GuestStores::last_insert_rowid(self, &this)
+    }
+
+    async fn changes(&mut self, this: Resource<OpenDatabase>) -> u64 {
+        GuestStores::changes(self, &this)
+    }
+} {
+    /// 3.1.0's async functions: the same as their synchronous versions. `execute-async` runs
+    /// the whole statement (within the same deadline and result caps) before it answers: a
+    /// failure is its own error, and the stream holds the rows, the future `ok`.
+    impl<T> v31::HostConnectionWithStore<T> for HasStores {
+        async fn open_async(
+            accessor: &Accessor<T, Self>,
+            database: String,
+        ) -> Result<Resource<OpenDatabase>, v31::Error> {
+            accessor.with(|mut a| {
+                a.get().open_database(&database).map_err(|r| match r {
+                    Refused::AccessDenied => v31::Error::AccessDenied,
+                    Refused::TableFull => v31::Error::Io("too many databases open".to_string()),
+                })
+            })
+        }
+
+        async fn execute_async(
+            accessor: &Accessor<T, Self>,
+            this: Resource<OpenDatabase>,
+            statement: String,
+            parameters: Vec<v31::Value>,
+        ) -> wasmtime::Result<
+            Result<
+                (
+                    Vec<String>,
+                    StreamReader<v31::RowResult>,
+                    FutureReader<Result<(), v31::Error>>,
+                ),
+                v31::Error,
+            >,
+        > {
+            let Some((db, timeout)) =
+                accessor.with(|mut a| a.get().database(&this).map(|db| (db, a.get().sqlite_timeout)))
+            else {
+                return Ok(Err(v31::Error::InvalidConnection));
+            };
+            let params = parameters.into_iter().map(to_sql).collect();
+            let rows = match db.execute(statement, params, timeout).await {
+                Ok(rows) => rows,
+                Err(e) => return Ok(Err(v31::Error::Io(e))),
+            };
+            accessor.with(|mut a| {
+                a.get().record(&this, &rows);
+                let values: Vec<v31::RowResult> = rows
+                    .rows
+                    .into_iter()
+                    .map(|r| v31::RowResult {
+                        values: r.into_iter().map(from_sql).collect(),
+                    })
+                    .collect();
+                let stream = StreamReader::new(&mut a, values)?;
+                let done = FutureReader::new(
+                    &mut a,
+                    std::future::ready(Ok::<_, wasmtime::Error>(Ok(()))),
+                )?;
+                Ok(Ok((rows.columns, stream, done)))
+            })
+        }
+
+        async fn last_insert_rowid_async(
+            accessor: &Accessor<T, Self>,
+            this: Resource<OpenDatabase>,
+        ) -> i64 {
+            accessor.with(|mut a| a.get().last_insert_rowid(&this))
+        }
+
+        async fn changes_async(accessor: &Accessor<T, Self>, this: Resource<OpenDatabase>) -> u64 {
+            accessor.with(|mut a| a.get().changes(&this))
+        }
     }
 });
 

@@ -5,11 +5,17 @@
 //! `/kv/exists` (`true`/`false`), `/kv/keys` (read from the stream one at a time, then its
 //! result; one key a line, sorted): `spin_sdk::key_value` (spin:key-value/key-value@3.0.0);
 //! `store` defaults to `default`.
+//! `/sqlite/exec?db=&sql=&p=...`: one statement through `spin_sdk::sqlite`
+//! (spin:sqlite/sqlite@3.1.0, `execute-async`) with the `p` parameters, each typed as the
+//! values are shown (`i:1`, `r:1.5`, `t:text`, `b:HEX`, `null`); `db` defaults to `default`.
+//! The answer: the columns, one row a line (values `|`-separated, blobs as `b:HEX`), then
+//! `rowid=N changes=N` (the connection's `last-insert-rowid` and `changes`).
 //! Every error is 500 with the error as the SDK reports it (`{:?}`).
 
 use spin_sdk::http::{IntoResponse, Request, Response};
 use spin_sdk::http_service;
 use spin_sdk::key_value::Store;
+use spin_sdk::sqlite::{Connection, Value};
 
 /// Decodes `%XX` and `+` in a query string value.
 fn decode(s: &str) -> String {
@@ -46,6 +52,42 @@ fn params(query: &str) -> Vec<(String, String)> {
             None => (decode(p), String::new()),
         })
         .collect()
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    (0..s.len())
+        .step_by(2)
+        .map(|i| s.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()))
+        .collect()
+}
+
+fn show(v: &Value) -> String {
+    match v {
+        Value::Integer(i) => format!("i:{i}"),
+        Value::Real(r) => format!("r:{r}"),
+        Value::Text(t) => format!("t:{t}"),
+        Value::Blob(b) => format!("b:{}", hex(b)),
+        Value::Null => "null".to_string(),
+    }
+}
+
+/// A parameter as `show` writes it.
+fn parse(p: &str) -> Option<Value> {
+    if p == "null" {
+        return Some(Value::Null);
+    }
+    let (kind, v) = p.split_once(':')?;
+    Some(match kind {
+        "i" => Value::Integer(v.parse().ok()?),
+        "r" => Value::Real(v.parse().ok()?),
+        "t" => Value::Text(v.to_string()),
+        "b" => Value::Blob(unhex(v)?),
+        _ => return None,
+    })
 }
 
 fn fail(e: impl std::fmt::Debug) -> (u16, String) {
@@ -92,6 +134,44 @@ async fn kv(op: &str, get: impl Fn(&str) -> Option<String>) -> (u16, String) {
     }
 }
 
+async fn sqlite(
+    params: &[(String, String)],
+    get: impl Fn(&str) -> Option<String>,
+) -> (u16, String) {
+    let mut values = Vec::new();
+    for (_, p) in params.iter().filter(|(k, _)| k == "p") {
+        match parse(p) {
+            Some(v) => values.push(v),
+            None => return (400, format!("bad parameter {p:?}")),
+        }
+    }
+    let conn = match Connection::open(get("db").unwrap_or_else(|| "default".into())).await {
+        Ok(c) => c,
+        Err(e) => return fail(e),
+    };
+    let result = match conn.execute(get("sql").unwrap_or_default(), values).await {
+        Ok(r) => r,
+        Err(e) => return fail(e),
+    };
+    let mut out = result.columns().join("|");
+    out.push('\n');
+    let rows = match result.collect().await {
+        Ok(rows) => rows,
+        Err(e) => return fail(e),
+    };
+    for row in &rows {
+        let cells: Vec<String> = row.values.iter().map(show).collect();
+        out.push_str(&cells.join("|"));
+        out.push('\n');
+    }
+    out.push_str(&format!(
+        "rowid={} changes={}",
+        conn.last_insert_rowid().await,
+        conn.changes().await
+    ));
+    (200, out)
+}
+
 #[http_service]
 async fn handle(req: Request) -> anyhow::Result<impl IntoResponse> {
     // The path under the component's route.
@@ -115,6 +195,8 @@ async fn handle(req: Request) -> anyhow::Result<impl IntoResponse> {
         }
     } else if let Some(op) = path.strip_prefix("/kv/") {
         kv(op, get).await
+    } else if path == "/sqlite/exec" {
+        sqlite(&params, get).await
     } else {
         (404, "no such route".to_string())
     };

@@ -1,9 +1,10 @@
 //! Key-value stores and SQLite databases through the real `wms up`, used by guests built from
 //! source with the Spin Rust SDK 5 (`spin_sdk::key_value`, `wasi:keyvalue`, `spin_sdk::sqlite`)
-//! and SDK 7 (Spin 3's async `spin:key-value@3.0.0`): what a component declares it may use,
-//! anything else is Spin's access-denied; embedded data survives a restart and a `kill -9` right
-//! after the write was acknowledged; limits reject writes the guest sees fail; a Redis store
-//! (Debian's `redis-server` on a loopback port) is shared by two `wms up` processes.
+//! and SDK 7 (Spin 3's async `spin:key-value@3.0.0` and `spin:sqlite@3.1.0`): what a component
+//! declares it may use, anything else is Spin's access-denied; embedded data survives a restart
+//! and a `kill -9` right after the write was acknowledged; limits reject writes the guest sees
+//! fail; a Redis store (Debian's `redis-server` on a loopback port) is shared by two `wms up`
+//! processes.
 
 use std::io::{BufRead as _, BufReader};
 use std::path::Path;
@@ -424,6 +425,117 @@ fn a_spin_sdk_7_guest_uses_the_default_store_through_key_value_3() {
     std::fs::write(dir.path().join("wms.toml"), manifest("")).unwrap();
     let server = Server::start(dir.path(), &args);
     assert_eq!(ok(&server, "/a/kv/get?key=last"), "acknowledged");
+}
+
+/// The SDK 7 guest: `spin:sqlite/sqlite@3.1.0` (`open-async`, `execute-async` with its rows as
+/// a stream, `last-insert-rowid-async`, `changes-async`), parameters and results of every type;
+/// other labels are denied, errors are Spin's, and the data survives a restart.
+#[test]
+fn a_spin_sdk_7_guest_uses_sqlite_3_1() {
+    let dir = app_dir(&manifest_of(artifacts::SPIN3_VARS, ""));
+    let server = Server::start(dir.path(), &[]);
+    let exec = |server: &Server, db: &str, sql: &str, params: &[&str]| {
+        let mut query = format!("db={db}&sql={}", encode(sql));
+        for p in params {
+            query.push_str(&format!("&p={}", encode(p)));
+        }
+        get(server, &format!("/a/sqlite/exec?{query}"))
+    };
+    assert_eq!(
+        exec(
+            &server,
+            "default",
+            "CREATE TABLE t (id INTEGER PRIMARY KEY, name TEXT, score REAL, data BLOB, note TEXT)",
+            &[]
+        ),
+        (200, "\nrowid=0 changes=0".into())
+    );
+    // A parameter of each type, and what the statement did on this connection.
+    assert_eq!(
+        exec(
+            &server,
+            "default",
+            "INSERT INTO t (id, name, score, data, note) VALUES (?, ?, ?, ?, ?)",
+            &["i:7", "t:ann", "r:1.5", "b:00ff10", "null"]
+        ),
+        (200, "\nrowid=7 changes=1".into())
+    );
+    assert_eq!(
+        exec(
+            &server,
+            "default",
+            "INSERT INTO t (id, name) VALUES (?, ?), (?, ?)",
+            &["i:8", "t:bob", "i:9", "t:cy"]
+        ),
+        (200, "\nrowid=9 changes=2".into())
+    );
+    assert_eq!(
+        exec(
+            &server,
+            "default",
+            "SELECT id, name, score, data, note FROM t WHERE id = ? OR data = ? ORDER BY id",
+            &["i:8", "b:00ff10"]
+        ),
+        (
+            200,
+            "id|name|score|data|note\ni:7|t:ann|r:1.5|b:00ff10|null\ni:8|t:bob|null|null|null\nrowid=0 changes=0"
+                .into()
+        )
+    );
+    assert_eq!(
+        exec(
+            &server,
+            "default",
+            "SELECT count(*) AS n, typeof(?) AS a, typeof(?) AS b FROM t",
+            &["r:-0.25", "t:x"]
+        ),
+        (200, "n|a|b\ni:3|t:real|t:text\nrowid=0 changes=0".into())
+    );
+    // Errors are Spin's `io`: SQL that does not parse, a statement that reaches another file.
+    let (status, body) = exec(&server, "default", "SELEC 1", &[]);
+    assert_eq!(status, 500);
+    assert!(
+        body.contains("Io(") && body.contains("syntax error"),
+        "{body}"
+    );
+    let (status, body) = exec(
+        &server,
+        "default",
+        "ATTACH DATABASE '/tmp/elsewhere.db' AS x",
+        &[],
+    );
+    assert_eq!(status, 500);
+    assert!(body.contains("Io(\"not authorized\")"), "{body}");
+    // Denied: a component that declares no database, a label its component does not declare.
+    for path in [
+        "/b/sqlite/exec?sql=SELECT%201",
+        "/a/sqlite/exec?db=other&sql=SELECT%201",
+    ] {
+        let (status, body) = get(&server, path);
+        assert_eq!(status, 500, "{path}: {body}");
+        assert!(body.ends_with("AccessDenied"), "{path}: {body}");
+    }
+    assert!(dir.path().join(".wms/sqlite/default.db").is_file());
+
+    // (Its `last-insert-rowid` is the database's last insert, as 3.0.0 answers: one SQLite
+    // connection serves every handle.)
+    let (status, body) = exec(&server, "default", "DELETE FROM t WHERE id = ?", &["i:9"]);
+    assert_eq!(status, 200, "{body}");
+    assert!(body.ends_with(" changes=1"), "{body}");
+    kill_9(server);
+    let server = Server::start(dir.path(), &[]);
+    assert_eq!(
+        exec(
+            &server,
+            "default",
+            "SELECT name, data FROM t ORDER BY id",
+            &[]
+        ),
+        (
+            200,
+            "name|data\nt:ann|b:00ff10\nt:bob|null\nrowid=0 changes=0".into()
+        )
+    );
 }
 
 /// Debian's `redis-server` on a free loopback port with its own directory; killed on drop.
