@@ -604,6 +604,9 @@ fn a_redis_store_is_shared_by_two_wms_processes() {
     };
     let one = start(one_dir.path());
     let two = start(two_dir.path());
+    // The SDK 7 guest (spin:key-value@3.0.0) on the same store.
+    let three_dir = app_dir(&manifest_of(artifacts::SPIN3_VARS, ", \"shared\""));
+    let three = start(three_dir.path());
     assert_eq!(
         ok(&one, "/a/kv/set?store=shared&key=k&value=from-one"),
         "ok"
@@ -612,6 +615,11 @@ fn a_redis_store_is_shared_by_two_wms_processes() {
     assert_eq!(ok(&two, "/a/wkv/incr?store=shared&key=n&by=2"), "2");
     assert_eq!(ok(&one, "/a/wkv/incr?store=shared&key=n&by=3"), "5");
     assert_eq!(ok(&one, "/a/kv/keys?store=shared"), "k\nn\n");
+    assert_eq!(ok(&three, "/a/kv/keys?store=shared"), "k\nn\n");
+    assert_eq!(ok(&three, "/a/kv/get?store=shared&key=n"), "5");
+    assert_eq!(ok(&three, "/a/kv/set?store=shared&key=t&value=3"), "ok");
+    assert_eq!(ok(&two, "/a/kv/get?store=shared&key=t"), "3");
+    assert_eq!(ok(&three, "/a/kv/delete?store=shared&key=t"), "ok");
     assert_eq!(
         ok(
             &two,
@@ -651,4 +659,8 @@ fn a_redis_store_is_shared_by_two_wms_processes() {
     assert_eq!(status, 500, "{body}");
     assert!(body.contains("Other(\"the store `shared`"), "{body}");
     assert_eq!(ok(&one, "/a/kv/get?key=local"), "1");
+    // 3.0.0's `get-keys` answers the error in its future, after an empty stream.
+    let (status, body) = get(&three, "/a/kv/keys?store=shared");
+    assert_eq!(status, 500, "{body}");
+    assert!(body.contains("Other(\"the store `shared`"), "{body}");
 }
