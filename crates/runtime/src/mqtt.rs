@@ -10,10 +10,11 @@
 //!
 //! The WIT is the Spin SDK's own (see build.rs).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Outgoing, Packet, QoS};
-use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
+use wasmtime::component::{Accessor, HasData, Linker, Resource, ResourceTable};
 
 use crate::descriptors::OutboundPermit;
 use crate::guest::HostState;
@@ -33,7 +34,20 @@ mod spin2 {
     }
 }
 
+mod spin3 {
+    spin_sdk_7_bindgen! {
+        inline: "
+            package wms:spin3-mqtt;
+            world imports {
+                import spin:mqtt/mqtt@3.0.0;
+            }
+        ",
+        with: { "spin:mqtt/mqtt.connection": crate::mqtt::Connection },
+    }
+}
+
 use spin2::fermyon::spin2_0_0::mqtt as v2;
+use spin3::spin::mqtt::mqtt as v3;
 
 /// The most bytes of one packet the broker may send us (we subscribe to nothing: acks and
 /// pings only).
@@ -47,7 +61,7 @@ const PUBLISH_TIMEOUT: Duration = Duration::from_secs(30);
 /// that drives it (one publish at a time).
 pub struct Connection {
     client: AsyncClient,
-    events: tokio::sync::Mutex<EventLoop>,
+    events: Arc<tokio::sync::Mutex<EventLoop>>,
     _permit: OutboundPermit,
 }
 
@@ -99,9 +113,9 @@ async fn drive(events: &mut EventLoop, mut done: impl FnMut(&Event) -> bool) -> 
     }
 }
 
-impl MqttView<'_> {
-    async fn open(
-        &mut self,
+impl OutboundServices {
+    async fn open_mqtt(
+        &self,
         address: &str,
         username: &str,
         password: &str,
@@ -112,13 +126,12 @@ impl MqttView<'_> {
         };
         let shown = format!("mqtt://{host}:{port}");
         if address.starts_with("mqtts:") {
-            tracing::warn!(component = %self.state.component, "MQTT connection to {shown} denied: mqtts:// (TLS) is not supported by wms yet");
+            tracing::warn!(component = %self.component, "MQTT connection to {shown} denied: mqtts:// (TLS) is not supported by wms yet");
             return Err(v2::Error::ConnectionFailed(format!(
                 "connection to {shown} denied: mqtts:// (TLS) is not supported by wms yet"
             )));
         }
         let (addrs, permit) = self
-            .state
             .admit("MQTT", "mqtt", &shown, &host, port)
             .await
             .map_err(|r| match r {
@@ -150,7 +163,7 @@ impl MqttView<'_> {
                 Ok(Ok(())) => {
                     return Ok(Connection {
                         client,
-                        events: tokio::sync::Mutex::new(events),
+                        events: Arc::new(tokio::sync::Mutex::new(events)),
                         _permit: permit,
                     });
                 }
@@ -175,14 +188,10 @@ impl v2::HostConnection for MqttView<'_> {
         password: String,
         keep_alive_interval_in_secs: u64,
     ) -> Result<Resource<Connection>, v2::Error> {
-        let conn = MqttView::open(
-            self,
-            &address,
-            &username,
-            &password,
-            keep_alive_interval_in_secs,
-        )
-        .await?;
+        let conn = self
+            .state
+            .open_mqtt(&address, &username, &password, keep_alive_interval_in_secs)
+            .await?;
         self.table
             .push(conn)
             .map_err(|e| v2::Error::Other(e.to_string()))
@@ -195,13 +204,6 @@ impl v2::HostConnection for MqttView<'_> {
         payload: Vec<u8>,
         qos: v2::Qos,
     ) -> Result<(), v2::Error> {
-        if payload.len() > MAX_MESSAGE_BYTES {
-            return Err(v2::Error::Other(format!(
-                "a message of {} bytes is over wms's limit of {} MiB",
-                payload.len(),
-                MAX_MESSAGE_BYTES >> 20
-            )));
-        }
         let conn = self
             .table
             .get(&c)
@@ -211,23 +213,14 @@ impl v2::HostConnection for MqttView<'_> {
             v2::Qos::AtLeastOnce => QoS::AtLeastOnce,
             v2::Qos::ExactlyOnce => QoS::ExactlyOnce,
         };
-        let mut events = conn.events.lock().await;
-        conn.client
-            .try_publish(topic, qos, false, payload)
-            .map_err(|e| v2::Error::Other(e.to_string()))?;
-        // Written (QoS 0), or acknowledged: PUBACK for QoS 1, PUBCOMP for QoS 2.
-        let done = |e: &Event| match qos {
-            QoS::AtMostOnce => matches!(e, Event::Outgoing(Outgoing::Publish(_))),
-            QoS::AtLeastOnce => matches!(e, Event::Incoming(Packet::PubAck(_))),
-            QoS::ExactlyOnce => matches!(e, Event::Incoming(Packet::PubComp(_))),
-        };
-        match tokio::time::timeout(PUBLISH_TIMEOUT, drive(&mut events, done)).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(v2::Error::Other(format!("publish failed: {e}"))),
-            Err(_) => Err(v2::Error::Other(format!(
-                "the broker did not acknowledge the message within {PUBLISH_TIMEOUT:?}"
-            ))),
-        }
+        publish(
+            conn.client.clone(),
+            conn.events.clone(),
+            topic,
+            payload,
+            qos,
+        )
+        .await
     }
 
     async fn drop(&mut self, c: Resource<Connection>) -> wasmtime::Result<()> {
@@ -236,9 +229,113 @@ impl v2::HostConnection for MqttView<'_> {
     }
 }
 
-/// Links `fermyon:spin/mqtt@2.0.0`.
+/// Publishes one message on a connection and waits for it to be written (QoS 0) or
+/// acknowledged; one publish at a time per connection.
+async fn publish(
+    client: AsyncClient,
+    events: Arc<tokio::sync::Mutex<EventLoop>>,
+    topic: String,
+    payload: Vec<u8>,
+    qos: QoS,
+) -> Result<(), v2::Error> {
+    if payload.len() > MAX_MESSAGE_BYTES {
+        return Err(v2::Error::Other(format!(
+            "a message of {} bytes is over wms's limit of {} MiB",
+            payload.len(),
+            MAX_MESSAGE_BYTES >> 20
+        )));
+    }
+    let mut events = events.lock().await;
+    client
+        .try_publish(topic, qos, false, payload)
+        .map_err(|e| v2::Error::Other(e.to_string()))?;
+    // Written (QoS 0), or acknowledged: PUBACK for QoS 1, PUBCOMP for QoS 2.
+    let done = |e: &Event| match qos {
+        QoS::AtMostOnce => matches!(e, Event::Outgoing(Outgoing::Publish(_))),
+        QoS::AtLeastOnce => matches!(e, Event::Incoming(Packet::PubAck(_))),
+        QoS::ExactlyOnce => matches!(e, Event::Incoming(Packet::PubComp(_))),
+    };
+    match tokio::time::timeout(PUBLISH_TIMEOUT, drive(&mut events, done)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(v2::Error::Other(format!("publish failed: {e}"))),
+        Err(_) => Err(v2::Error::Other(format!(
+            "the broker did not acknowledge the message within {PUBLISH_TIMEOUT:?}"
+        ))),
+    }
+}
+
+// Spin 3's package (the Spin SDKs 6 and 7): the same calls, async in the component model's
+// sense, without holding the store across an await.
+
+impl From<v2::Error> for v3::Error {
+    fn from(e: v2::Error) -> Self {
+        match e {
+            v2::Error::InvalidAddress => v3::Error::InvalidAddress,
+            v2::Error::TooManyConnections => v3::Error::TooManyConnections,
+            v2::Error::ConnectionFailed(m) => v3::Error::ConnectionFailed(m),
+            v2::Error::Other(m) => v3::Error::Other(m),
+        }
+    }
+}
+
+impl v3::Host for MqttView<'_> {}
+
+impl v3::HostConnection for MqttView<'_> {
+    fn drop(&mut self, c: Resource<Connection>) -> wasmtime::Result<()> {
+        self.table.delete(c)?;
+        Ok(())
+    }
+}
+
+impl<T> v3::HostConnectionWithStore<T> for HasMqtt {
+    async fn open(
+        accessor: &Accessor<T, Self>,
+        address: String,
+        username: String,
+        password: String,
+        keep_alive_interval_in_secs: u64,
+    ) -> Result<Resource<Connection>, v3::Error> {
+        let services = accessor.with(|mut access| access.get().state.clone());
+        let conn = services
+            .open_mqtt(&address, &username, &password, keep_alive_interval_in_secs)
+            .await?;
+        accessor.with(|mut access| {
+            access
+                .get()
+                .table
+                .push(conn)
+                .map_err(|e| v3::Error::Other(e.to_string()))
+        })
+    }
+
+    async fn publish(
+        accessor: &Accessor<T, Self>,
+        c: Resource<Connection>,
+        topic: String,
+        payload: Vec<u8>,
+        qos: v3::Qos,
+    ) -> Result<(), v3::Error> {
+        let (client, events) = accessor.with(|mut access| {
+            access
+                .get()
+                .table
+                .get(&c)
+                .map(|conn| (conn.client.clone(), conn.events.clone()))
+                .map_err(|e| v3::Error::Other(e.to_string()))
+        })?;
+        let qos = match qos {
+            v3::Qos::AtMostOnce => QoS::AtMostOnce,
+            v3::Qos::AtLeastOnce => QoS::AtLeastOnce,
+            v3::Qos::ExactlyOnce => QoS::ExactlyOnce,
+        };
+        Ok(publish(client, events, topic, payload, qos).await?)
+    }
+}
+
+/// Links `fermyon:spin/mqtt@2.0.0` and `spin:mqtt/mqtt@3.0.0`.
 pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> anyhow::Result<()> {
-    v2::add_to_linker::<HostState, HasMqtt>(linker, HostState::mqtt).map_err(wt)
+    v2::add_to_linker::<HostState, HasMqtt>(linker, HostState::mqtt).map_err(wt)?;
+    v3::add_to_linker::<HostState, HasMqtt>(linker, HostState::mqtt).map_err(wt)
 }
 
 #[cfg(test)]

@@ -22,7 +22,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use redis::{ConnectionAddr, IntoConnectionInfo as _, Value};
-use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
+use wasmtime::component::{Accessor, HasData, Linker, Resource, ResourceTable};
 use wms_manifest::outbound::{AllowedHost, is_allowed, names_address};
 
 use crate::descriptors::{OutboundPermit, OutboundSlots};
@@ -42,7 +42,20 @@ mod spin2 {
     }
 }
 
+mod spin3 {
+    spin_sdk_7_bindgen! {
+        inline: "
+            package wms:spin3-redis;
+            world imports {
+                import spin:redis/redis@3.0.0;
+            }
+        ",
+        with: { "spin:redis/redis.connection": crate::redis::Connection },
+    }
+}
+
 use spin2::fermyon::spin2_0_0::redis as v2;
+use spin3::spin::redis::redis as v3;
 
 /// How long opening a connection (resolving, connecting, the handshake) may take.
 pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -158,6 +171,7 @@ pub(crate) enum Refusal {
 
 /// What the outbound data-service interfaces (Spin's Redis here, MQTT in `crate::mqtt`) see
 /// of an instance.
+#[derive(Clone)]
 pub(crate) struct OutboundServices {
     pub(crate) component: Arc<str>,
     pub(crate) allowed: Arc<[AllowedHost]>,
@@ -442,7 +456,155 @@ fn flatten(value: Value, out: &mut Vec<v2::RedisResult>) -> Result<(), v2::Error
     Ok(())
 }
 
-/// Links `fermyon:spin/redis@2.0.0`.
+// Spin 3's package (the Spin SDKs 6 and 7): the same calls, async in the component model's
+// sense; each runs the 2.0.0 implementation above without holding the store across its await.
+
+impl From<v2::Error> for v3::Error {
+    fn from(e: v2::Error) -> Self {
+        match e {
+            v2::Error::InvalidAddress => v3::Error::InvalidAddress,
+            v2::Error::TooManyConnections => v3::Error::TooManyConnections,
+            v2::Error::TypeError => v3::Error::TypeError,
+            v2::Error::Other(m) => v3::Error::Other(m),
+        }
+    }
+}
+
+/// Command `name` with `args` on connection `c`, looked up in the store.
+fn command_v3<T: 'static>(
+    accessor: &Accessor<T, HasRedis>,
+    c: &Resource<Connection>,
+    name: &str,
+    args: impl redis::ToRedisArgs,
+) -> Result<(Command, redis::Cmd), v3::Error> {
+    accessor.with(|mut access| access.get().command(c, name, args).map_err(Into::into))
+}
+
+async fn query_v3<T: redis::FromRedisValue>(
+    command: Result<(Command, redis::Cmd), v3::Error>,
+) -> Result<T, v3::Error> {
+    query(command?).await.map_err(Into::into)
+}
+
+impl v3::Host for RedisView<'_> {}
+
+impl v3::HostConnection for RedisView<'_> {
+    fn drop(&mut self, c: Resource<Connection>) -> wasmtime::Result<()> {
+        self.table.delete(c)?;
+        Ok(())
+    }
+}
+
+impl<T> v3::HostConnectionWithStore<T> for HasRedis {
+    async fn open(
+        accessor: &Accessor<T, Self>,
+        address: String,
+    ) -> Result<Resource<Connection>, v3::Error> {
+        let services = accessor.with(|mut access| access.get().state.clone());
+        let conn = services.open(&address).await?;
+        accessor.with(|mut access| access.get().table.push(conn).map_err(|e| other(e).into()))
+    }
+
+    async fn publish(
+        accessor: &Accessor<T, Self>,
+        c: Resource<Connection>,
+        channel: String,
+        payload: Vec<u8>,
+    ) -> Result<(), v3::Error> {
+        query_v3::<i64>(command_v3(accessor, &c, "PUBLISH", (channel, payload)))
+            .await
+            .map(|_| ())
+    }
+
+    async fn get(
+        accessor: &Accessor<T, Self>,
+        c: Resource<Connection>,
+        key: String,
+    ) -> Result<Option<Vec<u8>>, v3::Error> {
+        query_v3(command_v3(accessor, &c, "GET", key)).await
+    }
+
+    async fn set(
+        accessor: &Accessor<T, Self>,
+        c: Resource<Connection>,
+        key: String,
+        value: Vec<u8>,
+    ) -> Result<(), v3::Error> {
+        query_v3(command_v3(accessor, &c, "SET", (key, value))).await
+    }
+
+    async fn incr(
+        accessor: &Accessor<T, Self>,
+        c: Resource<Connection>,
+        key: String,
+    ) -> Result<i64, v3::Error> {
+        query_v3(command_v3(accessor, &c, "INCR", key)).await
+    }
+
+    async fn del(
+        accessor: &Accessor<T, Self>,
+        c: Resource<Connection>,
+        keys: Vec<String>,
+    ) -> Result<u32, v3::Error> {
+        query_v3(command_v3(accessor, &c, "DEL", keys)).await
+    }
+
+    async fn sadd(
+        accessor: &Accessor<T, Self>,
+        c: Resource<Connection>,
+        key: String,
+        values: Vec<String>,
+    ) -> Result<u32, v3::Error> {
+        query_v3(command_v3(accessor, &c, "SADD", (key, values))).await
+    }
+
+    async fn smembers(
+        accessor: &Accessor<T, Self>,
+        c: Resource<Connection>,
+        key: String,
+    ) -> Result<Vec<String>, v3::Error> {
+        query_v3(command_v3(accessor, &c, "SMEMBERS", key)).await
+    }
+
+    async fn srem(
+        accessor: &Accessor<T, Self>,
+        c: Resource<Connection>,
+        key: String,
+        values: Vec<String>,
+    ) -> Result<u32, v3::Error> {
+        query_v3(command_v3(accessor, &c, "SREM", (key, values))).await
+    }
+
+    async fn execute(
+        accessor: &Accessor<T, Self>,
+        c: Resource<Connection>,
+        command: String,
+        arguments: Vec<v3::RedisParameter>,
+    ) -> Result<Vec<v3::RedisResult>, v3::Error> {
+        let (conn, mut cmd) = command_v3(accessor, &c, &command, Vec::<String>::new())?;
+        for a in arguments {
+            match a {
+                v3::RedisParameter::Int64(i) => cmd.arg(i),
+                v3::RedisParameter::Binary(b) => cmd.arg(b),
+            };
+        }
+        let value: Value = query((conn, cmd)).await?;
+        let mut out = Vec::new();
+        flatten(value, &mut out)?;
+        Ok(out
+            .into_iter()
+            .map(|r| match r {
+                v2::RedisResult::Nil => v3::RedisResult::Nil,
+                v2::RedisResult::Status(s) => v3::RedisResult::Status(s),
+                v2::RedisResult::Int64(i) => v3::RedisResult::Int64(i),
+                v2::RedisResult::Binary(b) => v3::RedisResult::Binary(b),
+            })
+            .collect())
+    }
+}
+
+/// Links `fermyon:spin/redis@2.0.0` and `spin:redis/redis@3.0.0`.
 pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> anyhow::Result<()> {
-    v2::add_to_linker::<HostState, HasRedis>(linker, HostState::redis).map_err(wt)
+    v2::add_to_linker::<HostState, HasRedis>(linker, HostState::redis).map_err(wt)?;
+    v3::add_to_linker::<HostState, HasRedis>(linker, HostState::redis).map_err(wt)
 }

@@ -10,6 +10,10 @@
 //! values are shown (`i:1`, `r:1.5`, `t:text`, `b:HEX`, `null`); `db` defaults to `default`.
 //! The answer: the columns, one row a line (values `|`-separated, blobs as `b:HEX`), then
 //! `rowid=N changes=N` (the connection's `last-insert-rowid` and `changes`).
+//! `/redis?address=&key=&value=`: sets KEY to VALUE and reads it back through `spin_sdk::redis`
+//! (spin:redis/redis@3.0.0) at the `redis://` ADDRESS; 200 and the value read.
+//! `/mqtt?address=&topic=&payload=`: publishes PAYLOAD to TOPIC (QoS 1) through
+//! `spin_sdk::mqtt` (spin:mqtt/mqtt@3.0.0) at the `mqtt://` ADDRESS; 200 and `published`.
 //! Every error is 500 with the error as the SDK reports it (`{:?}`).
 
 use spin_sdk::http::{IntoResponse, Request, Response};
@@ -172,6 +176,38 @@ async fn sqlite(
     (200, out)
 }
 
+async fn redis(get: impl Fn(&str) -> Option<String>) -> (u16, String) {
+    let conn = match spin_sdk::redis::Connection::open(get("address").unwrap_or_default()).await {
+        Ok(c) => c,
+        Err(e) => return fail(e),
+    };
+    let key = get("key").unwrap_or_default();
+    if let Err(e) = conn.set(&key, get("value").unwrap_or_default()).await {
+        return fail(e);
+    }
+    match conn.get(&key).await {
+        Ok(Some(v)) => (200, String::from_utf8_lossy(&v).into_owned()),
+        Ok(None) => (404, "none".into()),
+        Err(e) => fail(e),
+    }
+}
+
+async fn mqtt(get: impl Fn(&str) -> Option<String>) -> (u16, String) {
+    use spin_sdk::mqtt::{Connection, Qos};
+    let conn = match Connection::open(get("address").unwrap_or_default(), "", "", 30).await {
+        Ok(c) => c,
+        Err(e) => return fail(e),
+    };
+    let payload = get("payload").unwrap_or_default().into_bytes();
+    match conn
+        .publish(get("topic").unwrap_or_default(), payload, Qos::AtLeastOnce)
+        .await
+    {
+        Ok(()) => (200, "published".into()),
+        Err(e) => fail(e),
+    }
+}
+
 #[http_service]
 async fn handle(req: Request) -> anyhow::Result<impl IntoResponse> {
     // The path under the component's route.
@@ -197,6 +233,10 @@ async fn handle(req: Request) -> anyhow::Result<impl IntoResponse> {
         kv(op, get).await
     } else if path == "/sqlite/exec" {
         sqlite(&params, get).await
+    } else if path == "/redis" {
+        redis(get).await
+    } else if path == "/mqtt" {
+        mqtt(get).await
     } else {
         (404, "no such route".to_string())
     };

@@ -310,6 +310,14 @@ fn service_component(name: &str, allowed: &str, address: &str) -> String {
     )
 }
 
+/// A Spin SDK 7 component (Spin 3's packages) at `/NAME/...` allowed `allowed`.
+fn sdk7_component(name: &str, allowed: &str) -> String {
+    format!(
+        "[[trigger.http]]\nroute = \"/{name}/...\"\ncomponent = \"{name}\"\n[component.{name}]\nsource = {:?}\nallowed_outbound_hosts = [\"{allowed}\"]\n",
+        artifacts::SPIN3_VARS
+    )
+}
+
 #[test]
 fn spin_redis_reaches_only_an_allowed_redis_server() {
     let redis = Redis::start();
@@ -332,8 +340,35 @@ fn spin_redis_reaches_only_an_allowed_redis_server() {
             &format!("redis://localhost:{port}"),
             &format!("redis://localhost:{port}")
         ),
-    );
+    ) + &sdk7_component("ok3", &format!("redis://127.0.0.1:{port}"))
+        + &sdk7_component("port3", &format!("redis://127.0.0.1:{}", port + 1));
     let server = Server::with_manifest(&manifest, &[]);
+
+    // Spin 3's package (SDK 7), allowed and denied alike.
+    assert_eq!(
+        post(
+            &server,
+            &format!("/ok3/redis?address=redis://127.0.0.1:{port}&key=three&value=v3"),
+            ""
+        ),
+        (200, "v3".into())
+    );
+    assert_eq!(
+        redis.command(&["GET", "three"]).as_deref(),
+        Some("$2\r\nv3\r\n")
+    );
+    let (status, body) = post(
+        &server,
+        &format!("/port3/redis?address=redis://127.0.0.1:{port}&key=denied3&value=x"),
+        "",
+    );
+    assert_eq!(status, 500, "{body}");
+    assert!(body.contains("denied"), "{body}");
+    server.wait_for_log("component=port3");
+    assert_eq!(
+        redis.command(&["EXISTS", "denied3"]).as_deref(),
+        Some(":0\r\n")
+    );
 
     assert_eq!(
         post(&server, "/ok/redis/address/greeting", "hello"),
@@ -595,8 +630,37 @@ fn spin_mqtt_publishes_only_to_an_allowed_broker() {
             &format!("mqtt://localhost:{port}"),
             &format!("mqtt://localhost:{port}")
         ),
-    );
+    ) + &sdk7_component("ok3", &format!("mqtt://127.0.0.1:{port}"))
+        + &sdk7_component("port3", &format!("mqtt://127.0.0.1:{}", port + 1));
     let server = Server::with_manifest(&manifest, &[]);
+
+    // Spin 3's package (SDK 7): delivered when allowed, nothing sent when not.
+    let sub = broker.subscribe("wms/three");
+    assert_eq!(
+        post(
+            &server,
+            &format!(
+                "/ok3/mqtt?address=mqtt://127.0.0.1:{port}&topic=wms/three&payload=from+sdk+7"
+            ),
+            ""
+        ),
+        (200, "published".into())
+    );
+    let lines = sub.message_lines();
+    assert!(lines.iter().any(|l| l == "from sdk 7"), "{lines:?}");
+    let sub = broker.subscribe("wms/denied3");
+    let (status, body) = post(
+        &server,
+        &format!("/port3/mqtt?address=mqtt://127.0.0.1:{port}&topic=wms/denied3&payload=x"),
+        "",
+    );
+    assert_eq!(status, 500, "{body}");
+    assert!(body.contains("denied"), "{body}");
+    let lines = sub.stop();
+    assert!(
+        !lines.iter().any(|l| l.contains("received PUBLISH")),
+        "{lines:?}"
+    );
 
     // Allowed: the broker delivers the message to a real subscriber.
     let sub = broker.subscribe("wms/greeting");
