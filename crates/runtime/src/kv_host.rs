@@ -11,10 +11,15 @@
 //! gets Spin's `access-denied`. A failed operation is Spin's `other` with a message (a limit, an
 //! unreachable Redis), never a trap.
 
+use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll};
 
+use wasmtime::StoreContextMut;
 use wasmtime::component::{
-    Accessor, FutureReader, HasData, Linker, Resource, ResourceTable, StreamReader,
+    Accessor, Destination, FutureReader, HasData, Linker, Resource, ResourceTable, StreamProducer,
+    StreamReader, StreamResult, VecBuffer,
 };
 
 use crate::guest::HostState;
@@ -46,7 +51,7 @@ mod bindings {
 }
 
 /// Spin 3's async packages, as the Spin SDK 7 imports them. `get-keys` and `execute-async`
-/// are trappable: making their stream and future can fail (the store's table is full).
+/// are trappable: making their stream and future can fail (wasmtime's table of them is full).
 mod bindings7 {
     spin_sdk_7_bindgen! {
         inline: "
@@ -95,6 +100,12 @@ const MAX_BATCH_BYTES: usize = 16 << 20;
 /// value it read, so without this [`MAX_OPEN`] handles could hold that many times the value
 /// limit.
 const MAX_CAS_BYTES: usize = 16 << 20;
+/// Most bytes the streams of one instance's `get-keys` and `execute-async` answers hold together
+/// until the guest has read or dropped them: the host keeps an answer's items until then, and
+/// an async guest may ask for many at once, so without this one instance could make the host
+/// hold any multiple of the largest answer (100,000 keys; 16 MiB of rows). Room for one of
+/// each.
+pub(crate) const MAX_STREAMED_BYTES: usize = 48 << 20;
 
 /// What one instance may open: its component's stores and databases, and its own handles.
 pub(crate) struct GuestStores {
@@ -105,6 +116,50 @@ pub(crate) struct GuestStores {
     pub(crate) sqlite_timeout: std::time::Duration,
     /// Bytes of values the instance's compare-and-swap handles hold (at most [`MAX_CAS_BYTES`]).
     cas_bytes: usize,
+    /// Bytes the instance's unread streams hold (at most [`MAX_STREAMED_BYTES`]).
+    streamed_bytes: Arc<AtomicUsize>,
+}
+
+/// One answer's items, handed to the guest's stream as it reads them (at most what each read
+/// asks for); their bytes count against the instance's [`MAX_STREAMED_BYTES`] until the last
+/// is delivered or the stream is dropped.
+pub(crate) struct Streamed<T> {
+    items: std::vec::IntoIter<T>,
+    bytes: usize,
+    held: Arc<AtomicUsize>,
+}
+
+impl<T> Drop for Streamed<T> {
+    fn drop(&mut self) {
+        self.held.fetch_sub(self.bytes, Ordering::Relaxed);
+    }
+}
+
+impl<T, D> StreamProducer<D> for Streamed<T>
+where
+    T: Send + Sync + Unpin + 'static,
+{
+    type Item = T;
+    type Buffer = VecBuffer<T>;
+
+    fn poll_produce<'a>(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        store: StoreContextMut<'a, D>,
+        mut destination: Destination<'a, T, VecBuffer<T>>,
+        _: bool,
+    ) -> Poll<wasmtime::Result<StreamResult>> {
+        let this = self.get_mut();
+        // A host reader (none here) takes everything; a zero-length read, nothing.
+        let n = destination.remaining(store).unwrap_or(usize::MAX);
+        let items: Vec<T> = this.items.by_ref().take(n).collect();
+        destination.set_buffer(items.into());
+        Poll::Ready(Ok(if this.items.len() == 0 {
+            StreamResult::Dropped
+        } else {
+            StreamResult::Completed
+        }))
+    }
 }
 
 /// A component's stores and databases, by label (only those it declares).
@@ -164,6 +219,37 @@ impl GuestStores {
             table,
             sqlite_timeout,
             cas_bytes: 0,
+            streamed_bytes: Arc::default(),
+        }
+    }
+
+    /// `items` (of `bytes` together) to hand to a stream, within [`MAX_STREAMED_BYTES`] for all
+    /// of the instance's unread streams.
+    pub(crate) fn stream<T>(&self, items: Vec<T>, bytes: usize) -> Result<Streamed<T>, String> {
+        self.streamed_bytes
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |held| {
+                held.checked_add(bytes)
+                    .filter(|&total| total <= MAX_STREAMED_BYTES)
+            })
+            .map_err(|_| {
+                format!(
+                    "this instance's unread streams would hold more than {} MiB; read or drop some first",
+                    MAX_STREAMED_BYTES >> 20
+                )
+            })?;
+        Ok(Streamed {
+            items: items.into_iter(),
+            bytes,
+            held: self.streamed_bytes.clone(),
+        })
+    }
+
+    /// An empty stream's items.
+    pub(crate) fn no_items<T>(&self) -> Streamed<T> {
+        Streamed {
+            items: Vec::new().into_iter(),
+            bytes: 0,
+            held: self.streamed_bytes.clone(),
         }
     }
 
@@ -347,7 +433,8 @@ impl<T> v3::HostStoreWithStore<T> for HasStores {
     }
 
     /// Every key (at most [`crate::kv::MAX_LISTED_KEYS`], as 2.0.0's `get-keys`), read before
-    /// the stream is handed over; an error is an empty stream and the error in the future.
+    /// the stream is handed over (within [`MAX_STREAMED_BYTES`]); an error is an empty stream
+    /// and the error in the future.
     async fn get_keys(
         accessor: &Accessor<T, Self>,
         this: Resource<OpenStore>,
@@ -356,11 +443,18 @@ impl<T> v3::HostStoreWithStore<T> for HasStores {
             Ok(s) => s.keys().await.map_err(v3_error),
             Err(e) => Err(e),
         };
-        let (keys, result) = match keys {
-            Ok(keys) => (keys, Ok(())),
-            Err(e) => (Vec::new(), Err(e)),
-        };
         accessor.with(|mut a| {
+            let stores = a.get();
+            let (keys, result) = match keys {
+                Ok(keys) => {
+                    let bytes = keys.iter().map(String::len).sum();
+                    match stores.stream(keys, bytes) {
+                        Ok(keys) => (keys, Ok(())),
+                        Err(e) => (stores.no_items(), Err(v3::Error::Other(e))),
+                    }
+                }
+                Err(e) => (stores.no_items(), Err(e)),
+            };
             let keys = StreamReader::new(&mut a, keys)?;
             let result =
                 FutureReader::new(&mut a, std::future::ready(Ok::<_, wasmtime::Error>(result)))?;

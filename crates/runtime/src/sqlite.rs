@@ -421,7 +421,8 @@ spin_sqlite_host!(v31, spin31_host {
 } {
     /// 3.1.0's async functions: the same as their synchronous versions. `execute-async` runs
     /// the whole statement (within the same deadline and result caps) before it answers: a
-    /// failure is its own error, and the stream holds the rows, the future `ok`.
+    /// failure is its own error, and the stream holds the rows (within the instance's
+    /// `MAX_STREAMED_BYTES`), the future `ok`.
     impl<T> v31::HostConnectionWithStore<T> for HasStores {
         async fn open_async(
             accessor: &Accessor<T, Self>,
@@ -461,7 +462,19 @@ spin_sqlite_host!(v31, spin31_host {
                 Err(e) => return Ok(Err(v31::Error::Io(e))),
             };
             accessor.with(|mut a| {
-                a.get().record(&this, &rows);
+                let stores = a.get();
+                stores.record(&this, &rows);
+                // Sized as `run` sizes them against MAX_RESULT_BYTES.
+                let bytes = rows
+                    .rows
+                    .iter()
+                    .flatten()
+                    .map(|v| match v {
+                        SqlValue::Text(s) => s.len(),
+                        SqlValue::Blob(b) => b.len(),
+                        _ => 8,
+                    })
+                    .sum();
                 let values: Vec<v31::RowResult> = rows
                     .rows
                     .into_iter()
@@ -469,6 +482,14 @@ spin_sqlite_host!(v31, spin31_host {
                         values: r.into_iter().map(from_sql).collect(),
                     })
                     .collect();
+                let values = match stores.stream(values, bytes) {
+                    Ok(values) => values,
+                    Err(e) => {
+                        return Ok(Err(v31::Error::Io(format!(
+                            "the statement ran, but {e}"
+                        ))));
+                    }
+                };
                 let stream = StreamReader::new(&mut a, values)?;
                 let done = FutureReader::new(
                     &mut a,

@@ -14,6 +14,8 @@
 //! (spin:redis/redis@3.0.0) at the `redis://` ADDRESS; 200 and the value read.
 //! `/mqtt?address=&topic=&payload=`: publishes PAYLOAD to TOPIC (QoS 1) through
 //! `spin_sdk::mqtt` (spin:mqtt/mqtt@3.0.0) at the `mqtt://` ADDRESS; 200 and `published`.
+//! `/sqlite/hoard?sql=&n=`: runs the statement `n` times, keeping every answer's rows unread
+//! (`held N`).
 //! Every error is 500 with the error as the SDK reports it (`{:?}`).
 
 use spin_sdk::http::{IntoResponse, Request, Response};
@@ -208,6 +210,23 @@ async fn mqtt(get: impl Fn(&str) -> Option<String>) -> (u16, String) {
     }
 }
 
+async fn hoard(get: impl Fn(&str) -> Option<String>) -> (u16, String) {
+    let conn = match Connection::open("default").await {
+        Ok(c) => c,
+        Err(e) => return fail(e),
+    };
+    let n: usize = get("n").and_then(|n| n.parse().ok()).unwrap_or(1);
+    let sql = get("sql").unwrap_or_default();
+    let mut held = Vec::new();
+    for _ in 0..n {
+        match conn.execute(&sql, []).await {
+            Ok(r) => held.push(r),
+            Err(e) => return fail(e),
+        }
+    }
+    (200, format!("held {}", held.len()))
+}
+
 #[http_service]
 async fn handle(req: Request) -> anyhow::Result<impl IntoResponse> {
     // The path under the component's route.
@@ -237,6 +256,8 @@ async fn handle(req: Request) -> anyhow::Result<impl IntoResponse> {
         redis(get).await
     } else if path == "/mqtt" {
         mqtt(get).await
+    } else if path == "/sqlite/hoard" {
+        hoard(get).await
     } else {
         (404, "no such route".to_string())
     };

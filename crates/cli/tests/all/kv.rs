@@ -538,6 +538,33 @@ fn a_spin_sdk_7_guest_uses_sqlite_3_1() {
     );
 }
 
+/// An async guest may ask for many answers without reading them, and the host keeps each
+/// answer's items until the guest reads or drops its stream: an instance's unread streams hold
+/// at most 48 MiB together (one `execute-async` answer is at most 16 MiB of rows); the next
+/// instance may hold as much again.
+#[test]
+fn a_spin_sdk_7_guest_cannot_make_the_host_hold_unread_answers_without_bound() {
+    let dir = app_dir(&manifest_of(artifacts::SPIN3_VARS, ""));
+    let server = Server::start(dir.path(), &[]);
+    let hoard = |n: usize| {
+        get(
+            &server,
+            &format!(
+                "/a/sqlite/hoard?n={n}&sql={}",
+                encode("SELECT zeroblob(15000000) AS b")
+            ),
+        )
+    };
+    assert_eq!(hoard(3), (200, "held 3".into()));
+    let (status, body) = hoard(4);
+    assert_eq!(status, 500, "{body}");
+    assert!(
+        body.contains("this instance's unread streams would hold more than 48 MiB"),
+        "{body}"
+    );
+    assert_eq!(hoard(3), (200, "held 3".into()));
+}
+
 /// Debian's `redis-server` on a free loopback port with its own directory; killed on drop.
 struct Redis {
     child: Child,
