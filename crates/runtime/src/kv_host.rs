@@ -4,8 +4,8 @@
 //! `spin_sdk::key_value`) and `wasi:keyvalue` `store`, `atomics` and `batch` at
 //! `0.2.0-draft2` (the version Spin 3 serves); the SQLite interfaces are bound here too and
 //! served by `crate::sqlite`. The WIT is the Spin SDKs' own (build.rs: SDK 5's, and SDK 7's for
-//! the 3.x packages). `wasmtime-wasi-keyvalue` is not used: it serves an in-memory store only,
-//! with no way to plug in another backend.
+//! `spin:key-value@3.0.0` and `spin:sqlite@3.1.0`). `wasmtime-wasi-keyvalue` is not used: it
+//! serves an in-memory store only, with no way to plug in another backend.
 //!
 //! A component opens only the stores its manifest lists in `key_value_stores`; any other label
 //! gets Spin's `access-denied`. A failed operation is Spin's `other` with a message (a limit, an
@@ -358,8 +358,9 @@ impl v2::HostStore for GuestStores {
     }
 }
 
-// spin:key-value/key-value@3.0.0: the same operations as 2.0.0, as async functions (the store
-// is looked up under the store's lock, then the operation runs without it).
+// spin:key-value/key-value@3.0.0: the same operations as 2.0.0, as async functions: the open
+// store is looked up with the instance's state in hand, then the operation is awaited without
+// it (the guest's other calls may run meanwhile).
 
 fn v3_error(e: KvError) -> v3::Error {
     v3::Error::Other(e.0)
