@@ -48,6 +48,7 @@ impl HostState {
         crate::postgres::PgView {
             table: &mut self.table,
             state: &mut self.redis,
+            streams: self.stores.stream_budget(),
         }
     }
 

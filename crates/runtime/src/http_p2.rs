@@ -165,6 +165,7 @@ pub(crate) fn http_linker(engine: &Engine) -> anyhow::Result<Linker<HostState>> 
     crate::redis::add_to_linker(&mut linker).context("link Spin's Redis interface")?;
     crate::mqtt::add_to_linker(&mut linker).context("link Spin's MQTT interface")?;
     crate::postgres::add_to_linker(&mut linker).context("link Spin's PostgreSQL interface")?;
+    crate::postgres4::add_to_linker(&mut linker).context("link Spin's PostgreSQL 4.2 interface")?;
     crate::kv_host::add_to_linker(&mut linker)
         .context("link the key-value and SQLite interfaces")?;
     Ok(linker)
@@ -194,7 +195,7 @@ pub(crate) fn load_http(
         .map_err(|e| anyhow!("{e:?}"))
         .with_context(|| {
             format!(
-                "component `{id}` ({}): cannot link its imports\n  help: wms provides WASI 0.2 and wasi:http 0.2, WASI 0.3's cli, clocks, random and wasi:http (not yet its filesystem or sockets), Spin's variables (fermyon:spin/variables@2.0.0, spin:variables/variables@3.0.0, wasi:config/store@0.2.0-draft-2024-09-27), key-value store (fermyon:spin/key-value@2.0.0, spin:key-value/key-value@3.0.0, wasi:keyvalue@0.2.0-draft2), SQLite (fermyon:spin/sqlite@2.0.0, spin:sqlite/sqlite@3.0.0, spin:sqlite/sqlite@3.1.0), Redis (fermyon:spin/redis@2.0.0, spin:redis/redis@3.0.0), MQTT (fermyon:spin/mqtt@2.0.0, spin:mqtt/mqtt@3.0.0) and PostgreSQL (fermyon:spin/postgres@2.0.0); not yet Spin's PostgreSQL 3 and 4 packages (spin:postgres@4.2.0), nor Spin's other host interfaces; build the component against those",
+                "component `{id}` ({}): cannot link its imports\n  help: wms provides WASI 0.2 and wasi:http 0.2, WASI 0.3's cli, clocks, random and wasi:http (not yet its filesystem or sockets), Spin's variables (fermyon:spin/variables@2.0.0, spin:variables/variables@3.0.0, wasi:config/store@0.2.0-draft-2024-09-27), key-value store (fermyon:spin/key-value@2.0.0, spin:key-value/key-value@3.0.0, wasi:keyvalue@0.2.0-draft2), SQLite (fermyon:spin/sqlite@2.0.0, spin:sqlite/sqlite@3.0.0, spin:sqlite/sqlite@3.1.0), Redis (fermyon:spin/redis@2.0.0, spin:redis/redis@3.0.0), MQTT (fermyon:spin/mqtt@2.0.0, spin:mqtt/mqtt@3.0.0) and PostgreSQL (fermyon:spin/postgres@2.0.0, spin:postgres/postgres@4.2.0); not yet Spin's PostgreSQL 3 package, nor Spin's other host interfaces; build the component against those",
                 source.display()
             )
         })?;

@@ -107,6 +107,33 @@ const MAX_CAS_BYTES: usize = 16 << 20;
 /// each.
 pub(crate) const MAX_STREAMED_BYTES: usize = 48 << 20;
 
+/// An instance's count of the bytes its unread streams hold (see [`MAX_STREAMED_BYTES`]).
+#[derive(Clone)]
+pub(crate) struct StreamBudget(Arc<AtomicUsize>);
+
+impl StreamBudget {
+    /// `items` (of `bytes` together) to hand to a stream, within [`MAX_STREAMED_BYTES`] for all
+    /// of the instance's unread streams.
+    pub(crate) fn stream<T>(&self, items: Vec<T>, bytes: usize) -> Result<Streamed<T>, String> {
+        self.0
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |held| {
+                held.checked_add(bytes)
+                    .filter(|&total| total <= MAX_STREAMED_BYTES)
+            })
+            .map_err(|_| {
+                format!(
+                    "this instance's unread streams would hold more than {} MiB; read or drop some first",
+                    MAX_STREAMED_BYTES >> 20
+                )
+            })?;
+        Ok(Streamed {
+            items: items.into_iter(),
+            bytes,
+            held: self.0.clone(),
+        })
+    }
+}
+
 /// What one instance may open: its component's stores and databases, and its own handles.
 pub(crate) struct GuestStores {
     pub(crate) component: Arc<str>,
@@ -226,22 +253,12 @@ impl GuestStores {
     /// `items` (of `bytes` together) to hand to a stream, within [`MAX_STREAMED_BYTES`] for all
     /// of the instance's unread streams.
     pub(crate) fn stream<T>(&self, items: Vec<T>, bytes: usize) -> Result<Streamed<T>, String> {
-        self.streamed_bytes
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |held| {
-                held.checked_add(bytes)
-                    .filter(|&total| total <= MAX_STREAMED_BYTES)
-            })
-            .map_err(|_| {
-                format!(
-                    "this instance's unread streams would hold more than {} MiB; read or drop some first",
-                    MAX_STREAMED_BYTES >> 20
-                )
-            })?;
-        Ok(Streamed {
-            items: items.into_iter(),
-            bytes,
-            held: self.streamed_bytes.clone(),
-        })
+        self.stream_budget().stream(items, bytes)
+    }
+
+    /// The instance's count of unread stream bytes, for other interfaces' streams.
+    pub(crate) fn stream_budget(&self) -> StreamBudget {
+        StreamBudget(self.streamed_bytes.clone())
     }
 
     /// An empty stream's items.

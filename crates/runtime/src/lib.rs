@@ -38,6 +38,7 @@ mod mqtt;
 mod outbound;
 pub mod pool;
 mod postgres;
+mod postgres4;
 mod redis;
 mod release;
 mod sockets;

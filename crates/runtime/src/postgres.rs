@@ -46,20 +46,27 @@ pub const MAX_WIRE_BYTES: usize = 32 << 20;
 
 /// An open connection, as the guest's `connection` resource.
 pub struct Connection {
+    pub(crate) shared: std::sync::Arc<Shared>,
+    _driver: tokio_util::task::AbortOnDropHandle<()>,
+    _permit: OutboundPermit,
+}
+
+/// What a statement needs of a connection, shared so that no store borrow spans its await.
+pub(crate) struct Shared {
     client: tokio_postgres::Client,
     /// What the server sent since the current statement began (see [`MAX_WIRE_BYTES`]).
     received: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     one_at_a_time: tokio::sync::Mutex<()>,
-    _driver: tokio_util::task::AbortOnDropHandle<()>,
-    _permit: OutboundPermit,
 }
 
 pub(crate) struct PgView<'a> {
     pub(crate) table: &'a mut ResourceTable,
     pub(crate) state: &'a mut OutboundServices,
+    /// Where the instance's unread streams are counted (4.2's `query-async`).
+    pub(crate) streams: crate::kv_host::StreamBudget,
 }
 
-struct HasPg;
+pub(crate) struct HasPg;
 
 impl HasData for HasPg {
     type Data<'a> = PgView<'a>;
@@ -125,14 +132,13 @@ fn data_type(t: &Type) -> types::DbDataType {
 }
 
 /// Column `i` of `row` as Spin's `db-value`, and its size for the result cap.
-fn value(row: &tokio_postgres::Row, i: usize) -> Result<(types::DbValue, usize), types::Error> {
+fn value(row: &tokio_postgres::Row, i: usize) -> Result<(types::DbValue, usize), String> {
     use types::DbValue as V;
     fn get<'a, T: tokio_postgres::types::FromSql<'a>>(
         row: &'a tokio_postgres::Row,
         i: usize,
-    ) -> Result<Option<T>, types::Error> {
-        row.try_get(i)
-            .map_err(|e| types::Error::ValueConversionFailed(e.to_string()))
+    ) -> Result<Option<T>, String> {
+        row.try_get(i).map_err(|e| e.to_string())
     }
     let t = row.columns()[i].type_().clone();
     let v = match t {
@@ -158,41 +164,30 @@ fn value(row: &tokio_postgres::Row, i: usize) -> Result<(types::DbValue, usize),
     Ok((v, size))
 }
 
-impl PgView<'_> {
-    async fn open(&mut self, address: &str) -> Result<Connection, types::Error> {
-        let config: tokio_postgres::Config = address.parse().map_err(|e| {
-            types::Error::ConnectionFailed(format!("not a PostgreSQL connection string: {e}"))
-        })?;
+impl OutboundServices {
+    /// Opens a connection to the server `address` names; the error is the `connection-failed`
+    /// message.
+    pub(crate) async fn open_pg(&self, address: &str) -> Result<Connection, String> {
+        let config: tokio_postgres::Config = address
+            .parse()
+            .map_err(|e| format!("not a PostgreSQL connection string: {e}"))?;
         let host = match config.get_hosts() {
             [tokio_postgres::config::Host::Tcp(h)] => h.clone(),
-            [] => {
-                return Err(types::Error::ConnectionFailed(
-                    "the connection string names no host".into(),
-                ));
-            }
+            [] => return Err("the connection string names no host".into()),
             [tokio_postgres::config::Host::Tcp(_), ..] => {
-                return Err(types::Error::ConnectionFailed(
-                    "wms connects to one host; name one".into(),
-                ));
+                return Err("wms connects to one host; name one".into());
             }
-            _ => {
-                return Err(types::Error::ConnectionFailed(
-                    "Unix sockets are not reachable from guests".into(),
-                ));
-            }
+            _ => return Err("Unix sockets are not reachable from guests".into()),
         };
         let port = config.get_ports().first().copied().unwrap_or(5432);
         let shown = format!("postgres://{host}:{port}");
         let (addrs, permit) = self
-            .state
             .admit("PostgreSQL", "postgres", &shown, &host, port)
             .await
-            .map_err(|r| {
-                types::Error::ConnectionFailed(match r {
-                    Refusal::Denied(why) => why,
-                    Refusal::Dns => format!("cannot resolve {host}"),
-                    Refusal::TooMany => "too many outbound connections (the instance's 64, or its component's max_outbound_connections; the log says which): close one first".to_string(),
-                })
+            .map_err(|r| match r {
+                Refusal::Denied(why) => why,
+                Refusal::Dns => format!("cannot resolve {host}"),
+                Refusal::TooMany => "too many outbound connections (the instance's 64, or its component's max_outbound_connections; the log says which): close one first".to_string(),
             })?;
         let mut last = None;
         for addr in addrs {
@@ -218,9 +213,11 @@ impl PgView<'_> {
                             let _ = connection.await;
                         }));
                     return Ok(Connection {
-                        client,
-                        received,
-                        one_at_a_time: tokio::sync::Mutex::new(()),
+                        shared: std::sync::Arc::new(Shared {
+                            client,
+                            received,
+                            one_at_a_time: tokio::sync::Mutex::new(()),
+                        }),
                         _driver: driver,
                         _permit: permit,
                     });
@@ -229,25 +226,99 @@ impl PgView<'_> {
                 Err(_) => last = Some(format!("no connection within {CONNECT_TIMEOUT:?}")),
             }
         }
-        Err(types::Error::ConnectionFailed(format!(
+        Err(format!(
             "cannot connect to {shown}: {}",
             last.unwrap_or_else(|| "no address".into())
-        )))
+        ))
     }
 }
 
-impl Connection {
-    /// The guest's error for `e`, saying so when the server sent more than the statement's cap
-    /// (tokio-postgres then reports only that the connection closed).
-    fn error(&self, e: tokio_postgres::Error) -> types::Error {
+impl Shared {
+    /// Why a statement failed: the server's error, or a message (the wire cap's when the server
+    /// sent more than it).
+    pub(crate) fn failure(&self, e: tokio_postgres::Error) -> Failed {
         if self.received.load(std::sync::atomic::Ordering::Relaxed) > MAX_WIRE_BYTES {
-            return types::Error::QueryFailed(format!(
+            return Failed::Text(format!(
                 "the server sent more than {} MiB for one statement (a reply of more than {} MiB), and the connection was closed; select less",
                 MAX_WIRE_BYTES >> 20,
                 MAX_WIRE_BYTES >> 20
             ));
         }
-        query_error(e)
+        match e.as_db_error() {
+            Some(db) => Failed::Db(Box::new(db.clone())),
+            None => Failed::Text(e.to_string()),
+        }
+    }
+
+    /// Runs a query within the result caps, each column and value made by `column` and `value`
+    /// (a value's size counts against [`MAX_RESULT_BYTES`]).
+    pub(crate) async fn rows<C, V>(
+        &self,
+        statement: &str,
+        params: &[Box<dyn ToSql + Send + Sync>],
+        column: impl Fn(&tokio_postgres::Column) -> C,
+        value: impl Fn(&tokio_postgres::Row, usize) -> Result<(V, usize), String>,
+    ) -> Result<(Vec<C>, Vec<Vec<V>>, usize), RowsFailed> {
+        let _one = self.begin().await;
+        let stream = self
+            .client
+            .query_raw(statement, params.iter().map(|p| p.as_ref() as &dyn ToSql))
+            .await
+            .map_err(|e| RowsFailed::Query(self.failure(e)))?;
+        let mut stream = std::pin::pin!(stream);
+        let mut columns = None;
+        let mut rows = Vec::new();
+        let mut bytes = 0usize;
+        while let Some(row) = stream.next().await {
+            let row = row.map_err(|e| RowsFailed::Query(self.failure(e)))?;
+            if rows.len() == MAX_RESULT_ROWS {
+                return Err(RowsFailed::Query(Failed::Text(format!(
+                    "the result holds more than {MAX_RESULT_ROWS} rows; select less"
+                ))));
+            }
+            if columns.is_none() {
+                columns = Some(row.columns().iter().map(&column).collect::<Vec<_>>());
+            }
+            let mut values = Vec::with_capacity(row.len());
+            for i in 0..row.len() {
+                let (v, size) = value(&row, i).map_err(RowsFailed::Conversion)?;
+                bytes += size;
+                if bytes > MAX_RESULT_BYTES {
+                    return Err(RowsFailed::Query(Failed::Text(format!(
+                        "the result holds more than {MAX_RESULT_BYTES} bytes; select less"
+                    ))));
+                }
+                values.push(v);
+            }
+            rows.push(values);
+        }
+        // A query with no rows: its columns from the prepared statement.
+        let columns = match columns {
+            Some(c) => c,
+            None => self
+                .client
+                .prepare(statement)
+                .await
+                .map_err(|e| RowsFailed::Query(self.failure(e)))?
+                .columns()
+                .iter()
+                .map(&column)
+                .collect(),
+        };
+        Ok((columns, rows, bytes))
+    }
+
+    /// Runs a statement; the rows it changed.
+    pub(crate) async fn execute(
+        &self,
+        statement: &str,
+        params: &[Box<dyn ToSql + Send + Sync>],
+    ) -> Result<u64, Failed> {
+        let _one = self.begin().await;
+        self.client
+            .execute_raw(statement, params.iter().map(|p| p.as_ref() as &dyn ToSql))
+            .await
+            .map_err(|e| self.failure(e))
     }
 
     /// Starts a statement: the connection's own, its server's bytes counted from 0.
@@ -264,17 +335,23 @@ fn params(
     params.into_iter().map(param).collect()
 }
 
-fn query_error(e: tokio_postgres::Error) -> types::Error {
-    types::Error::QueryFailed(match e.as_db_error() {
-        Some(db) => db.message().to_string(),
-        None => e.to_string(),
-    })
+/// Why a statement failed.
+pub(crate) enum Failed {
+    Text(String),
+    Db(Box<tokio_postgres::error::DbError>),
+}
+
+/// Why a query failed: the statement, or a value that could not be converted.
+pub(crate) enum RowsFailed {
+    Query(Failed),
+    Conversion(String),
 }
 
 impl PgView<'_> {
-    fn connection(&self, c: &Resource<Connection>) -> Result<&Connection, types::Error> {
+    fn connection(&self, c: &Resource<Connection>) -> Result<std::sync::Arc<Shared>, types::Error> {
         self.table
             .get(c)
+            .map(|c| c.shared.clone())
             .map_err(|e| types::Error::Other(e.to_string()))
     }
 }
@@ -283,7 +360,11 @@ impl v2::Host for PgView<'_> {}
 
 impl v2::HostConnection for PgView<'_> {
     async fn open(&mut self, address: String) -> Result<Resource<Connection>, types::Error> {
-        let conn = PgView::open(self, &address).await?;
+        let conn = self
+            .state
+            .open_pg(&address)
+            .await
+            .map_err(types::Error::ConnectionFailed)?;
         self.table
             .push(conn)
             .map_err(|e| types::Error::Other(e.to_string()))
@@ -297,64 +378,18 @@ impl v2::HostConnection for PgView<'_> {
     ) -> Result<types::RowSet, types::Error> {
         let params = self::params(params)?;
         let conn = self.connection(&c)?;
-        let _one = conn.begin().await;
-        let stream = conn
-            .client
-            .query_raw(&statement, params.iter().map(|p| p.as_ref() as &dyn ToSql))
-            .await
-            .map_err(|e| conn.error(e))?;
-        let mut stream = std::pin::pin!(stream);
-        let mut columns = None;
-        let mut rows = Vec::new();
-        let mut bytes = 0usize;
-        while let Some(row) = stream.next().await {
-            let row = row.map_err(|e| conn.error(e))?;
-            if rows.len() == MAX_RESULT_ROWS {
-                return Err(types::Error::QueryFailed(format!(
-                    "the result holds more than {MAX_RESULT_ROWS} rows; select less"
-                )));
-            }
-            if columns.is_none() {
-                columns = Some(
-                    row.columns()
-                        .iter()
-                        .map(|c| types::Column {
-                            name: c.name().to_string(),
-                            data_type: data_type(c.type_()),
-                        })
-                        .collect::<Vec<_>>(),
-                );
-            }
-            let mut values = Vec::with_capacity(row.len());
-            for i in 0..row.len() {
-                let (v, size) = value(&row, i)?;
-                bytes += size;
-                if bytes > MAX_RESULT_BYTES {
-                    return Err(types::Error::QueryFailed(format!(
-                        "the result holds more than {MAX_RESULT_BYTES} bytes; select less"
-                    )));
-                }
-                values.push(v);
-            }
-            rows.push(values);
-        }
-        // A query with no rows: its columns from the prepared statement.
-        let columns = match columns {
-            Some(c) => c,
-            None => conn
-                .client
-                .prepare(&statement)
-                .await
-                .map_err(query_error)?
-                .columns()
-                .iter()
-                .map(|c| types::Column {
-                    name: c.name().to_string(),
-                    data_type: data_type(c.type_()),
-                })
-                .collect(),
+        let column = |c: &tokio_postgres::Column| types::Column {
+            name: c.name().to_string(),
+            data_type: data_type(c.type_()),
         };
-        Ok(types::RowSet { columns, rows })
+        match conn.rows(&statement, &params, column, value).await {
+            Ok((columns, rows, _)) => Ok(types::RowSet { columns, rows }),
+            Err(RowsFailed::Conversion(m)) => Err(types::Error::ValueConversionFailed(m)),
+            Err(RowsFailed::Query(Failed::Text(m))) => Err(types::Error::QueryFailed(m)),
+            Err(RowsFailed::Query(Failed::Db(db))) => {
+                Err(types::Error::QueryFailed(db.message().to_string()))
+            }
+        }
     }
 
     async fn execute(
@@ -365,11 +400,12 @@ impl v2::HostConnection for PgView<'_> {
     ) -> Result<u64, types::Error> {
         let params = self::params(params)?;
         let conn = self.connection(&c)?;
-        let _one = conn.begin().await;
-        conn.client
-            .execute_raw(&statement, params.iter().map(|p| p.as_ref() as &dyn ToSql))
+        conn.execute(&statement, &params)
             .await
-            .map_err(|e| conn.error(e))
+            .map_err(|f| match f {
+                Failed::Text(m) => types::Error::QueryFailed(m),
+                Failed::Db(db) => types::Error::QueryFailed(db.message().to_string()),
+            })
     }
 
     async fn drop(&mut self, c: Resource<Connection>) -> wasmtime::Result<()> {

@@ -16,6 +16,11 @@
 //! `spin_sdk::mqtt` (spin:mqtt/mqtt@3.0.0) at the `mqtt://` ADDRESS; 200 and `published`.
 //! `/sqlite/hoard?sql=&n=`: runs the statement `n` times, keeping every answer's rows unread
 //! (`held N`).
+//! `/pg/types?address=`: through `spin_sdk::pg` (spin:postgres/postgres@4.2.0) at the connection
+//! string ADDRESS, makes a table with a column of each type Spin's 4.2 package names, inserts a
+//! row whose every value is a parameter and another of NULLs, and answers each column as
+//! `name TYPE: VALUE | VALUE` (`{:?}`), then `rows=N` (the insert's count).
+//! `/pg/exec?address=&sql=`: one statement; 200 and the rows it changed.
 //! Every error is 500 with the error as the SDK reports it (`{:?}`).
 
 use spin_sdk::http::{IntoResponse, Request, Response};
@@ -227,6 +232,102 @@ async fn hoard(get: impl Fn(&str) -> Option<String>) -> (u16, String) {
     (200, format!("held {}", held.len()))
 }
 
+async fn pg_types(get: impl Fn(&str) -> Option<String>) -> (u16, String) {
+    use spin_sdk::pg::{Connection, Interval, ParameterValue as P, RangeBoundKind as K};
+    let conn = match Connection::open(get("address").unwrap_or_default()).await {
+        Ok(c) => c,
+        Err(e) => return fail(e),
+    };
+    let columns = [
+        ("b", "boolean", P::Boolean(true)),
+        ("i2", "smallint", P::Int16(-2)),
+        ("i4", "integer", P::Int32(40_000)),
+        ("i8", "bigint", P::Int64(-5_000_000_000)),
+        ("f4", "real", P::Floating32(1.5)),
+        ("f8", "double precision", P::Floating64(-2.25)),
+        ("s", "text", P::Str("héllo".into())),
+        ("bin", "bytea", P::Binary(vec![0, 1, 255])),
+        ("d", "date", P::Date((2024, 2, 29))),
+        ("t", "time", P::Time((19, 5, 7, 123_456_000))),
+        ("dt", "timestamp", P::Datetime((1999, 12, 31, 23, 59, 59, 500_000_000))),
+        ("ts", "timestamptz", P::Timestamp(1_700_000_000)),
+        ("u", "uuid", P::Uuid("67e55044-10b1-426f-9247-bb680e5fe0c8".into())),
+        ("j", "jsonb", P::Jsonb(br#"{"a": [1, 2]}"#.to_vec())),
+        ("n", "numeric", P::Decimal("-12345.0678".into())),
+        ("r4", "int4range", P::RangeInt32((Some((1, K::Inclusive)), Some((5, K::Exclusive))))),
+        ("r8", "int8range", P::RangeInt64((Some((-3, K::Inclusive)), None))),
+        (
+            "rn",
+            "numrange",
+            P::RangeDecimal((Some(("0.5".into(), K::Inclusive)), Some(("2.25".into(), K::Exclusive)))),
+        ),
+        ("a4", "integer[]", P::ArrayInt32(vec![Some(1), None, Some(-3)])),
+        ("a8", "bigint[]", P::ArrayInt64(vec![Some(1 << 40)])),
+        ("an", "numeric[]", P::ArrayDecimal(vec![Some("1.5".into()), None])),
+        ("ast", "text[]", P::ArrayStr(vec![Some("x".into()), None, Some("z".into())])),
+        ("iv", "interval", P::Interval(Interval { micros: 1_500_000, days: 2, months: 3 })),
+    ];
+    let table = format!("types_{}", get("table").unwrap_or_else(|| "t".into()));
+    let create = format!(
+        "CREATE TABLE {table} ({})",
+        columns
+            .iter()
+            .map(|(n, t, _)| format!("{n} {t}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    if let Err(e) = conn.execute(create, []).await {
+        return fail(e);
+    }
+    let names: Vec<&str> = columns.iter().map(|(n, _, _)| *n).collect();
+    let holes: Vec<String> = (1..=columns.len()).map(|i| format!("${i}")).collect();
+    let insert = format!(
+        "INSERT INTO {table} ({}) VALUES ({})",
+        names.join(", "),
+        holes.join(", ")
+    );
+    let values: Vec<P> = columns.into_iter().map(|(_, _, v)| v).collect();
+    let inserted = match conn.execute(insert.clone(), values.clone()).await {
+        Ok(n) => n,
+        Err(e) => return fail(e),
+    };
+    let nulls: Vec<P> = values.iter().map(|_| P::DbNull).collect();
+    if let Err(e) = conn.execute(insert, nulls).await {
+        return fail(e);
+    }
+    let select = format!("SELECT {} FROM {table}", names.join(", "));
+    let mut q = match conn.query(select, []).await {
+        Ok(q) => q,
+        Err(e) => return fail(e),
+    };
+    let cols = q.columns().to_vec();
+    let mut rows = Vec::new();
+    while let Some(row) = q.rows().next().await {
+        rows.push(row);
+    }
+    if let Err(e) = q.result().await {
+        return fail(e);
+    }
+    let mut out = String::new();
+    for (i, c) in cols.iter().enumerate() {
+        let shown: Vec<String> = rows.iter().map(|r| format!("{:?}", r[i])).collect();
+        out.push_str(&format!("{} {:?}: {}\n", c.name, c.data_type, shown.join(" | ")));
+    }
+    out.push_str(&format!("rows={inserted}"));
+    (200, out)
+}
+
+async fn pg_exec(get: impl Fn(&str) -> Option<String>) -> (u16, String) {
+    let conn = match spin_sdk::pg::Connection::open(get("address").unwrap_or_default()).await {
+        Ok(c) => c,
+        Err(e) => return fail(e),
+    };
+    match conn.execute(get("sql").unwrap_or_default(), []).await {
+        Ok(n) => (200, n.to_string()),
+        Err(e) => fail(e),
+    }
+}
+
 #[http_service]
 async fn handle(req: Request) -> anyhow::Result<impl IntoResponse> {
     // The path under the component's route.
@@ -252,6 +353,10 @@ async fn handle(req: Request) -> anyhow::Result<impl IntoResponse> {
         kv(op, get).await
     } else if path == "/sqlite/exec" {
         sqlite(&params, get).await
+    } else if path == "/pg/types" {
+        pg_types(get).await
+    } else if path == "/pg/exec" {
+        pg_exec(get).await
     } else if path == "/redis" {
         redis(get).await
     } else if path == "/mqtt" {

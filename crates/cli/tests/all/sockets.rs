@@ -856,7 +856,74 @@ fn spin_postgres_reaches_only_an_allowed_server() {
             &address("localhost")
         ),
     );
+    let manifest = manifest
+        + &sdk7_component("ok4", &format!("postgres://127.0.0.1:{port}"))
+        + &sdk7_component("port4", &format!("postgres://127.0.0.1:{}", port + 1));
     let server = Server::with_manifest(&manifest, &[]);
+
+    // Spin's 4.2 package (SDK 7): a value of every type it names goes in as a parameter and
+    // comes back as itself; NULLs too.
+    let conn = address("127.0.0.1").replace(' ', "+");
+    let (status, body) = post(&server, &format!("/ok4/pg/types?address={conn}"), "");
+    assert_eq!(status, 200, "{body}");
+    for expected in [
+        "b Boolean: Boolean(true) | DbNull",
+        "i2 Int16: Int16(-2) | DbNull",
+        "i4 Int32: Int32(40000) | DbNull",
+        "i8 Int64: Int64(-5000000000) | DbNull",
+        "f4 Floating32: Floating32(1.5) | DbNull",
+        "f8 Floating64: Floating64(-2.25) | DbNull",
+        "s Str: Str(\"héllo\") | DbNull",
+        "bin Binary: Binary([0, 1, 255]) | DbNull",
+        "d Date: Date((2024, 2, 29)) | DbNull",
+        "t Time: Time((19, 5, 7, 123456000)) | DbNull",
+        "dt Datetime: Datetime((1999, 12, 31, 23, 59, 59, 500000000)) | DbNull",
+        // 1,700,000,000 s after the Unix epoch, in UTC.
+        "ts Datetime: Datetime((2023, 11, 14, 22, 13, 20, 0)) | DbNull",
+        "u Uuid: Uuid(\"67e55044-10b1-426f-9247-bb680e5fe0c8\") | DbNull",
+        "n Decimal: Decimal(\"-12345.0678\") | DbNull",
+        "r4 RangeInt32: RangeInt32((Some((1, RangeBoundKind::Inclusive)), Some((5, RangeBoundKind::Exclusive)))) | DbNull",
+        "r8 RangeInt64: RangeInt64((Some((-3, RangeBoundKind::Inclusive)), None)) | DbNull",
+        "rn RangeDecimal: RangeDecimal((Some((\"0.5\", RangeBoundKind::Inclusive)), Some((\"2.25\", RangeBoundKind::Exclusive)))) | DbNull",
+        "a4 ArrayInt32: ArrayInt32([Some(1), None, Some(-3)]) | DbNull",
+        "a8 ArrayInt64: ArrayInt64([Some(1099511627776)]) | DbNull",
+        "an ArrayDecimal: ArrayDecimal([Some(\"1.5\"), None]) | DbNull",
+        "ast ArrayStr: ArrayStr([Some(\"x\"), None, Some(\"z\")]) | DbNull",
+        "iv Interval: Interval(Interval { micros: 1500000, days: 2, months: 3 }) | DbNull",
+        "rows=1",
+    ] {
+        assert!(
+            body.lines()
+                .any(|l| l.replace("DbValue::", "").replace("DbDataType::", "") == expected),
+            "no line `{expected}` in:\n{body}"
+        );
+    }
+    // jsonb as the server writes the document back (here, as it was sent).
+    let json = format!("{:?}", br#"{"a": [1, 2]}"#.to_vec());
+    assert!(
+        body.contains(&format!(
+            "j DbDataType::Jsonb: DbValue::Jsonb({json}) | DbValue::DbNull"
+        )),
+        "{body}"
+    );
+    // The server's own error, with its SQLSTATE; and the allow-list as for every package.
+    let (status, body) = post(
+        &server,
+        &format!("/ok4/pg/exec?address={conn}&sql=SELECT+nosuchcolumn"),
+        "",
+    );
+    assert_eq!(status, 500, "{body}");
+    assert!(body.contains("DbError") && body.contains("42703"), "{body}");
+    let (status, body) = post(
+        &server,
+        &format!("/port4/pg/exec?address={conn}&sql=SELECT+1"),
+        "",
+    );
+    assert_eq!(status, 500, "{body}");
+    assert!(
+        body.contains("ConnectionFailed") && body.contains("denied"),
+        "{body}"
+    );
 
     // Allowed: a table made, a row inserted with parameters (a NULL among them), read back.
     let (status, body) = post(&server, "/ok/pg/address", "");
