@@ -146,7 +146,7 @@ fn uuid_text(b: [u8; 16]) -> String {
 
 fn uuid_bytes(s: &str) -> Result<[u8; 16], BoxError> {
     let hex: String = s.chars().filter(|c| *c != '-').collect();
-    if hex.len() != 32 {
+    if hex.len() != 32 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(format!("`{s}` is not a UUID").into());
     }
     let mut out = [0u8; 16];
@@ -409,7 +409,26 @@ fn value(row: &tokio_postgres::Row, i: usize) -> Result<(v4::DbValue, usize), St
         })
     })();
     let v = v.map_err(|e| format!("column {:?} ({t}): {e}", row.columns()[i].name()))?;
-    Ok((v, raw.len().max(8)))
+    // What the guest gets, not what came on the wire: a 10-byte numeric can be 128 KB of text.
+    let size = size(&v).max(raw.len());
+    Ok((v, size))
+}
+
+/// The bytes a value takes once decoded, for the result caps.
+fn size(v: &v4::DbValue) -> usize {
+    use v4::DbValue as V;
+    let opt = |s: &Option<String>| s.as_ref().map_or(8, |s| s.len().max(8));
+    let bound =
+        |b: &Option<(String, v4::RangeBoundKind)>| b.as_ref().map_or(8, |(s, _)| s.len() + 8);
+    match v {
+        V::Str(s) | V::Uuid(s) | V::Decimal(s) => s.len().max(8),
+        V::Binary(b) | V::Jsonb(b) | V::Unsupported(b) => b.len().max(8),
+        V::RangeDecimal((lo, hi)) => bound(lo) + bound(hi),
+        V::ArrayInt32(a) => a.len() * 8 + 8,
+        V::ArrayInt64(a) => a.len() * 16 + 8,
+        V::ArrayDecimal(a) | V::ArrayStr(a) => a.iter().map(opt).sum::<usize>() + 8,
+        _ => 8,
+    }
 }
 
 /// A guest's parameter, written in the binary format of the type the statement gives it.
@@ -544,8 +563,11 @@ impl ToSql for Param {
             }
             P::Datetime((y, mo, d, h, mi, s, ns)) => {
                 check(matches!(*t, Type::TIMESTAMP | Type::TIMESTAMPTZ), p, t)?;
-                let micros =
-                    i64::from(pg_days(*y, *mo, *d)?) * DAY_MICROS + time_micros(*h, *mi, *s, *ns)?;
+                let time = time_micros(*h, *mi, *s, *ns)?;
+                let micros = i64::from(pg_days(*y, *mo, *d)?)
+                    .checked_mul(DAY_MICROS)
+                    .and_then(|m| m.checked_add(time))
+                    .ok_or("a date and time out of PostgreSQL's range")?;
                 pp::timestamp_to_sql(micros, out);
             }
             P::Timestamp(secs) => {
@@ -846,7 +868,21 @@ impl<T> v4::HostConnectionWithStore<T> for HasPg {
             Ok(conn) => conn,
             Err(e) => return Ok(Err(e)),
         };
-        let (columns, rows, bytes) = match query(conn, statement, params).await {
+        // A result may take up to its cap before it is known: room for that is taken from the
+        // instance's unread-stream budget first, so concurrent queries cannot together make the
+        // host hold more than the budget.
+        let reserved = accessor.with(|mut a| {
+            a.get()
+                .streams
+                .stream(Vec::<()>::new(), crate::postgres::MAX_RESULT_BYTES)
+        });
+        let reserved = match reserved {
+            Ok(r) => r,
+            Err(e) => return Ok(Err(v4::Error::Other(format!("the query was not run: {e}")))),
+        };
+        let result = query(conn, statement, params).await;
+        drop(reserved);
+        let (columns, rows, bytes) = match result {
             Ok(r) => r,
             Err(e) => return Ok(Err(e)),
         };
@@ -905,6 +941,14 @@ mod tests {
         for bad in ["", ".", "1e5", "abc", "1.2.3", "--1"] {
             assert!(numeric_to_sql(bad, &mut BytesMut::new()).is_err(), "{bad}");
         }
+        // Regression (review): its text, not its 10 wire bytes, is what a value costs.
+        let mut buf = BytesMut::new();
+        for word in [1u16, 32_000, 0, 0, 1] {
+            buf.put_u16(word);
+        }
+        let text = numeric_text(&buf).unwrap();
+        assert_eq!(text.len(), 1 + 32_000 * 4);
+        assert_eq!(size(&v4::DbValue::Decimal(text)), 128_001);
     }
 
     #[test]
@@ -927,5 +971,13 @@ mod tests {
             uuid_text(uuid_bytes("67e55044-10b1-426f-9247-bb680e5fe0c8").unwrap()),
             "67e55044-10b1-426f-9247-bb680e5fe0c8"
         );
+        // Regression (review): 32 bytes that are not 32 hex digits, a multi-byte one among
+        // them, are an error, not a panic.
+        let tricky = format!("a\u{e9}{}", "0".repeat(29));
+        assert_eq!(tricky.len(), 32);
+        assert!(uuid_bytes(&tricky).is_err());
+        // Regression (review): a year past PostgreSQL's range is an error, not an overflow.
+        let p = Param(v4::ParameterValue::Datetime((1_000_000, 1, 1, 0, 0, 0, 0)));
+        assert!(p.to_sql(&Type::TIMESTAMP, &mut BytesMut::new()).is_err());
     }
 }

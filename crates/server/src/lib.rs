@@ -395,10 +395,11 @@ impl Front {
         }
         if req
             .headers()
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .is_some_and(chained)
+            .get_all(header::HOST)
+            .iter()
+            .any(|h| h.to_str().map_or(true, chained))
         {
+            // Every Host header goes: a second one is not looked at elsewhere either.
             req.headers_mut().remove(header::HOST);
         }
         let authority = req.uri().authority().map(|a| a.to_string()).or_else(|| {

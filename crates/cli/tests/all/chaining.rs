@@ -1,6 +1,8 @@
 //! Service chaining: components of one app calling each other (`http://NAME.spin.internal`) and
 //! the app itself (a relative URL, as the Spin SDKs send it), in-process, under Spin's rules.
 
+use std::io::{Read as _, Write as _};
+
 use crate::harness::{Server, artifacts, client, rt, wms};
 
 /// An app of testkit components: `front` (routed, may chain to `back` and call the app itself),
@@ -193,6 +195,32 @@ fn chaining_needs_its_own_allowed_outbound_hosts_entry() {
     let (status, body) = get(&server, "/front/headers", Some("back.spin.internal"));
     assert_eq!(status, 200, "{body}");
     assert!(!body.contains("spin.internal"), "{body}");
+    // Regression (review): nor with a second Host header after an ordinary one.
+    let mut raw = std::net::TcpStream::connect(server.addr).unwrap();
+    raw.write_all(
+        b"GET /front/headers HTTP/1.1\r\nHost: a.example\r\nHost: back.spin.internal\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
+    let mut answer = String::new();
+    let _ = raw.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 "), "{answer}");
+    assert!(!answer.contains("spin.internal"), "{answer}");
+
+    // Regression (review): `http://self/...` written out is the app itself, never a host named
+    // `self` looked up on the network; other names under `spin.internal` go nowhere; and a
+    // chained call is `http://NAME.spin.internal` on port 80 only.
+    let (status, body) = get(&server, "/front/outbound?url=http://self/front/hi", None);
+    assert_eq!((status, body.as_str()), (200, "upstream 200: testkit: hi"));
+    let (status, body) = get(&server, "/all/outbound?url=http://a.b.spin.internal/", None);
+    assert_eq!(status, 502, "{body}");
+    assert!(body.contains("DestinationNotFound"), "{body}");
+    let (status, body) = get(
+        &server,
+        "/front/outbound?url=http://back.spin.internal:9999/",
+        None,
+    );
+    assert_eq!(status, 502, "{body}");
+    assert!(body.contains("HttpRequestDenied"), "{body}");
 }
 
 #[test]
