@@ -93,7 +93,7 @@ impl Chain {
             let Some(guard) = InFlight::take(&chain) else {
                 tracing::warn!(
                     component = %caller,
-                    "service chaining refused: {} chained requests in flight, the most allowed (half of the server's concurrent requests)",
+                    "service chaining refused: {} chained requests in flight, the most allowed (half of the server's concurrent requests); raise [application.tool.wms] max_concurrent_requests, or make the component chain fewer calls at once (a component calling itself without end ends here)",
                     chain.max_in_flight
                 );
                 return Err(HttpError::ConnectionLimitReached);

@@ -112,7 +112,7 @@ impl WasiHttpHooks for OutboundPolicy {
             if scheme != "http" || authority.port_u16().is_some_and(|p| p != 80) {
                 return deny(
                     format!(
-                        "request to {scheme}://{target}.spin.internal denied: service chaining is addressed as http://{target}.spin.internal (it never leaves the process)"
+                        "request to {scheme}://{target}.spin.internal denied: service chaining is addressed as http://{target}.spin.internal, without another scheme or port (it never leaves the process)"
                     ),
                     HttpError::HttpRequestDenied,
                 );
@@ -120,7 +120,7 @@ impl WasiHttpHooks for OutboundPolicy {
             if !self.chain.has_component(&target) {
                 return deny(
                     format!(
-                        "request to http://{target}.spin.internal failed: this app has no component `{target}`"
+                        "request to http://{target}.spin.internal failed: this app has no component `{target}`; chain to one of its [component.NAME] tables by that NAME"
                     ),
                     HttpError::DestinationNotFound,
                 );

@@ -94,6 +94,10 @@ fn the_default_store_serves_both_interfaces_only_to_its_component_and_survives_k
     );
     assert_eq!(ok(&server, "/a/kv/get?key=greeting"), "hello there");
     assert_eq!(ok(&server, "/a/kv/exists?key=greeting"), "true");
+    // The test guest decodes a `%XX` at the very end of a value too.
+    assert_eq!(ok(&server, "/a/kv/set?key=bang&value=hi%21"), "ok");
+    assert_eq!(ok(&server, "/a/kv/get?key=bang"), "hi!");
+    assert_eq!(ok(&server, "/a/kv/delete?key=bang"), "ok");
     assert_eq!(get(&server, "/a/kv/get?key=missing"), (404, "none".into()));
     assert_eq!(ok(&server, "/a/kv/set?key=gone&value=1"), "ok");
     assert_eq!(ok(&server, "/a/kv/keys"), "gone\ngreeting\n");
