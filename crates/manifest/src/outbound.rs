@@ -60,9 +60,22 @@ pub const SERVICE_CHAINING_SUFFIX: &str = ".spin.internal";
 /// The component a request's host names through service chaining (`NAME.spin.internal`, any
 /// case, a trailing dot allowed), if it is such a host.
 pub fn chaining_target(host: &str) -> Option<String> {
+    if !in_chaining_domain(host) {
+        return None;
+    }
     let host = host.trim_end_matches('.').to_ascii_lowercase();
     let name = host.strip_suffix(SERVICE_CHAINING_SUFFIX)?;
     (!name.is_empty() && !name.contains('.')).then(|| name.to_string())
+}
+
+/// Whether `host` is `spin.internal` or a name under it (any case, a trailing dot allowed),
+/// without allocating: the front end asks this of every request's Host.
+pub fn in_chaining_domain(host: &str) -> bool {
+    let host = host.trim_end_matches('.').as_bytes();
+    let domain = &SERVICE_CHAINING_SUFFIX.as_bytes()[1..];
+    host.len() >= domain.len()
+        && host[host.len() - domain.len()..].eq_ignore_ascii_case(domain)
+        && (host.len() == domain.len() || host[host.len() - domain.len() - 1] == b'.')
 }
 
 fn default_port(scheme: &str) -> Option<u16> {
@@ -395,6 +408,17 @@ mod tests {
         assert_eq!(chaining_target("a.b.spin.internal"), None);
         assert_eq!(chaining_target(".spin.internal"), None);
         assert_eq!(chaining_target("example.com"), None);
+        for inside in [
+            "spin.internal",
+            "SPIN.internal.",
+            "a.b.Spin.Internal",
+            "x.spin.internal",
+        ] {
+            assert!(in_chaining_domain(inside), "{inside}");
+        }
+        for outside in ["xspin.internal", "spin.internal.com", "internal", "", "."] {
+            assert!(!in_chaining_domain(outside), "{outside}");
+        }
     }
 
     #[test]

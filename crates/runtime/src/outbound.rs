@@ -89,18 +89,15 @@ impl WasiHttpHooks for OutboundPolicy {
             .port_u16()
             .unwrap_or(if scheme == "http" { 80 } else { 443 });
         // Service chaining and requests to the app itself never reach the network.
-        let lower = host.trim_end_matches('.').to_ascii_lowercase();
-        if (lower == "spin.internal" || lower.ends_with(".spin.internal"))
-            && wms_manifest::outbound::chaining_target(&host).is_none()
-        {
-            return deny(
-                format!(
-                    "request to {scheme}://{host} failed: `spin.internal` names only an app's components, as `http://NAME.spin.internal`"
-                ),
-                HttpError::DestinationNotFound,
-            );
-        }
-        if let Some(target) = wms_manifest::outbound::chaining_target(&host) {
+        if wms_manifest::outbound::in_chaining_domain(&host) {
+            let Some(target) = wms_manifest::outbound::chaining_target(&host) else {
+                return deny(
+                    format!(
+                        "request to {scheme}://{host} failed: `spin.internal` names only an app's components, as `http://NAME.spin.internal`"
+                    ),
+                    HttpError::DestinationNotFound,
+                );
+            };
             if !self.allowed.iter().any(|a| a.allows_chaining_to(&target)) {
                 return deny(
                     format!(
@@ -127,7 +124,7 @@ impl WasiHttpHooks for OutboundPolicy {
             }
             return self.chained(crate::chain::Target::Component(target), request, options);
         }
-        if host.is_empty() || lower == "self" {
+        if host.is_empty() || host.trim_end_matches('.').eq_ignore_ascii_case("self") {
             // A relative URL, as the Spin SDKs send it (`:80` or `:443` for the authority), or
             // `self` written out: the app itself, never a host named `self` on the network.
             if !self.allowed.iter().any(|a| a.allows_self(&scheme)) {

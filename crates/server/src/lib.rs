@@ -383,7 +383,7 @@ impl Front {
         // for one.
         let chained = |a: &str| {
             let host = a.rsplit_once(':').map_or(a, |(h, _)| h);
-            wms_manifest::outbound::chaining_target(host).is_some()
+            wms_manifest::outbound::in_chaining_domain(host)
         };
         if req.uri().authority().is_some_and(|a| chained(a.as_str())) {
             let mut parts = req.uri().clone().into_parts();
