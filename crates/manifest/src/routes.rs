@@ -187,31 +187,53 @@ pub fn spin_headers(
     full_url: &str,
     client: Option<&str>,
 ) -> Vec<(String, String)> {
-    let mut headers = vec![
-        ("spin-full-url".to_string(), full_url.to_string()),
-        ("spin-path-info".to_string(), matched.path_info.clone()),
-        ("spin-matched-route".to_string(), pattern.raw().to_string()),
+    let mut headers: Vec<(String, String)> = spin_route_headers(base, pattern)
+        .into_iter()
+        .map(|(n, v)| (n.to_string(), v))
+        .collect();
+    headers.extend(
+        spin_request_headers(matched.clone(), full_url.to_string(), client)
+            .map(|(n, v)| (n.into_owned(), v)),
+    );
+    headers
+}
+
+/// The part of [`spin_headers`] that is the same for every request of a route (a server works
+/// these out once per route).
+pub fn spin_route_headers(base: &str, pattern: &RoutePattern) -> [(&'static str, String); 4] {
+    [
+        ("spin-matched-route", pattern.raw().to_string()),
+        ("spin-raw-component-route", pattern.raw().to_string()),
         (
-            "spin-raw-component-route".to_string(),
-            pattern.raw().to_string(),
-        ),
-        (
-            "spin-component-route".to_string(),
+            "spin-component-route",
             pattern.without_wildcard().to_string(),
         ),
-        ("spin-base-path".to_string(), base.to_string()),
-    ];
-    if let Some(client) = client {
-        headers.push(("spin-client-addr".to_string(), client.to_string()));
-    }
-    for (name, value) in &matched.params {
+        ("spin-base-path", base.to_string()),
+    ]
+}
+
+/// The part of [`spin_headers`] that changes with each request: the full URL, what the route's
+/// wildcard matched, the client's address and the route's parameters.
+pub fn spin_request_headers(
+    matched: RouteMatch,
+    full_url: String,
+    client: Option<&str>,
+) -> impl Iterator<Item = (std::borrow::Cow<'static, str>, String)> {
+    use std::borrow::Cow;
+    let RouteMatch { params, path_info } = matched;
+    [
+        (Cow::Borrowed("spin-full-url"), full_url),
+        (Cow::Borrowed("spin-path-info"), path_info),
+    ]
+    .into_iter()
+    .chain(client.map(|c| (Cow::Borrowed("spin-client-addr"), c.to_string())))
+    .chain(params.into_iter().map(|(name, value)| {
         // As Spin names it: `:user_id` is `spin-path-match-user-id`.
-        headers.push((
-            format!("spin-path-match-{}", name.replace('_', "-")),
-            value.clone(),
-        ));
-    }
-    headers
+        (
+            Cow::Owned(format!("spin-path-match-{}", name.replace('_', "-"))),
+            value,
+        )
+    }))
 }
 
 #[cfg(test)]

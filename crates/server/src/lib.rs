@@ -22,8 +22,8 @@ use std::pin::Pin;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Request, Response, StatusCode, header};
-use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -91,6 +91,8 @@ pub struct Version {
     pub runtime: Arc<Runtime>,
     /// Per route of `app.routes`, when counting.
     routes: Option<Arc<[RouteMetrics]>>,
+    /// Per route of `app.routes`: its `spin-*` headers that are the same for every request.
+    route_headers: Vec<Vec<(HeaderName, HeaderValue)>>,
 }
 
 impl Version {
@@ -103,10 +105,26 @@ impl Version {
                 .map(|r| m.route(&r.component, r.pattern.raw()))
                 .collect()
         });
+        let route_headers = app
+            .routes
+            .iter()
+            .map(|r| {
+                wms_manifest::routes::spin_route_headers(&app.base, &r.pattern)
+                    .into_iter()
+                    .filter_map(|(name, value)| {
+                        Some((
+                            HeaderName::from_static(name),
+                            HeaderValue::try_from(value).ok()?,
+                        ))
+                    })
+                    .collect()
+            })
+            .collect();
         Self {
             app,
             runtime,
             routes,
+            route_headers,
         }
     }
 }
@@ -224,6 +242,7 @@ pub async fn serve_current(
             current: current.clone(),
             options: options.clone(),
             client,
+            client_text: client.to_string().into(),
         };
         let busy_on = activity.clone();
         let service = hyper::service::service_fn(move |req| {
@@ -293,10 +312,12 @@ struct Front {
     current: Current,
     options: Arc<ServerOptions>,
     client: SocketAddr,
+    /// `client` as text (`spin-client-addr`), made once per connection.
+    client_text: Arc<str>,
 }
 
 impl Front {
-    async fn handle(&self, mut req: Request<Incoming>, busy: conn::Busy) -> Response<ResponseBody> {
+    async fn handle(&self, mut req: Request<Incoming>, busy: conn::Busy) -> Response<Sending> {
         // When traces are exported: the request's server span, which its executor's spans are
         // children of.
         let trace = telemetry::server_span(req.headers(), req.method(), req.uri().path());
@@ -321,7 +342,7 @@ impl Front {
         req: Request<Incoming>,
         busy: conn::Busy,
         trace: Option<wms_runtime::trace::SpanEnd>,
-    ) -> Response<ResponseBody> {
+    ) -> Response<Sending> {
         let start = Instant::now();
         // Read once: the request is served by this version to its end, whatever a reload swaps
         // in meanwhile.
@@ -345,12 +366,9 @@ impl Front {
         }
         // The connection counts as busy, the server span lasts, and the version stays alive (its
         // staged files, its pool), until the response body is done or dropped.
-        response.map(|b| {
-            b.map_frame(move |frame| {
-                let _held = (&busy, &trace, &version);
-                frame
-            })
-            .boxed_unsync()
+        response.map(|body| Sending {
+            body,
+            _held: (busy, trace, version),
         })
     }
 
@@ -362,10 +380,11 @@ impl Front {
         matched: wms_manifest::RouteMatch,
         start: Instant,
     ) -> Response<ResponseBody> {
-        let method = req.method().clone();
-        let path = req.uri().path().to_string();
+        // Only for the debug line at the end: nothing is copied when it is off.
+        let described = tracing::enabled!(tracing::Level::DEBUG)
+            .then(|| (req.method().clone(), req.uri().path().to_string()));
         let route = &version.app.routes[index];
-        let component = route.component.clone();
+        let component = route.component.as_str();
         if let Some(len) = content_length(&req)
             && len > self.options.max_body
         {
@@ -402,47 +421,52 @@ impl Front {
             // Every Host header goes: a second one is not looked at elsewhere either.
             req.headers_mut().remove(header::HOST);
         }
-        let authority = req.uri().authority().map(|a| a.to_string()).or_else(|| {
+        let path_and_query = |req: &Request<Incoming>| {
+            req.uri()
+                .path_and_query()
+                .map_or("/", |p| p.as_str())
+                .to_string()
+        };
+        let authority = req.uri().authority().map(|a| a.as_str()).or_else(|| {
             req.headers()
                 .get(header::HOST)
                 .and_then(|h| h.to_str().ok())
-                .map(str::to_string)
         });
-        let authority = match authority {
-            Some(a) => a,
+        let full_url = match authority {
+            Some(a) => ["http://", a, &path_and_query(&req)].concat(),
             None => {
                 // HTTP/1.0 without Host: the guest still needs an authority.
                 let a = self.client.to_string();
                 if let Ok(v) = HeaderValue::from_str(&a) {
                     req.headers_mut().insert(header::HOST, v);
                 }
-                a
+                format!("http://{a}{}", path_and_query(&req))
             }
         };
-        let path_and_query = req
-            .uri()
-            .path_and_query()
-            .map_or("/", |p| p.as_str())
-            .to_string();
         let headers = req.headers_mut();
         // Clients must not forge what the host asserts.
-        let forged: Vec<HeaderName> = headers
-            .keys()
-            .filter(|k| k.as_str().starts_with("spin-"))
-            .cloned()
-            .collect();
-        for k in forged {
-            headers.remove(k);
+        if headers.keys().any(|k| k.as_str().starts_with("spin-")) {
+            let forged: Vec<HeaderName> = headers
+                .keys()
+                .filter(|k| k.as_str().starts_with("spin-"))
+                .cloned()
+                .collect();
+            for k in forged {
+                headers.remove(k);
+            }
         }
-        let client = self.client.to_string();
-        for (name, value) in wms_manifest::routes::spin_headers(
-            &version.app.base,
-            &route.pattern,
-            &matched,
-            &format!("http://{authority}{path_and_query}"),
-            Some(&client),
-        ) {
-            if let (Ok(n), Ok(v)) = (HeaderName::try_from(name), HeaderValue::from_str(&value)) {
+        for (name, value) in &version.route_headers[index] {
+            headers.insert(name.clone(), value.clone());
+        }
+        for (name, value) in
+            wms_manifest::routes::spin_request_headers(matched, full_url, Some(&self.client_text))
+        {
+            let name = match name {
+                std::borrow::Cow::Borrowed(n) => Ok(HeaderName::from_static(n)),
+                std::borrow::Cow::Owned(n) => HeaderName::try_from(n),
+            };
+            // The value's bytes are taken over, not copied.
+            if let (Ok(n), Ok(v)) = (name, HeaderValue::from_maybe_shared(Bytes::from(value))) {
                 headers.insert(n, v);
             }
         }
@@ -452,9 +476,9 @@ impl Front {
         let body = body::GuardedBody::new(incoming, max_body, self.options.body_idle_timeout);
         let body_state = body.state.clone();
         let req = Request::from_parts(parts, body);
-        let response = match version.runtime.handle(&component, req).await {
+        let response = match version.runtime.handle(component, req).await {
             Ok(resp) => resp,
-            Err(failure) => failure_response(&component, &failure),
+            Err(failure) => failure_response(component, &failure),
         };
         // Whatever the guest made of a body error, the client's part is answered for what it
         // was. (A response dropped here cancels its guest.)
@@ -486,13 +510,46 @@ impl Front {
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
             return r;
         }
-        tracing::debug!(
-            component = %component,
-            "{method} {path} -> {} in {:?}",
-            response.status().as_u16(),
-            start.elapsed()
-        );
+        if let Some((method, path)) = described {
+            tracing::debug!(
+                component = %component,
+                "{method} {path} -> {} in {:?}",
+                response.status().as_u16(),
+                start.elapsed()
+            );
+        }
         response
+    }
+}
+
+/// A response body on its way to the client, with what must live until it is sent or dropped:
+/// the connection's busy mark, the server span and the version that served it.
+struct Sending {
+    body: ResponseBody,
+    _held: (
+        conn::Busy,
+        Option<wms_runtime::trace::SpanEnd>,
+        Arc<Version>,
+    ),
+}
+
+impl http_body::Body for Sending {
+    type Data = Bytes;
+    type Error = <ResponseBody as http_body::Body>::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
     }
 }
 
