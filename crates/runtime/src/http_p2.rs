@@ -109,6 +109,7 @@ where
         }
         outcome
     });
+    tokio::task::yield_now().await;
     match rx.await {
         Ok(Ok(response)) => Ok(response.map(|b| {
             GuardedBody {

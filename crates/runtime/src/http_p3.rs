@@ -81,6 +81,10 @@ where
     match outcome {
         Ok(response) => {
             watch.responded.store(true, Ordering::Relaxed);
+            // The guest usually writes its body right after handing over the head: one turn of
+            // the scheduler lets its instance do so, and the head and body then leave in one
+            // write instead of two.
+            tokio::task::yield_now().await;
             let deadline = arrived + comp.limits.timeout;
             Ok(response.map(|body| {
                 WatchedBody {

@@ -37,13 +37,16 @@ where
 }
 
 /// Requests in flight on one connection, and when it was last busy.
+///
+/// Nothing here wakes the watcher: a request beginning or ending only updates the counts, and
+/// the watcher's timer, when it fires, works out from them whether the connection is past its
+/// bound (a deadline only moves later while a connection is served, see [`watch`]). So a
+/// request costs two counter updates, not two wake-ups and timer re-arms of its connection.
 pub(crate) struct Activity {
     in_flight: AtomicUsize,
-    /// When the connection was accepted, or its last response ended; `None` before the first
-    /// request.
+    /// When the connection was accepted, or its last response ended, and whether a request has
+    /// ended on it.
     idle_since: std::sync::Mutex<(Instant, bool)>,
-    /// Wakes the watcher when a request begins or ends, so it recomputes its deadline.
-    changed: tokio::sync::Notify,
 }
 
 impl Activity {
@@ -51,7 +54,6 @@ impl Activity {
         Arc::new(Self {
             in_flight: AtomicUsize::new(0),
             idle_since: std::sync::Mutex::new((Instant::now(), false)),
-            changed: tokio::sync::Notify::new(),
         })
     }
 
@@ -59,8 +61,6 @@ impl Activity {
     /// body, or with the request future if the client goes away first).
     pub(crate) fn begin(self: &Arc<Self>) -> Busy {
         self.in_flight.fetch_add(1, Ordering::SeqCst);
-        self.idle_since.lock().expect("not poisoned").1 = true;
-        self.changed.notify_one();
         Busy(self.clone())
     }
 
@@ -76,16 +76,15 @@ impl Activity {
     }
 }
 
-/// A request in flight; dropping it marks the connection idle from now (if no other request is
-/// in flight).
+/// A request in flight (see [`Activity::begin`]).
 pub(crate) struct Busy(Arc<Activity>);
 
 impl Drop for Busy {
     fn drop(&mut self) {
-        let mut idle = self.0.idle_since.lock().expect("not poisoned");
-        idle.0 = Instant::now();
+        // The idle time is stamped before the count drops: a watcher that sees no request in
+        // flight sees this request's end.
+        *self.0.idle_since.lock().expect("not poisoned") = (Instant::now(), true);
         self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
-        self.0.changed.notify_one();
     }
 }
 
@@ -104,17 +103,27 @@ pub(crate) enum End {
 /// its bound or when `shutdown` fires. A connection asked to close for idleness that does not
 /// finish within `close_grace` (a client ignoring GOAWAY, or stuck in a half-sent preface) is
 /// dropped.
+///
+/// One timer, re-armed only when it fires: at the connection's deadline when it is idle, and
+/// otherwise no later than the shorter bound from now. A deadline moves only later while the
+/// connection is served (each response's end starts a full `idle` period), except from the
+/// first-request bound to a shorter `idle` one, which the shorter-bound cap covers: the timer
+/// never fires after a deadline, and a busy connection costs one timer check per bound.
 pub(crate) async fn watch(
     mut conn: Pin<Box<dyn Conn>>,
     activity: &Activity,
     bounds: Bounds,
     shutdown: &tokio_util::sync::CancellationToken,
 ) -> End {
+    let step = bounds.first_request.min(bounds.idle);
+    let check = tokio::time::sleep_until(
+        activity
+            .deadline(bounds.first_request, bounds.idle)
+            .map_or_else(|| Instant::now() + step, |d| d.min(Instant::now() + step)),
+    );
+    tokio::pin!(check);
     let mut closing: Option<(End, Instant)> = None;
     loop {
-        let check = activity
-            .deadline(bounds.first_request, bounds.idle)
-            .unwrap_or_else(|| Instant::now() + bounds.idle);
         let give_up = closing
             .as_ref()
             .map_or_else(|| Instant::now() + bounds.idle, |(_, t)| *t);
@@ -126,12 +135,15 @@ pub(crate) async fn watch(
                 // bounds.
                 closing = Some((End::Shutdown, Instant::now() + Duration::from_secs(24 * 3600)));
             }
-            () = activity.changed.notified(), if closing.is_none() => {}
-            () = tokio::time::sleep_until(check), if closing.is_none() => {
-                let due = activity.deadline(bounds.first_request, bounds.idle);
-                if due.is_some_and(|d| d <= Instant::now()) {
-                    conn.as_mut().close();
-                    closing = Some((End::Idle, Instant::now() + bounds.close_grace));
+            () = &mut check, if closing.is_none() => {
+                let now = Instant::now();
+                match activity.deadline(bounds.first_request, bounds.idle) {
+                    Some(due) if due <= now => {
+                        conn.as_mut().close();
+                        closing = Some((End::Idle, now + bounds.close_grace));
+                    }
+                    Some(due) => check.as_mut().reset(due.min(now + step)),
+                    None => check.as_mut().reset(now + step),
                 }
             }
             () = tokio::time::sleep_until(give_up), if closing.is_some() => {
