@@ -8,7 +8,8 @@
 # with the same wrk settings for each. Prints requests/s, p50 and p99 latency and the ratios,
 # and writes the table to bench/results/.
 #
-# Settings (environment): DURATION (10s), CONNECTIONS (32), THREADS (1), WARMUP (3s),
+# Settings (environment): DURATION (10s), CONNECTIONS (32), THREADS (1), WARMUP (3s), ROUNDS (3:
+# every server is measured once per round, in turn; the table gives each one's median),
 # WMS_BENCH_CACHE (where wasmtime-cli is installed; default /var/cache/wms-bench), WASMTIME (an
 # existing wasmtime 48.0.8 binary with `serve` and `component-model-async` to use instead).
 set -euo pipefail
@@ -18,6 +19,7 @@ DURATION=${DURATION:-10s}
 CONNECTIONS=${CONNECTIONS:-32}
 THREADS=${THREADS:-1}
 WARMUP=${WARMUP:-3s}
+ROUNDS=${ROUNDS:-3}
 WASMTIME_VERSION=48.0.8
 CACHE=${WMS_BENCH_CACHE:-/var/cache/wms-bench}
 TARGET_DIR=${CARGO_TARGET_DIR:-target}
@@ -53,50 +55,44 @@ PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; }
 trap 'cleanup; rm -rf "$P3APP"' EXIT
 
+# All five servers run side by side (idle ones cost nothing) and are measured in turn, ROUNDS
+# times: a VM's neighbours move single figures by 10-20%, the median of interleaved rounds much
+# less.
+declare -A URL
+start() { # NAME URL-PATH COMMAND... (@ADDR@ in COMMAND: the server's address)
+  local name=$1 path=$2 addr; shift 2
+  addr="127.0.0.1:$(free_port)"
+  "${@//@ADDR@/$addr}" >/dev/null 2>"/tmp/wms-bench-$name.log" &
+  PIDS+=($!)
+  URL[$name]="http://$addr$path"
+  wait_up "${URL[$name]}"
+}
+start wms / "$TARGET_DIR/release/wms" up examples/hello --listen @ADDR@
+start wasmtime / "$WASMTIME" serve -O pooling-allocator=y -S cli=y --addr @ADDR@ "$HELLO"
+start wms3 /hello "$TARGET_DIR/release/wms" up "$P3APP" --listen @ADDR@
+start wasmtime3 /hello "$WASMTIME" serve -O pooling-allocator=y -S cli=y -S p3=y --addr @ADDR@ "$P3"
+start native / "$TARGET_DIR/release/native-hello" @ADDR@
+
 declare -A RESULT
-
-PORT=$(free_port)
-"$TARGET_DIR/release/wms" up examples/hello --listen "127.0.0.1:$PORT" >/dev/null 2>/tmp/wms-bench.log &
-PIDS+=($!)
-wait_up "http://127.0.0.1:$PORT/"
-RESULT[wms]=$(measure "http://127.0.0.1:$PORT/")
-kill "${PIDS[-1]}"; wait "${PIDS[-1]}" 2>/dev/null || true
-
-PORT=$(free_port)
-"$WASMTIME" serve -O pooling-allocator=y -S cli=y --addr "127.0.0.1:$PORT" "$HELLO" >/dev/null 2>&1 &
-PIDS+=($!)
-wait_up "http://127.0.0.1:$PORT/"
-RESULT[wasmtime]=$(measure "http://127.0.0.1:$PORT/")
-kill "${PIDS[-1]}"; wait "${PIDS[-1]}" 2>/dev/null || true
-
-PORT=$(free_port)
-"$TARGET_DIR/release/wms" up "$P3APP" --listen "127.0.0.1:$PORT" >/dev/null 2>/tmp/wms-bench-p3.log &
-PIDS+=($!)
-wait_up "http://127.0.0.1:$PORT/hello"
-RESULT[wms3]=$(measure "http://127.0.0.1:$PORT/hello")
-kill "${PIDS[-1]}"; wait "${PIDS[-1]}" 2>/dev/null || true
-
-PORT=$(free_port)
-"$WASMTIME" serve -O pooling-allocator=y -S cli=y -S p3=y --addr "127.0.0.1:$PORT" "$P3" >/dev/null 2>&1 &
-PIDS+=($!)
-wait_up "http://127.0.0.1:$PORT/hello"
-RESULT[wasmtime3]=$(measure "http://127.0.0.1:$PORT/hello")
-kill "${PIDS[-1]}"; wait "${PIDS[-1]}" 2>/dev/null || true
-
-PORT=$(free_port)
-"$TARGET_DIR/release/native-hello" "127.0.0.1:$PORT" >/dev/null &
-PIDS+=($!)
-wait_up "http://127.0.0.1:$PORT/"
-RESULT[native]=$(measure "http://127.0.0.1:$PORT/")
-kill "${PIDS[-1]}"; wait "${PIDS[-1]}" 2>/dev/null || true
+NAMES=(wms wasmtime wms3 wasmtime3 native)
+for round in $(seq 1 "$ROUNDS"); do
+  for name in "${NAMES[@]}"; do
+    r=$(measure "${URL[$name]}")
+    echo "round $round: $name $r" >&2
+    RESULT[$name]="${RESULT[$name]:-}${RESULT[$name]:+,}$r"
+  done
+done
 
 mkdir -p bench/results
 OUT="bench/results/http-$(date -u +%Y%m%dT%H%M%SZ).md"
 python3 - "$OUT" "${RESULT[wms]}" "${RESULT[wasmtime]}" "${RESULT[native]}" "${RESULT[wms3]}" "${RESULT[wasmtime3]}" <<PY | tee "$OUT"
-import sys, platform, os
-out, wms, wt, nat, wms3, wt3 = sys.argv[1], *[list(map(float, a.split())) for a in sys.argv[2:]]
+import sys, platform, os, statistics
+def median(rounds):
+    runs = [list(map(float, r.split())) for r in rounds.split(",")]
+    return [statistics.median(col) for col in zip(*runs)]
+out, wms, wt, nat, wms3, wt3 = sys.argv[1], *[median(a) for a in sys.argv[2:]]
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.machine())
-print(f"machine: {platform.machine()}, {os.cpu_count()} cores, {cpu}; wrk -t$THREADS -c$CONNECTIONS -d$DURATION (after $WARMUP warm-up)")
+print(f"machine: {platform.machine()}, {os.cpu_count()} cores, {cpu}; wrk -t$THREADS -c$CONNECTIONS -d$DURATION (after $WARMUP warm-up), median of $ROUNDS interleaved rounds")
 print()
 print("| server | req/s | p50 ms | p99 ms |")
 print("|---|---:|---:|---:|")
