@@ -473,7 +473,7 @@ impl GuestTask {
 
 /// How long a response body dropped before its end waits for its guest to report before the
 /// guest is cancelled: HTTP/1 drops a body once it has sent the bytes its `content-length`
-/// named, an instant before the guest's task ends.
+/// (or its exact size hint) named, an instant before the guest's task ends.
 const DROPPED_BODY_GRACE: std::time::Duration = std::time::Duration::from_millis(200);
 
 impl GuestTask {

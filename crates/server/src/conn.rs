@@ -40,8 +40,8 @@ where
 ///
 /// Nothing here wakes the watcher: a request beginning or ending only updates the counts, and
 /// the watcher's timer, when it fires, works out from them whether the connection is past its
-/// bound (a deadline only moves later while a connection is served, see [`watch`]). So a
-/// request costs two counter updates, not two wake-ups and timer re-arms of its connection.
+/// bound (see [`watch`] for why it is never late). So a request costs two counter updates, not
+/// two wake-ups and timer re-arms of its connection.
 pub(crate) struct Activity {
     in_flight: AtomicUsize,
     /// When the connection was accepted, or its last response ended, and whether a request has
@@ -83,7 +83,9 @@ impl Drop for Busy {
     fn drop(&mut self) {
         // The idle time is stamped before the count drops: a watcher that sees no request in
         // flight sees this request's end.
-        *self.0.idle_since.lock().expect("not poisoned") = (Instant::now(), true);
+        let mut idle = self.0.idle_since.lock().expect("not poisoned");
+        *idle = (Instant::now(), true);
+        drop(idle);
         self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
     }
 }
@@ -104,18 +106,19 @@ pub(crate) enum End {
 /// finish within `close_grace` (a client ignoring GOAWAY, or stuck in a half-sent preface) is
 /// dropped.
 ///
-/// One timer, re-armed only when it fires: at the connection's deadline when it is idle, and
-/// otherwise no later than the shorter bound from now. A deadline moves only later while the
-/// connection is served (each response's end starts a full `idle` period), except from the
-/// first-request bound to a shorter `idle` one, which the shorter-bound cap covers: the timer
-/// never fires after a deadline, and a busy connection costs one timer check per bound.
+/// One timer, re-armed only when it fires: for the connection's deadline, but never more than
+/// `idle` from now. A response ending at `t` makes the deadline `t + idle`, later than any time
+/// the timer was armed for before `t`, so the timer never fires after a deadline. (The cap
+/// matters only before the first request: its deadline can be later than `idle` from now, and
+/// a request ending meanwhile brings the deadline forward.) A busy connection costs one check
+/// per `idle`, an idle one a check at its deadline.
 pub(crate) async fn watch(
     mut conn: Pin<Box<dyn Conn>>,
     activity: &Activity,
     bounds: Bounds,
     shutdown: &tokio_util::sync::CancellationToken,
 ) -> End {
-    let step = bounds.first_request.min(bounds.idle);
+    let step = bounds.idle;
     let check = tokio::time::sleep_until(
         activity
             .deadline(bounds.first_request, bounds.idle)

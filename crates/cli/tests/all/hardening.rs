@@ -131,6 +131,46 @@ fn idle_keep_alive_connections_are_closed_for_both_protocols() {
     });
 }
 
+/// The connection watcher checks on a timer of its own, not on every request: a request that
+/// runs longer than the idle bound keeps its connection, and an idle bound shorter than the
+/// header bound applies from the first response's end (the deadline moves earlier there).
+#[test]
+fn the_idle_bound_runs_from_the_last_response_and_never_cuts_a_request() {
+    use std::io::Read as _;
+    let manifest = format!(
+        "spin_manifest_version = 2\n[application]\nname = \"slow\"\n\
+         [[trigger.http]]\nroute = \"/...\"\ncomponent = \"p3\"\n\
+         [component.p3]\nsource = {:?}\n",
+        crate::harness::artifacts::P3KIT
+    );
+    let server = Server::with_manifest(
+        &manifest,
+        &["--header-timeout", "8s", "--idle-timeout", "1s"],
+    );
+    let mut conn = std::net::TcpStream::connect(server.addr).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    // 2.5 s in flight, more than twice the idle bound.
+    conn.write_all(b"GET /slow?ms=2500 HTTP/1.1\r\nhost: x\r\n\r\n")
+        .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !got.ends_with(b"0\r\n\r\n") {
+        let n = conn.read(&mut buf).unwrap();
+        assert!(
+            n > 0,
+            "the connection was closed with its request in flight"
+        );
+        got.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.contains("slept 2500ms"), "{text}");
+    // Idle from here: closed after about 1 s, not at the 8 s header bound.
+    let took = closed_within(&mut conn, Duration::from_secs(5));
+    assert!(took >= Duration::from_millis(800), "closed after {took:?}");
+}
+
 #[test]
 fn at_the_connection_cap_idle_clients_cannot_lock_out_real_ones() {
     let server = hello(&["--max-connections", "4", "--header-timeout", "2s"]);
