@@ -51,6 +51,20 @@ fn app_dir(manifest: &str) -> tempfile::TempDir {
     dir
 }
 
+/// Components `a` (database `default` granted) and `b` (none) of the SQLite tests: `b` and a
+/// label `a` does not declare are refused, and the granted database is where wms keeps it.
+fn sqlite_is_denied_elsewhere(server: &Server, app: &std::path::Path) {
+    for path in [
+        "/b/sqlite/exec?sql=SELECT%201",
+        "/a/sqlite/exec?db=other&sql=SELECT%201",
+    ] {
+        let (status, body) = get(server, path);
+        assert_eq!(status, 500, "{path}: {body}");
+        assert!(body.ends_with("AccessDenied"), "{path}: {body}");
+    }
+    assert!(app.join(".wms/sqlite/default.db").is_file());
+}
+
 fn get(server: &Server, path: &str) -> (u16, String) {
     rt().block_on(async {
         let r = client().get(server.url(path)).send().await.unwrap();
@@ -308,16 +322,7 @@ fn sqlite_answers_its_component_only_and_survives_kill_9() {
     let (status, body) = exec(&server, "SELEC 1", &[]);
     assert_eq!(status, 500);
     assert!(body.contains("syntax error"), "{body}");
-    // Denied: a component that declares no database, a label its component does not declare.
-    for path in [
-        "/b/sqlite/exec?sql=SELECT%201",
-        "/a/sqlite/exec?db=other&sql=SELECT%201",
-    ] {
-        let (status, body) = get(&server, path);
-        assert_eq!(status, 500, "{path}");
-        assert!(body.ends_with("AccessDenied"), "{path}: {body}");
-    }
-    assert!(dir.path().join(".wms/sqlite/default.db").is_file());
+    sqlite_is_denied_elsewhere(&server, dir.path());
 
     assert_eq!(
         exec(&server, "INSERT INTO t (name) VALUES (?)", &["bob"]).0,
@@ -510,16 +515,7 @@ fn a_spin_sdk_7_guest_uses_sqlite_3_1() {
     );
     assert_eq!(status, 500);
     assert!(body.contains("Io(\"not authorized\")"), "{body}");
-    // Denied: a component that declares no database, a label its component does not declare.
-    for path in [
-        "/b/sqlite/exec?sql=SELECT%201",
-        "/a/sqlite/exec?db=other&sql=SELECT%201",
-    ] {
-        let (status, body) = get(&server, path);
-        assert_eq!(status, 500, "{path}: {body}");
-        assert!(body.ends_with("AccessDenied"), "{path}: {body}");
-    }
-    assert!(dir.path().join(".wms/sqlite/default.db").is_file());
+    sqlite_is_denied_elsewhere(&server, dir.path());
 
     // (Its `last-insert-rowid` is the database's last insert, as 3.0.0 answers: one SQLite
     // connection serves every handle.)
