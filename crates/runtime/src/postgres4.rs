@@ -339,15 +339,34 @@ fn range<T>(
     }
 }
 
+/// A one-dimensional array, each element read by `read` and weighed by `weigh` (its bytes once
+/// decoded) as it comes: a few megabytes on the wire can be far more decoded (a 10-byte
+/// `numeric` can be 128 KB of text), so the result cap is applied here, not after.
 fn array<T>(
     raw: &[u8],
     read: impl Fn(&[u8]) -> Result<T, BoxError>,
+    weigh: impl Fn(&T) -> usize,
 ) -> Result<Vec<Option<T>>, BoxError> {
     let a = pp::array_from_sql(raw)?;
     if a.dimensions().count()? > 1 {
-        return Err("arrays of more than one dimension are not supported".into());
+        return Err("arrays of more than one dimension are not supported: select their elements with unnest(), or a one-dimensional slice".into());
     }
-    a.values().map(|v| v.map(&read).transpose()).collect()
+    let mut out = Vec::new();
+    let mut bytes = 0usize;
+    let mut values = a.values();
+    while let Some(v) = values.next()? {
+        let v = v.map(&read).transpose()?;
+        bytes += std::mem::size_of::<Option<T>>() + v.as_ref().map_or(0, &weigh);
+        if bytes > crate::postgres::MAX_RESULT_BYTES {
+            return Err(format!(
+                "an array of more than {} MiB once decoded: select fewer elements (unnest() with LIMIT, or a slice)",
+                crate::postgres::MAX_RESULT_BYTES >> 20
+            )
+            .into());
+        }
+        out.push(v);
+    }
+    Ok(out)
 }
 
 /// Column `i` of `row` as Spin's `db-value`, and its size for the result cap.
@@ -401,10 +420,10 @@ fn value(row: &tokio_postgres::Row, i: usize) -> Result<(v4::DbValue, usize), St
             Type::INT4_RANGE => V::RangeInt32(range(raw, pp::int4_from_sql)?),
             Type::INT8_RANGE => V::RangeInt64(range(raw, pp::int8_from_sql)?),
             Type::NUM_RANGE => V::RangeDecimal(range(raw, numeric_text)?),
-            Type::INT4_ARRAY => V::ArrayInt32(array(raw, pp::int4_from_sql)?),
-            Type::INT8_ARRAY => V::ArrayInt64(array(raw, pp::int8_from_sql)?),
-            Type::NUMERIC_ARRAY => V::ArrayDecimal(array(raw, numeric_text)?),
-            Type::TEXT_ARRAY | Type::VARCHAR_ARRAY => V::ArrayStr(array(raw, text)?),
+            Type::INT4_ARRAY => V::ArrayInt32(array(raw, pp::int4_from_sql, |_| 0)?),
+            Type::INT8_ARRAY => V::ArrayInt64(array(raw, pp::int8_from_sql, |_| 0)?),
+            Type::NUMERIC_ARRAY => V::ArrayDecimal(array(raw, numeric_text, String::len)?),
+            Type::TEXT_ARRAY | Type::VARCHAR_ARRAY => V::ArrayStr(array(raw, text, String::len)?),
             _ => V::Unsupported(raw.to_vec()),
         })
     })();
@@ -414,21 +433,26 @@ fn value(row: &tokio_postgres::Row, i: usize) -> Result<(v4::DbValue, usize), St
     Ok((v, size))
 }
 
-/// The bytes a value takes once decoded, for the result caps.
+/// The bytes a value takes once decoded, for the result caps: the value itself and what it
+/// holds on the heap.
 fn size(v: &v4::DbValue) -> usize {
     use v4::DbValue as V;
-    let opt = |s: &Option<String>| s.as_ref().map_or(8, |s| s.len().max(8));
-    let bound =
-        |b: &Option<(String, v4::RangeBoundKind)>| b.as_ref().map_or(8, |(s, _)| s.len() + 8);
-    match v {
-        V::Str(s) | V::Uuid(s) | V::Decimal(s) => s.len().max(8),
-        V::Binary(b) | V::Jsonb(b) | V::Unsupported(b) => b.len().max(8),
-        V::RangeDecimal((lo, hi)) => bound(lo) + bound(hi),
-        V::ArrayInt32(a) => a.len() * 8 + 8,
-        V::ArrayInt64(a) => a.len() * 16 + 8,
-        V::ArrayDecimal(a) | V::ArrayStr(a) => a.iter().map(opt).sum::<usize>() + 8,
-        _ => 8,
-    }
+    let string = std::mem::size_of::<Option<String>>();
+    let opt = |s: &Option<String>| string + s.as_ref().map_or(0, String::len);
+    let bound = |b: &Option<(String, v4::RangeBoundKind)>| {
+        std::mem::size_of::<Option<(String, v4::RangeBoundKind)>>()
+            + b.as_ref().map_or(0, |(s, _)| s.len())
+    };
+    std::mem::size_of::<V>()
+        + match v {
+            V::Str(s) | V::Uuid(s) | V::Decimal(s) => s.len(),
+            V::Binary(b) | V::Jsonb(b) | V::Unsupported(b) => b.len(),
+            V::RangeDecimal((lo, hi)) => bound(lo) + bound(hi),
+            V::ArrayInt32(a) => a.len() * std::mem::size_of::<Option<i32>>(),
+            V::ArrayInt64(a) => a.len() * std::mem::size_of::<Option<i64>>(),
+            V::ArrayDecimal(a) | V::ArrayStr(a) => a.iter().map(opt).sum::<usize>(),
+            _ => 0,
+        }
 }
 
 /// A guest's parameter, written in the binary format of the type the statement gives it.
@@ -439,8 +463,39 @@ fn check(ok: bool, p: &v4::ParameterValue, t: &Type) -> Result<(), BoxError> {
     if ok {
         Ok(())
     } else {
-        Err(format!("a parameter {p:?} cannot be a {t} value").into())
+        Err(format!(
+            "a parameter {} cannot be a {t} value: pass the type the statement expects, or cast it in the SQL (`$1::{t}`)",
+            shown(p)
+        )
+        .into())
     }
+}
+
+/// At most the first 80 characters of a parameter as Rust shows it: a 100 MB `bytea` in an
+/// error message would be 400 MB of text.
+fn shown(p: &v4::ParameterValue) -> String {
+    use std::fmt::Write as _;
+    struct Upto(String);
+    impl std::fmt::Write for Upto {
+        fn write_str(&mut self, s: &str) -> std::fmt::Result {
+            let room = 80usize.saturating_sub(self.0.len());
+            if s.len() <= room {
+                self.0.push_str(s);
+                Ok(())
+            } else {
+                let mut end = room;
+                while !s.is_char_boundary(end) {
+                    end -= 1;
+                }
+                self.0.push_str(&s[..end]);
+                self.0.push_str("...");
+                Err(std::fmt::Error)
+            }
+        }
+    }
+    let mut out = Upto(String::new());
+    let _ = write!(out, "{p:?}");
+    out.0
 }
 
 fn bound_to_sql<T: Copy>(
@@ -948,7 +1003,49 @@ mod tests {
         }
         let text = numeric_text(&buf).unwrap();
         assert_eq!(text.len(), 1 + 32_000 * 4);
-        assert_eq!(size(&v4::DbValue::Decimal(text)), 128_001);
+        assert_eq!(
+            size(&v4::DbValue::Decimal(text)),
+            std::mem::size_of::<v4::DbValue>() + 128_001
+        );
+        // Regression (review): 200 such numerics are 2.8 KB of array on the wire and 25 MB of
+        // text; decoding stops at the result cap instead of building it all.
+        let mut raw = BytesMut::new();
+        pp::array_to_sql(
+            [pp::ArrayDimension {
+                len: 200,
+                lower_bound: 1,
+            }],
+            1700,
+            0..200,
+            |_, out| {
+                out.extend_from_slice(&buf);
+                Ok(PpNull::No)
+            },
+            &mut raw,
+        )
+        .unwrap();
+        assert!(raw.len() < 4096);
+        let err = array(&raw, numeric_text, String::len)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("once decoded"), "{err}");
+        // A short one decodes.
+        raw.clear();
+        pp::array_to_sql(
+            [pp::ArrayDimension {
+                len: 2,
+                lower_bound: 1,
+            }],
+            1700,
+            0..2,
+            |_, out| {
+                out.extend_from_slice(&buf);
+                Ok(PpNull::No)
+            },
+            &mut raw,
+        )
+        .unwrap();
+        assert_eq!(array(&raw, numeric_text, String::len).unwrap().len(), 2);
     }
 
     #[test]
